@@ -1,0 +1,21 @@
+//! tollgate: an Envoy-compatible external rate-limit service, and a library.
+//!
+//! A map of the parts, each one idea:
+//! - [`clock`]: time as nanoseconds since the epoch, injected everywhere.
+//! - [`algorithm`]: the five algorithms as pure functions of (quota, state, now, hits).
+//! - [`config`]: envoyproxy/ratelimit's YAML rules, validated into an immutable snapshot and matched.
+//! - [`keys`]: the injective encoding of counter keys.
+//! - [`store`]: where counters live; [`store::memory`] is embedded.
+//! - [`limiter`]: a request's descriptors → rules → store → per-descriptor statuses.
+//! - [`grpc`]: Envoy's `RateLimitService` v3 translated onto the limiter.
+//! - [`http`]: the admin port (`/healthcheck`, `/metrics`, `/rlconfig`, `/json`, `/check`).
+//! - [`metrics`]: metric names, descriptions and recording helpers.
+//! - [`reload`]: watches rule files and SIGHUP, swaps in validated snapshots.
+//! - [`server`]: wires it together: `run(listeners, settings, shutdown)`.
+//! - [`cli`]: the `tollgate` command line.
+
+pub mod algorithm;
+pub mod clock;
+pub mod config;
+pub mod keys;
+pub mod store;

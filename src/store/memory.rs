@@ -1,0 +1,1 @@
+//! The embedded memory store: to be written.
