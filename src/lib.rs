@@ -18,4 +18,5 @@ pub mod algorithm;
 pub mod clock;
 pub mod config;
 pub mod keys;
+pub mod metrics;
 pub mod store;

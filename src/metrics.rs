@@ -1,0 +1,73 @@
+//! Metric names, described once, and the Prometheus recorder.
+//!
+//! Names carry the `tollgate_` prefix and unit suffixes. Labels are bounded: rule ids (from config),
+//! results, store kinds; a raw user value appears only through a rule's `detailed_metric` or
+//! `value_to_metric`, which the operator opts into.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Hits per rule and result; labels `domain`, `rule`, `result` (one of the `RESULT_*` values).
+pub const HITS: &str = "tollgate_rule_hits_total";
+pub const RESULT_WITHIN_LIMIT: &str = "within_limit";
+pub const RESULT_NEAR_LIMIT: &str = "near_limit";
+pub const RESULT_OVER_LIMIT: &str = "over_limit";
+pub const RESULT_SHADOW_MODE: &str = "shadow_mode";
+/// Descriptors that matched no rule (or a domain with no rules); label `domain`.
+pub const UNMATCHED: &str = "tollgate_unmatched_descriptors_total";
+/// gRPC `ShouldRateLimit` latency; label `code` (`OK`, `OVER_LIMIT`, or a gRPC status name).
+pub const GRPC_REQUEST_DURATION: &str = "tollgate_grpc_request_duration_seconds";
+/// Latency of one store call; label `store`.
+pub const STORE_DURATION: &str = "tollgate_store_duration_seconds";
+/// Failed store calls; labels `store`, `error` (`timeout`, `unavailable`, `protocol`).
+pub const STORE_ERRORS: &str = "tollgate_store_errors_total";
+/// Decisions answered by the local over-limit cache without asking the store.
+pub const LOCAL_CACHE_HITS: &str = "tollgate_local_cache_hits_total";
+/// Decisions made by the `--on-store-error` policy; label `policy`.
+pub const FALLBACK_DECISIONS: &str = "tollgate_fallback_decisions_total";
+/// Config reloads; label `result` (`success`, `error`).
+pub const CONFIG_RELOADS: &str = "tollgate_config_reloads_total";
+/// The generation of the rules in force (1 for the rules loaded at start).
+pub const CONFIG_GENERATION: &str = "tollgate_config_generation";
+/// Counters held by the memory store.
+pub const MEMORY_KEYS: &str = "tollgate_memory_store_keys";
+/// Requests refused as invalid; label `reason`.
+pub const INVALID_REQUESTS: &str = "tollgate_invalid_requests_total";
+
+/// Installs the global Prometheus recorder and describes every metric. Call once per process;
+/// a second call returns the error of the recorder already installed.
+pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let latency_buckets = [
+        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+        0.5, 1.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency_buckets)?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!(HITS, "Rate-limit decisions per rule and result");
+    describe_counter!(UNMATCHED, "Descriptors that matched no rule");
+    describe_histogram!(
+        GRPC_REQUEST_DURATION,
+        Unit::Seconds,
+        "ShouldRateLimit call latency"
+    );
+    describe_histogram!(STORE_DURATION, Unit::Seconds, "Store call latency");
+    describe_counter!(STORE_ERRORS, "Failed store calls");
+    describe_counter!(
+        LOCAL_CACHE_HITS,
+        "Decisions answered by the local over-limit cache"
+    );
+    describe_counter!(
+        FALLBACK_DECISIONS,
+        "Decisions made by the store-error policy"
+    );
+    describe_counter!(CONFIG_RELOADS, "Rule reloads by result");
+    describe_gauge!(CONFIG_GENERATION, "Generation of the rules in force");
+    describe_gauge!(MEMORY_KEYS, "Counters held by the memory store");
+    describe_counter!(INVALID_REQUESTS, "Requests refused as invalid");
+}
