@@ -53,7 +53,10 @@ pub(super) fn decide_meter(quota: &Quota, state: &mut State, now: Nanos, hits: u
     let t = now.max(state.last);
     let elapsed = u128::from(t - state.last);
     let level = state.level().saturating_sub(drain.saturating_mul(elapsed));
-    let empty_at = |level: u128| u128::from(t) + ceil_div(level, drain);
+    let empty_at = |level: u128| match level {
+        0 => 0,
+        _ => u128::from(t) + ceil_div(level, drain),
+    };
     // When `level + need` first fits under the capacity.
     let fits_at = |need: u128| empty_at((level + need).saturating_sub(capacity));
     let free =
