@@ -77,11 +77,9 @@ pub(crate) fn decide(quota: &Quota, state: &mut State, now: Nanos, hits: u64) ->
             }
         }
         // In the next window, where `cur` has become the previous count: `cur · (W − e') ≤ (L − n) · W`.
-        let slack = if cur == 0 {
-            w128
-        } else {
-            ((l - n) * w128 / cur).min(w128)
-        };
+        let slack = ((l - n) * w128)
+            .checked_div(cur)
+            .map_or(w128, |s| s.min(w128));
         start128 + w128 + (w128 - slack)
     };
 
