@@ -97,6 +97,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1_000))]
+
         #[test]
         fn matches_a_naive_per_window_counter((limit, window, offset, ops) in cases()) {
             let q = fw(limit, window);

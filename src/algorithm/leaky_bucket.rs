@@ -52,6 +52,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1_000))]
+
         #[test]
         fn admits_exactly_as_a_rational_level((q, offset, ops) in cases()) {
             let capacity = Ratio::int(q.burst().into());

@@ -489,3 +489,18 @@ pub(crate) mod testkit {
         a.max(1)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_are_compact() {
+        // The memory store keeps one `State` per key: a million keys should cost tens of MB.
+        assert!(size_of::<State>() <= 32, "{}", size_of::<State>());
+        assert_eq!(size_of::<token_bucket::State>(), 24);
+        assert_eq!(size_of::<sliding_window::State>(), 24);
+        assert_eq!(size_of::<fixed_window::State>(), 16);
+        assert_eq!(size_of::<sliding_log::State>(), 8);
+    }
+}

@@ -156,6 +156,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1_000))]
+
         #[test]
         fn admits_exactly_per_the_weighted_estimate((q, offset, ops) in cases()) {
             let (limit, w) = (q.limit(), q.window_ns());

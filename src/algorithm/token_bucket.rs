@@ -135,6 +135,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1_000))]
+
         #[test]
         fn admits_exactly_as_rational_tokens((q, offset, ops) in cases()) {
             let burst = Ratio::int(q.burst().into());
