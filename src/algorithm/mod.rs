@@ -17,7 +17,8 @@
 //! - A `now` earlier than the state's last update is treated as the last update (a clock that steps
 //!   backwards never underflows and never refunds).
 //! - `reset_after`, when denied: the earliest time after which the same request would be admitted if
-//!   nothing else happened; when allowed: the time until the quota is fully restored.
+//!   nothing else happened; when allowed, or when the request exceeds the capacity (it never fits):
+//!   the time until the quota is fully restored. Times beyond `u64` nanoseconds saturate.
 
 pub mod fixed_window;
 pub mod leaky_bucket;
@@ -393,10 +394,12 @@ pub(crate) mod testkit {
         }
 
         let r = ns(d.reset_after);
-        if !d.allowed && !d.exceeds_capacity {
+        // Times past the end of `u64` saturate, so exactness is only checked before it.
+        let exact = r < u64::MAX && now.checked_add(r).is_some();
+        if exact && !d.allowed && !d.exceeds_capacity {
             // The same request fits exactly `reset_after` from now, and not a nanosecond earlier.
             assert!(
-                decide_on(q, before, now.saturating_add(r), hits).allowed,
+                decide_on(q, before, now + r, hits).allowed,
                 "retry at {r} {d:?}"
             );
             if r > 0 {
@@ -405,10 +408,10 @@ pub(crate) mod testkit {
                     "retry at {r}-1 {d:?}"
                 );
             }
-        } else {
+        } else if exact {
             // The quota is fully restored exactly `reset_after` from now.
             assert_eq!(
-                decide_on(q, after, now.saturating_add(r), 0).remaining,
+                decide_on(q, after, now + r, 0).remaining,
                 capacity,
                 "restore at {r}"
             );
@@ -419,8 +422,12 @@ pub(crate) mod testkit {
         }
 
         // From `expires_at` on, the state decides exactly like a fresh one.
+        // (`u64::MAX` stands for "not within the range of `Nanos`".)
         let at = q.expires_at(after).max(now);
-        for h in [0, 1, capacity, capacity + 1] {
+        for h in [0, 1, capacity, capacity.saturating_add(1)] {
+            if at == u64::MAX {
+                break;
+            }
             assert_eq!(
                 decide_on(q, after, at, h),
                 decide_on(q, &State::Empty, at, h),
@@ -492,7 +499,62 @@ pub(crate) mod testkit {
 
 #[cfg(test)]
 mod tests {
+    use super::testkit::{check_step, fresh};
     use super::*;
+    use proptest::prelude::*;
+
+    fn extreme_quota() -> impl Strategy<Value = Quota> {
+        let algorithm = prop::sample::select(Algorithm::ALL.to_vec());
+        let big = prop_oneof![
+            Just(1u64),
+            1u64..1_000,
+            Just(1_000_000_000),
+            Just(u64::MAX),
+            any::<u64>()
+        ];
+        let window = prop_oneof![
+            Just(1u64),
+            Just(1_000_000),
+            1..=MAX_WINDOW.as_nanos() as u64
+        ];
+        (algorithm, big.clone(), window, prop::option::of(big)).prop_map(|(a, l, w, b)| {
+            let l = if a == Algorithm::SlidingLog {
+                l.min(MAX_SLIDING_LOG_LIMIT)
+            } else {
+                l
+            };
+            let b = b.filter(|_| a.uses_burst());
+            Quota::new(a, l, Duration::from_nanos(w), b).unwrap()
+        })
+    }
+
+    fn extreme_steps() -> impl Strategy<Value = Vec<(u64, u64)>> {
+        let time = prop_oneof![any::<u64>(), Just(u64::MAX), Just(0u64), Just(u64::MAX - 1)];
+        let hits = prop_oneof![
+            Just(0u64),
+            Just(1),
+            any::<u64>(),
+            Just(u64::from(u32::MAX)),
+            Just(u64::MAX)
+        ];
+        prop::collection::vec((time, hits), 1..12)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// Extreme quotas, hits and times anywhere in `u64` (jumping back and forth) never panic or
+        /// overflow, and still keep the common rules.
+        #[test]
+        fn extreme_values_keep_the_rules(q in extreme_quota(), ops in extreme_steps()) {
+            let mut state = fresh(&q);
+            for (now, hits) in ops {
+                let before = state.clone();
+                let d = q.decide(&mut state, now, hits);
+                check_step(&q, &before, now, hits, &d, &state);
+            }
+        }
+    }
 
     #[test]
     fn states_are_compact() {
