@@ -41,7 +41,9 @@ fn parts(s: &Snapshot, entries: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 fn metric(s: &Snapshot, entries: &[(&str, &str)]) -> String {
-    s.find("d", entries).map(|m| m.metric_key().into_owned()).unwrap_or_default()
+    s.find("d", entries)
+        .map(|m| m.metric_key().into_owned())
+        .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------- validation errors
@@ -63,7 +65,10 @@ fn unknown_fields_anywhere() {
     let e = error("domain: d\nfoo: 1\n");
     assert!(e.starts_with("t.yaml:2:1: unknown field `foo`"), "{e}");
     let e = error("domain: d\ndescriptors:\n  - key: a\n    limit: 3\n");
-    assert!(e.starts_with("t.yaml:4:5: descriptors[0]: unknown field `limit`"), "{e}");
+    assert!(
+        e.starts_with("t.yaml:4:5: descriptors[0]: unknown field `limit`"),
+        "{e}"
+    );
     let e = error(
         "domain: d\ndescriptors:\n  - key: a\n    rate_limit:\n      unit: second\n      requests_per_second: 3\n",
     );
@@ -81,7 +86,10 @@ fn unknown_fields_anywhere() {
 #[test]
 fn wrong_types() {
     let e = error("domain: d\ndescriptors: nope\n");
-    assert!(e.starts_with("t.yaml:2:14: descriptors: invalid type"), "{e}");
+    assert!(
+        e.starts_with("t.yaml:2:14: descriptors: invalid type"),
+        "{e}"
+    );
     let e = error("domain: d\ndescriptors:\n  - key: a\n    shadow_mode: maybe\n");
     assert!(e.starts_with("t.yaml:4:18: "), "{e}");
 }
@@ -128,7 +136,10 @@ fn unknown_unit_and_algorithm() {
     );
     assert_eq!(
         rl_error("      unit: second\n      requests_per_unit: 1\n      algorithm: gcra\n"),
-        format!("t.yaml:7:18: {}", QuotaError::UnknownAlgorithm("gcra".into()))
+        format!(
+            "t.yaml:7:18: {}",
+            QuotaError::UnknownAlgorithm("gcra".into())
+        )
     );
 }
 
@@ -151,7 +162,9 @@ fn bad_requests_per_unit() {
         "t.yaml:5:7: a rate limit needs `requests_per_unit` unless it is `unlimited: true`"
     );
     assert_eq!(
-        rl_error("      unit: second\n      requests_per_unit: 200000\n      algorithm: sliding_log\n"),
+        rl_error(
+            "      unit: second\n      requests_per_unit: 200000\n      algorithm: sliding_log\n"
+        ),
         format!(
             "t.yaml:6:26: {}",
             QuotaError::SlidingLogLimitTooLarge(200_000)
@@ -225,7 +238,9 @@ fn duplicate_descriptors_among_siblings() {
         "t.yaml:5:10: duplicate descriptor `a`: an earlier sibling has the same key and value"
     );
     // The same key and value under different parents is fine.
-    parse("domain: d\ndescriptors:\n  - key: p\n    descriptors: [{key: a}]\n  - key: q\n    descriptors: [{key: a}]\n");
+    parse(
+        "domain: d\ndescriptors:\n  - key: p\n    descriptors: [{key: a}]\n  - key: q\n    descriptors: [{key: a}]\n",
+    );
 }
 
 #[test]
@@ -384,7 +399,10 @@ descriptors:
 #[test]
 fn exact_beats_wildcard_beats_key_only() {
     let s = parse(TREE);
-    assert_eq!(id(&s, &[("path", "/api/health")]).unwrap(), "d.path_/api/health");
+    assert_eq!(
+        id(&s, &[("path", "/api/health")]).unwrap(),
+        "d.path_/api/health"
+    );
     assert_eq!(id(&s, &[("path", "/api/users")]).unwrap(), "d.path_/api/*");
     // Wildcards are tried in file order: `/api/*` before `*`; `*` catches the rest, so the
     // key-only rule is never reached for this key.
@@ -418,7 +436,10 @@ fn key_only_matches_any_value_with_its_own_counter() {
     );
     assert_eq!(
         parts(&s, &[("plan", "premium"), ("user", "bob")]),
-        [("plan".into(), "premium".into()), ("user".into(), "bob".into())]
+        [
+            ("plan".into(), "premium".into()),
+            ("user".into(), "bob".into())
+        ]
     );
     assert_ne!(
         parts(&s, &[("plan", "premium"), ("user", "bob")]),
@@ -436,7 +457,11 @@ fn depth_must_equal_the_number_of_entries() {
     // A node without rate_limit at the final depth.
     assert_eq!(id(&s, &[("plan", "free"), ("user", "alice")]), None);
     assert_eq!(id(&s, &[]), None);
-    assert_eq!(s.find("other", &[("path", "/x")]).map(|m| m.rule.id.clone()), None);
+    assert_eq!(
+        s.find("other", &[("path", "/x")])
+            .map(|m| m.rule.id.clone()),
+        None
+    );
     assert_eq!(id(&s, &[("nokey", "x")]), None);
 }
 
@@ -445,7 +470,10 @@ fn the_preferred_node_is_final_as_in_envoyproxy() {
     let s = parse(TREE);
     // `leaf_x` wins level 1 and has no children, so `leaf` + `more` is not tried.
     assert_eq!(id(&s, &[("leaf", "x"), ("more", "1")]), None);
-    assert_eq!(id(&s, &[("leaf", "y"), ("more", "1")]).unwrap(), "d.leaf.more");
+    assert_eq!(
+        id(&s, &[("leaf", "y"), ("more", "1")]).unwrap(),
+        "d.leaf.more"
+    );
 }
 
 #[test]
@@ -476,7 +504,10 @@ descriptors:
     assert_ne!(m, parts(&s, &[("model", "models/y")]));
     assert_eq!(
         parts(&s, &[("path", "/v1/a"), ("user", "bob")]),
-        [("path".into(), "/v1/*".into()), ("user".into(), "bob".into())]
+        [
+            ("path".into(), "/v1/*".into()),
+            ("user".into(), "bob".into())
+        ]
     );
     assert_eq!(metric(&s, &[("file", "files/a.pdf")]), "d.file_files/*");
 }
@@ -518,7 +549,10 @@ descriptors:
     assert!(matches!(plain, Cow::Borrowed("d.user")));
     assert_eq!(metric(&s, &[("ip", "10.0.0.1")]), "d.ip_10.0.0.1");
     assert_eq!(
-        metric(&s, &[("route", "/pay"), ("method", "GET"), ("user_id", "u1")]),
+        metric(
+            &s,
+            &[("route", "/pay"), ("method", "GET"), ("user_id", "u1")]
+        ),
         "d.route_/pay.method_GET.user_id"
     );
     assert_eq!(metric(&s, &[("path", "/api/x")]), "d.path_/api/x");
@@ -548,7 +582,12 @@ fn to_json_lists_domains_and_rules() {
     assert_eq!(rules[0]["descriptor"][0]["value"], "x");
     assert_eq!(rules[1]["unlimited"], true);
     assert!(rules[1]["quota"].is_null());
-    assert_eq!(Snapshot::empty().to_json()["domains"].as_array().map(Vec::len), Some(0));
+    assert_eq!(
+        Snapshot::empty().to_json()["domains"]
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
 }
 
 // ---------------------------------------------------------------- files and directories
@@ -560,14 +599,25 @@ fn write(dir: &Path, name: &str, text: &str) {
 #[test]
 fn a_directory_holds_many_domains() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "api.yaml", "domain: api\ndescriptors:\n  - key: user\n    rate_limit: {unit: second, requests_per_unit: 5}\n");
-    write(dir.path(), "web.yml", "domain: web\ndescriptors:\n  - key: ip\n    rate_limit: {unit: minute, requests_per_unit: 60}\n");
+    write(
+        dir.path(),
+        "api.yaml",
+        "domain: api\ndescriptors:\n  - key: user\n    rate_limit: {unit: second, requests_per_unit: 5}\n",
+    );
+    write(
+        dir.path(),
+        "web.yml",
+        "domain: web\ndescriptors:\n  - key: ip\n    rate_limit: {unit: minute, requests_per_unit: 60}\n",
+    );
     write(dir.path(), "notes.txt", "not yaml at all: [");
     write(dir.path(), ".hidden.yaml", "broken: [");
     let s = Snapshot::load(dir.path()).unwrap();
     assert_eq!(s.domains().collect::<Vec<_>>(), ["api", "web"]);
     assert_eq!(s.find("api", &[("user", "u")]).unwrap().rule.id, "api.user");
-    assert_eq!(s.find("web", &[("ip", "1.2.3.4")]).unwrap().rule.id, "web.ip");
+    assert_eq!(
+        s.find("web", &[("ip", "1.2.3.4")]).unwrap().rule.id,
+        "web.ip"
+    );
     assert_eq!(s.source("web"), Some(dir.path().join("web.yml").as_path()));
     // A single file loads too.
     let one = Snapshot::load(&dir.path().join("api.yaml")).unwrap();
@@ -595,7 +645,11 @@ fn a_domain_defined_twice_is_refused() {
 fn errors_of_every_file_are_returned() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "a.yaml", "domain: a\nbogus: 1\n");
-    write(dir.path(), "b.yaml", "domain: b\ndescriptors:\n  - key: ''\n");
+    write(
+        dir.path(),
+        "b.yaml",
+        "domain: b\ndescriptors:\n  - key: ''\n",
+    );
     write(dir.path(), "c.yaml", "domain: c\n");
     let e = Snapshot::load(dir.path()).unwrap_err();
     let shown: Vec<String> = e.iter().map(ToString::to_string).collect();
@@ -607,7 +661,10 @@ fn errors_of_every_file_are_returned() {
 #[test]
 fn a_missing_path_is_an_error() {
     let e = Snapshot::load(Path::new("/nonexistent/tollgate/rules")).unwrap_err();
-    assert!(e[0].to_string().starts_with("/nonexistent/tollgate/rules:1:1: cannot read"));
+    assert!(
+        e[0].to_string()
+            .starts_with("/nonexistent/tollgate/rules:1:1: cannot read")
+    );
 }
 
 #[cfg(unix)]
@@ -622,7 +679,10 @@ fn kubernetes_configmap_layout_is_read_once_through_its_symlinks() {
     symlink("..data/rules.yaml", dir.path().join("rules.yaml")).unwrap();
     let s = Snapshot::load(dir.path()).unwrap();
     assert_eq!(s.domains().collect::<Vec<_>>(), ["api"]);
-    assert_eq!(s.source("api"), Some(dir.path().join("rules.yaml").as_path()));
+    assert_eq!(
+        s.source("api"),
+        Some(dir.path().join("rules.yaml").as_path())
+    );
 }
 
 #[test]
@@ -658,12 +718,20 @@ fn the_example_config_loads() {
     assert!(pay.burst() > pay.limit());
     let export = rule(&[("user_id", "alice"), ("action", "export")]).unwrap();
     let q = export.quota.unwrap();
-    assert_eq!((q.algorithm(), q.limit(), q.window()), (Algorithm::LeakyBucket, 1, Duration::from_secs(3600)));
+    assert_eq!(
+        (q.algorithm(), q.limit(), q.window()),
+        (Algorithm::LeakyBucket, 1, Duration::from_secs(3600))
+    );
     assert!(rule(&[("client", "internal-health")]).unwrap().unlimited);
     assert!(s.rules("api").any(|r| r.shadow_mode));
     assert!(s.rules("api").any(|r| r.detailed_metric));
     assert!(s.rules("api").any(|r| !r.replaces.is_empty()));
-    assert!(rule(&[("endpoint", "/admin/users")]).unwrap().id.contains('*'));
+    assert!(
+        rule(&[("endpoint", "/admin/users")])
+            .unwrap()
+            .id
+            .contains('*')
+    );
 }
 
 #[test]
@@ -673,35 +741,63 @@ fn envoyproxy_ratelimit_readme_configs_load_and_match_as_documented() {
         Err(e) => panic!("{e:#?}"),
     };
     let limit = |domain: &str, entries: &[(&str, &str)]| {
-        s.find(domain, entries).and_then(|m| m.rule.quota).map(|q| (q.limit(), q.window().as_secs()))
+        s.find(domain, entries)
+            .and_then(|m| m.rule.quota)
+            .map(|q| (q.limit(), q.window().as_secs()))
     };
     // Example 1: two values of one key, each 500/s.
     assert_eq!(limit("mongo_cps", &[("database", "users")]), Some((500, 1)));
-    assert_eq!(limit("mongo_cps", &[("database", "default")]), Some((500, 1)));
+    assert_eq!(
+        limit("mongo_cps", &[("database", "default")]),
+        Some((500, 1))
+    );
     assert_eq!(limit("mongo_cps", &[("database", "other")]), None);
     // Example 2: nested key-only counts per number; the top-level one too.
     assert_eq!(
-        limit("messaging", &[("message_type", "marketing"), ("to_number", "2061111111")]),
+        limit(
+            "messaging",
+            &[("message_type", "marketing"), ("to_number", "2061111111")]
+        ),
         Some((5, 86_400))
     );
-    assert_eq!(limit("messaging", &[("to_number", "2061111111")]), Some((100, 86_400)));
+    assert_eq!(
+        limit("messaging", &[("to_number", "2061111111")]),
+        Some((100, 86_400))
+    );
     assert_eq!(limit("messaging", &[("message_type", "marketing")]), None);
     // Example 4: depth must match.
-    assert_eq!(limit("example4", &[("key", "value"), ("subkey", "subvalue")]), Some((300, 1)));
+    assert_eq!(
+        limit("example4", &[("key", "value"), ("subkey", "subvalue")]),
+        Some((300, 1))
+    );
     assert_eq!(limit("example4", &[("key", "value")]), None);
     // Example 5: unlimited.
     assert!(s.find("internal", &[("ldap", "x")]).unwrap().rule.unlimited);
     assert_eq!(limit("internal", &[("azure", "x")]), Some((100, 60)));
     // Example 6: shadow mode on one user.
-    let a = s.find("example6", &[("service", "auth-service"), ("user", "user-a")]).unwrap();
+    let a = s
+        .find(
+            "example6",
+            &[("service", "auth-service"), ("user", "user-a")],
+        )
+        .unwrap();
     assert!(a.rule.shadow_mode);
-    let b = s.find("example6", &[("service", "auth-service"), ("user", "user-b")]).unwrap();
+    let b = s
+        .find(
+            "example6",
+            &[("service", "auth-service"), ("user", "user-b")],
+        )
+        .unwrap();
     assert!(!b.rule.shadow_mode);
     assert_eq!(b.rule.quota.map(|q| q.limit()), Some(20));
     // Example 7: replaces.
-    let r = s.find("example7", &[("key_2", "value_2"), ("user", "bkthomps")]).unwrap();
+    let r = s
+        .find("example7", &[("key_2", "value_2"), ("user", "bkthomps")])
+        .unwrap();
     assert_eq!(r.rule.replaces, ["specific_limit"]);
-    let n = s.find("example7", &[("key_1", "value_1"), ("user", "bkthomps")]).unwrap();
+    let n = s
+        .find("example7", &[("key_1", "value_1"), ("user", "bkthomps")])
+        .unwrap();
     assert_eq!(n.rule.name.as_deref(), Some("specific_limit"));
     // Example 8: detailed metrics for unspecified values.
     let m = s.find("example8", &[("foo", "foo-1")]).unwrap();
@@ -719,34 +815,77 @@ fn envoyproxy_ratelimit_style_file_loads_and_matches() {
         Err(e) => panic!("{e:#?}"),
     };
     let limit = |entries: &[(&str, &str)]| {
-        s.find("rl", entries).and_then(|m| m.rule.quota).map(|q| (q.limit(), q.window().as_secs()))
+        s.find("rl", entries)
+            .and_then(|m| m.rule.quota)
+            .map(|q| (q.limit(), q.window().as_secs()))
     };
     assert_eq!(limit(&[("foo", "x")]), Some((2, 60)));
     assert_eq!(limit(&[("foo", "x"), ("bar", "y")]), Some((3, 60)));
     assert_eq!(limit(&[("foo", "x"), ("bar", "bkthomps")]), Some((1, 60)));
     assert_eq!(limit(&[("foo", "x"), ("baz", "y")]), Some((1, 1)));
-    assert!(s.find("rl", &[("foo", "x"), ("baz", "shady")]).unwrap().rule.shadow_mode);
-    assert!(!s.find("rl", &[("foo", "x"), ("baz", "not-so-shady")]).unwrap().rule.shadow_mode);
-    assert!(s.find("rl", &[("foo", "x"), ("bay", "y")]).unwrap().rule.unlimited);
+    assert!(
+        s.find("rl", &[("foo", "x"), ("baz", "shady")])
+            .unwrap()
+            .rule
+            .shadow_mode
+    );
+    assert!(
+        !s.find("rl", &[("foo", "x"), ("baz", "not-so-shady")])
+            .unwrap()
+            .rule
+            .shadow_mode
+    );
+    assert!(
+        s.find("rl", &[("foo", "x"), ("bay", "y")])
+            .unwrap()
+            .rule
+            .unlimited
+    );
     assert!(s.find("rl", &[("qux", "y")]).unwrap().rule.unlimited);
     assert_eq!(limit(&[("foo", "x"), ("bar", "y"), ("baz", "z")]), None);
     let account = s.find("rl", &[("category", "account")]).unwrap().rule;
     assert_eq!(account.replaces, ["bkthomps", "fake_name"]);
     assert_eq!(
-        s.find("rl", &[("source_cluster", "proxy"), ("destination_cluster", "fake")]).unwrap().rule.name.as_deref(),
+        s.find(
+            "rl",
+            &[("source_cluster", "proxy"), ("destination_cluster", "fake")]
+        )
+        .unwrap()
+        .rule
+        .name
+        .as_deref(),
         Some("fake_name")
     );
-    assert_eq!(limit(&[("source_cluster", "proxy"), ("destination_cluster", "other")]), None);
-    assert_eq!(s.find("rl", &[("remote_address", "1.2.3.4")]).unwrap().rule.unit, Some(Unit::Second));
+    assert_eq!(
+        limit(&[
+            ("source_cluster", "proxy"),
+            ("destination_cluster", "other")
+        ]),
+        None
+    );
+    assert_eq!(
+        s.find("rl", &[("remote_address", "1.2.3.4")])
+            .unwrap()
+            .rule
+            .unit,
+        Some(Unit::Second)
+    );
     let path = s.find("rl", &[("path", "/foo/bar/baz")]).unwrap();
     assert_eq!(path.rule.id, "rl.path_/foo/bar/*");
     assert_eq!(path.parts[0], ("path", "/foo/bar/baz"));
-    assert_eq!(s.find("rl", &[("path", "/files/a")]).unwrap().parts[0], ("path", "/files/*"));
-    let user = s.find("rl", &[("route", "/pay"), ("user_id", "u1")]).unwrap();
+    assert_eq!(
+        s.find("rl", &[("path", "/files/a")]).unwrap().parts[0],
+        ("path", "/files/*")
+    );
+    let user = s
+        .find("rl", &[("route", "/pay"), ("user_id", "u1")])
+        .unwrap();
     assert!(user.rule.quota_mode);
     assert_eq!(user.rule.unit, Some(Unit::Week));
     assert_eq!(user.metric_key(), "rl.route_/pay.user_id");
-    let client = s.find("rl", &[("route", "/pay"), ("client", "c1")]).unwrap();
+    let client = s
+        .find("rl", &[("route", "/pay"), ("client", "c1")])
+        .unwrap();
     assert_eq!(client.metric_key(), "rl.route_/pay.client_c1");
 }
 
@@ -782,15 +921,46 @@ mod fuzz {
     use super::Snapshot;
 
     const PIECES: &[&str] = &[
-        "domain: d\n", "domain:\n", "descriptors:\n", "  - key: a\n", "  - key: ''\n", "    value: x*\n",
-        "    value: '*'\n", "    rate_limit:\n", "      unit: second\n", "      unit: EON\n",
-        "      window: 1h30m\n", "      window: 99999999999w\n", "      requests_per_unit: 0\n",
-        "      requests_per_unit: -1\n", "      requests_per_unit: 18446744073709551616\n",
-        "      requests_per_unit: 5\n", "      algorithm: leaky_bucket\n", "      burst: 3\n",
-        "      unlimited: true\n", "      name: n\n", "      replaces:\n", "        - name: n\n",
-        "        - name: m\n", "    descriptors:\n", "      - key: b\n", "    share_threshold: true\n",
-        "    shadow_mode: true\n", "&a x: *a\n", "<<: {}\n", "- [\n", "\t", "{", "}", ": ", "---\n",
-        "\u{feff}", "é", "\"", "'", "!!binary x\n",
+        "domain: d\n",
+        "domain:\n",
+        "descriptors:\n",
+        "  - key: a\n",
+        "  - key: ''\n",
+        "    value: x*\n",
+        "    value: '*'\n",
+        "    rate_limit:\n",
+        "      unit: second\n",
+        "      unit: EON\n",
+        "      window: 1h30m\n",
+        "      window: 99999999999w\n",
+        "      requests_per_unit: 0\n",
+        "      requests_per_unit: -1\n",
+        "      requests_per_unit: 18446744073709551616\n",
+        "      requests_per_unit: 5\n",
+        "      algorithm: leaky_bucket\n",
+        "      burst: 3\n",
+        "      unlimited: true\n",
+        "      name: n\n",
+        "      replaces:\n",
+        "        - name: n\n",
+        "        - name: m\n",
+        "    descriptors:\n",
+        "      - key: b\n",
+        "    share_threshold: true\n",
+        "    shadow_mode: true\n",
+        "&a x: *a\n",
+        "<<: {}\n",
+        "- [\n",
+        "\t",
+        "{",
+        "}",
+        ": ",
+        "---\n",
+        "\u{feff}",
+        "é",
+        "\"",
+        "'",
+        "!!binary x\n",
     ];
 
     proptest! {
