@@ -27,8 +27,8 @@ pub(crate) fn build(source: &Path, raw: RawFile) -> Result<DomainRules, Vec<Prob
         names: HashSet::new(),
         replaces: Vec::new(),
     };
-    match raw.domain.as_deref().map(str::trim) {
-        Some(d) if !d.is_empty() => b.domain = d.to_owned(),
+    match raw.domain.as_deref() {
+        Some(d) if !d.trim().is_empty() => b.domain = d.to_owned(),
         _ => b.problems.push((
             root.field("domain"),
             "the domain must not be empty (every file needs `domain: <name>`)".into(),

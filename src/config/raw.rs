@@ -8,14 +8,17 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `domain` and `descriptors`"
+)]
 pub(crate) struct RawFile {
     pub domain: Option<String>,
     pub descriptors: Option<Vec<RawDescriptor>>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a descriptor: a mapping with `key`")]
 pub(crate) struct RawDescriptor {
     pub key: Option<String>,
     pub value: Option<String>,
@@ -29,7 +32,7 @@ pub(crate) struct RawDescriptor {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a rate_limit mapping")]
 pub(crate) struct RawRateLimit {
     pub unit: Option<String>,
     pub requests_per_unit: Option<Number>,
@@ -42,7 +45,7 @@ pub(crate) struct RawRateLimit {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a mapping `name: <rate limit name>`")]
 pub(crate) struct RawReplace {
     pub name: Option<String>,
 }

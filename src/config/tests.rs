@@ -90,6 +90,14 @@ fn wrong_types() {
         e.starts_with("t.yaml:2:14: descriptors: invalid type"),
         "{e}"
     );
+    assert_eq!(
+        error("- a\n- b\n"),
+        "t.yaml:1:1: invalid type: sequence, expected a mapping with `domain` and `descriptors`"
+    );
+    assert_eq!(
+        error("domain: d\ndescriptors:\n  - just-a-key\n"),
+        "t.yaml:3:5: descriptors[0]: invalid type: string \"just-a-key\", expected a descriptor: a mapping with `key`"
+    );
     let e = error("domain: d\ndescriptors:\n  - key: a\n    shadow_mode: maybe\n");
     assert!(e.starts_with("t.yaml:4:18: "), "{e}");
 }
