@@ -1,1 +1,230 @@
-//! The embedded memory store: to be written.
+//! The embedded store: every counter of one instance in this process' memory.
+//!
+//! Layout: `N` shards (a power of two, by default at least 4 × the cores), each a
+//! `parking_lot::Mutex` around a `hashbrown::HashTable` of entries. A key is hashed once with
+//! foldhash (randomly seeded per store, so a client cannot aim many keys at one shard or one probe
+//! chain); bits 40.. of the hash pick the shard and the low bits, which the table uses, its bucket, so
+//! the two choices are independent. The hash is kept in the entry, so a table that grows or shrinks
+//! never hashes a key again.
+//!
+//! Exactness: a decision is read-decide-write under its shard's lock, so all hits on one key are
+//! serialised and `k` threads hammering one key admit exactly `L`. Different keys contend only when
+//! they share a shard; there is no global lock. Cost per decision: one hash of the key, one
+//! uncontended lock, one probe, the algorithm; no allocation unless the key is new.
+//!
+//! Memory follows the active keys: each entry remembers when its state becomes indistinguishable
+//! from a fresh one (`Quota::expires_at`), and [`MemoryStore::sweep`] (run by
+//! [`MemoryStore::spawn_sweeper`]) drops those entries one shard at a time and shrinks a shard's table
+//! once it is less than a quarter full, so a million users passing once leave nothing behind. A
+//! decision that leaves a fresh state (a denied first hit, a probe) stores nothing at all, and an
+//! expired entry met by a decision is removed then and there.
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hashbrown::HashTable;
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use super::{Hit, Store, StoreError};
+use crate::algorithm::{Decision, State};
+use crate::clock::{Clock, Nanos};
+use crate::keys::CounterKey;
+
+/// Tables at or below this capacity are not worth shrinking.
+const MIN_SHRINK_CAPACITY: usize = 64;
+
+/// Shards are never fewer than this, whatever the core count: more shards cost ~128 bytes each and
+/// shorten every lock hold of the sweeper.
+const MIN_DEFAULT_SHARDS: usize = 64;
+
+/// Which hash bits pick the shard (the table itself uses the low bits and the top 7).
+const SHARD_SHIFT: u32 = 40;
+
+/// The largest shard count (`2^(57 - SHARD_SHIFT)`): above it the shard bits would overlap the tag.
+const MAX_SHARDS: usize = 1 << 16;
+
+struct Entry {
+    hash: u64,
+    key: CounterKey,
+    state: State,
+    expires_at: Nanos,
+}
+
+/// One lock and its table, padded to its own cache lines so that neighbouring shards do not
+/// false-share.
+#[repr(align(128))]
+#[derive(Default)]
+struct Shard {
+    // A blocking mutex on purpose: nothing is awaited while it is held, and each hold is one
+    // decision (or one sweep of this shard), so an async mutex would only add cost.
+    table: Mutex<HashTable<Entry>>,
+}
+
+/// Counters kept in this process. See the module docs for the design.
+pub struct MemoryStore {
+    clock: Arc<dyn Clock>,
+    hasher: foldhash::fast::RandomState,
+    shards: Box<[Shard]>,
+    shard_mask: u64,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryStore {
+    /// A store with the default shard count: 4 × the cores, rounded up to a power of two, at least 64.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::with_shards(clock, (cores * 4).max(MIN_DEFAULT_SHARDS))
+    }
+
+    /// A store with `shards` shards, rounded up to a power of two (at least 1, at most 65 536).
+    pub fn with_shards(clock: Arc<dyn Clock>, shards: usize) -> Self {
+        let n = shards.clamp(1, MAX_SHARDS).next_power_of_two();
+        Self {
+            clock,
+            hasher: foldhash::fast::RandomState::default(),
+            shards: (0..n).map(|_| Shard::default()).collect(),
+            shard_mask: n as u64 - 1,
+        }
+    }
+
+    /// Decides one hit at the clock's current time.
+    pub fn decide_one(&self, hit: &Hit<'_>) -> Decision {
+        self.decide_at(hit, self.clock.now())
+    }
+
+    /// Decides every hit, in order, all at one reading of the clock.
+    pub fn decide_many(&self, hits: &[Hit<'_>]) -> Vec<Decision> {
+        let now = self.clock.now();
+        hits.iter().map(|hit| self.decide_at(hit, now)).collect()
+    }
+
+    /// Decides one hit at `now`.
+    pub fn decide_at(&self, hit: &Hit<'_>, now: Nanos) -> Decision {
+        let hash = self.hasher.hash_one(hit.key);
+        let mut table = self.shard(hash).table.lock();
+        match table.find_entry(hash, |e| e.key == *hit.key) {
+            Ok(mut occupied) => {
+                let entry = occupied.get_mut();
+                let decision = hit.quota.decide(&mut entry.state, now, hit.hits);
+                entry.expires_at = hit.quota.expires_at(&entry.state);
+                if entry.expires_at <= now {
+                    occupied.remove();
+                }
+                decision
+            }
+            Err(absent) => {
+                let mut state = State::Empty;
+                let decision = hit.quota.decide(&mut state, now, hit.hits);
+                let expires_at = hit.quota.expires_at(&state);
+                if expires_at > now {
+                    let entry = Entry {
+                        hash,
+                        key: hit.key.clone(),
+                        state,
+                        expires_at,
+                    };
+                    absent.into_table().insert_unique(hash, entry, |e| e.hash);
+                }
+                decision
+            }
+        }
+    }
+
+    /// Removes every entry expired at `now` and shrinks tables left mostly empty; returns how many
+    /// entries it removed. Locks one shard at a time.
+    pub fn sweep(&self, now: Nanos) -> usize {
+        (0..self.shards.len())
+            .map(|i| self.sweep_shard(i, now))
+            .sum()
+    }
+
+    /// Sweeps shard `index` (see [`sweep`](Self::sweep)); out-of-range indexes sweep nothing.
+    pub fn sweep_shard(&self, index: usize, now: Nanos) -> usize {
+        let Some(shard) = self.shards.get(index) else {
+            return 0;
+        };
+        let mut table = shard.table.lock();
+        let before = table.len();
+        table.retain(|e| e.expires_at > now);
+        let len = table.len();
+        // Shrink to twice the live entries once under a quarter full: growth doubles and shrinking
+        // halves at least twice over, so a table at a steady size never oscillates.
+        if table.capacity() > MIN_SHRINK_CAPACITY && len < table.capacity() / 4 {
+            table.shrink_to(len * 2, |e| e.hash);
+        }
+        before - len
+    }
+
+    /// Sweeps the whole store every `every` until `shutdown` is cancelled, yielding between shards
+    /// so that one sweep never holds a runtime worker for long. The caller owns the task.
+    pub fn spawn_sweeper(
+        self: &Arc<Self>,
+        every: Duration,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let store = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The first tick completes at once; nothing can have expired yet.
+            ticks.tick().await;
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                let mut removed = 0;
+                for i in 0..store.shards.len() {
+                    removed += store.sweep_shard(i, store.clock.now());
+                    tokio::task::yield_now().await;
+                }
+                tracing::debug!(removed, live = store.len(), "memory store swept");
+            }
+        })
+    }
+
+    /// The number of live entries (expired ones count until swept).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.table.lock().len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.shards.iter().all(|s| s.table.lock().is_empty())
+    }
+
+    /// Entries the shards can hold without reallocating: what the store's tables cost in memory.
+    pub fn capacity(&self) -> usize {
+        self.shards.iter().map(|s| s.table.lock().capacity()).sum()
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    fn shard(&self, hash: u64) -> &Shard {
+        // The mask keeps the index below `shards.len()`, which is `shard_mask + 1`.
+        &self.shards[((hash >> SHARD_SHIFT) & self.shard_mask) as usize]
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    /// Completes without awaiting: every decision is made under a shard lock, never across an await.
+    async fn decide(&self, hits: &[Hit<'_>]) -> Result<Vec<Decision>, StoreError> {
+        Ok(self.decide_many(hits))
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}
