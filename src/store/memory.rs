@@ -112,7 +112,7 @@ impl MemoryStore {
     pub fn decide_at(&self, hit: &Hit<'_>, now: Nanos) -> Decision {
         let hash = self.hasher.hash_one(hit.key);
         let mut table = self.shard(hash).table.lock();
-        match table.find_entry(hash, |e| e.key == *hit.key) {
+        match table.find_entry(hash, |e| e.hash == hash && e.key == *hit.key) {
             Ok(mut occupied) => {
                 let entry = occupied.get_mut();
                 let decision = hit.quota.decide(&mut entry.state, now, hit.hits);
@@ -226,5 +226,221 @@ impl Store for MemoryStore {
 
     fn kind(&self) -> &'static str {
         "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algorithm::{Algorithm, Quota};
+    use crate::clock::{ManualClock, NANOS_PER_SEC};
+
+    const START: Nanos = 1_700_000_000 * NANOS_PER_SEC;
+
+    fn store(clock: &ManualClock) -> MemoryStore {
+        MemoryStore::new(Arc::new(clock.clone()))
+    }
+
+    fn quota(algorithm: Algorithm, limit: u64, window: Duration) -> Quota {
+        Quota::new(algorithm, limit, window, None).unwrap()
+    }
+
+    fn key(quota: &Quota, user: &str) -> CounterKey {
+        CounterKey::new("test", quota, [("user", user)])
+    }
+
+    fn hit<'a>(key: &'a CounterKey, quota: &'a Quota, hits: u64) -> Hit<'a> {
+        Hit { key, quota, hits }
+    }
+
+    #[test]
+    fn threads_on_one_key_admit_exactly_the_limit() {
+        for algorithm in [Algorithm::FixedWindow, Algorithm::TokenBucket] {
+            let clock = ManualClock::new(START);
+            let store = store(&clock);
+            let q = quota(algorithm, 500, Duration::from_secs(3600));
+            let k = key(&q, "alice");
+            let admitted: usize = std::thread::scope(|s| {
+                let workers: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            (0..1000)
+                                .filter(|_| store.decide_one(&hit(&k, &q, 1)).allowed)
+                                .count()
+                        })
+                    })
+                    .collect();
+                workers.into_iter().map(|w| w.join().unwrap()).sum()
+            });
+            assert_eq!(admitted, 500, "{algorithm}");
+            assert_eq!(store.len(), 1);
+        }
+    }
+
+    #[test]
+    fn distinct_keys_are_independent() {
+        let clock = ManualClock::new(START);
+        let store = store(&clock);
+        let q = quota(Algorithm::FixedWindow, 3, Duration::from_secs(60));
+        let (a, b) = (key(&q, "a"), key(&q, "b"));
+        for _ in 0..3 {
+            assert!(store.decide_one(&hit(&a, &q, 1)).allowed);
+        }
+        assert!(!store.decide_one(&hit(&a, &q, 1)).allowed);
+        let first_b = store.decide_one(&hit(&b, &q, 1));
+        assert!(first_b.allowed);
+        assert_eq!(first_b.remaining, 2);
+        assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn many_hits_in_one_call_are_decided_in_order() {
+        let clock = ManualClock::new(START);
+        let store = store(&clock);
+        let q = quota(Algorithm::FixedWindow, 2, Duration::from_secs(60));
+        let k = key(&q, "a");
+        let decisions = store.decide_many(&[hit(&k, &q, 1), hit(&k, &q, 1), hit(&k, &q, 1)]);
+        let allowed: Vec<bool> = decisions.iter().map(|d| d.allowed).collect();
+        assert_eq!(allowed, [true, true, false]);
+    }
+
+    #[test]
+    fn expired_entries_are_swept_and_a_reused_key_starts_fresh() {
+        for algorithm in [Algorithm::FixedWindow, Algorithm::TokenBucket] {
+            let clock = ManualClock::new(START);
+            let store = store(&clock);
+            let q = quota(algorithm, 5, Duration::from_secs(10));
+            let keys: Vec<_> = (0..100).map(|i| key(&q, &i.to_string())).collect();
+            for k in &keys {
+                store.decide_one(&hit(k, &q, 5));
+            }
+            assert_eq!(store.len(), 100);
+            assert_eq!(store.sweep(clock.now()), 0, "nothing has expired yet");
+
+            clock.advance(Duration::from_secs(21));
+            assert_eq!(store.sweep(clock.now()), 100, "{algorithm}");
+            assert_eq!(store.len(), 0);
+            assert!(store.is_empty());
+
+            let fresh = MemoryStore::new(Arc::new(clock.clone()));
+            let again = store.decide_one(&hit(&keys[0], &q, 1));
+            assert_eq!(
+                again,
+                fresh.decide_one(&hit(&keys[0], &q, 1)),
+                "{algorithm}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_first_hit_that_changes_nothing_stores_nothing() {
+        let clock = ManualClock::new(START);
+        let store = store(&clock);
+        let q = quota(Algorithm::FixedWindow, 5, Duration::from_secs(10));
+        let k = key(&q, "greedy");
+        let d = store.decide_one(&hit(&k, &q, 6));
+        assert!(!d.allowed && d.exceeds_capacity);
+        assert_eq!(store.len(), 0);
+    }
+
+    #[test]
+    fn a_million_keys_swept_leave_no_memory_behind() {
+        let clock = ManualClock::new(START);
+        let store = store(&clock);
+        let q = quota(Algorithm::FixedWindow, 10, Duration::from_secs(1));
+        let mut user = String::new();
+        for i in 0..1_000_000u32 {
+            use std::fmt::Write;
+            user.clear();
+            write!(user, "{i}").unwrap();
+            store.decide_at(&hit(&key(&q, &user), &q, 1), clock.now());
+        }
+        assert_eq!(store.len(), 1_000_000);
+        assert!(store.capacity() >= 1_000_000);
+
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(store.sweep(clock.now()), 1_000_000);
+        assert_eq!(store.len(), 0);
+        assert!(
+            store.capacity() <= store.shard_count() * MIN_SHRINK_CAPACITY,
+            "capacity {} after the sweep",
+            store.capacity()
+        );
+    }
+
+    #[test]
+    fn a_shrunk_table_keeps_its_live_entries() {
+        let clock = ManualClock::new(START);
+        let store = MemoryStore::with_shards(Arc::new(clock.clone()), 1);
+        let short = quota(Algorithm::FixedWindow, 10, Duration::from_secs(1));
+        let long = quota(Algorithm::FixedWindow, 10, Duration::from_secs(3600));
+        for i in 0..10_000 {
+            store.decide_one(&hit(&key(&short, &i.to_string()), &short, 1));
+        }
+        let kept: Vec<_> = (0..10).map(|i| key(&long, &i.to_string())).collect();
+        for k in &kept {
+            store.decide_one(&hit(k, &long, 4));
+        }
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(store.sweep(clock.now()), 10_000);
+        assert!(store.capacity() <= MIN_SHRINK_CAPACITY);
+        for k in &kept {
+            assert_eq!(store.decide_one(&hit(k, &long, 1)).remaining, 5);
+        }
+    }
+
+    #[test]
+    fn shard_counts_are_powers_of_two() {
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(START));
+        assert_eq!(MemoryStore::with_shards(clock.clone(), 0).shard_count(), 1);
+        assert_eq!(MemoryStore::with_shards(clock.clone(), 5).shard_count(), 8);
+        assert_eq!(
+            MemoryStore::with_shards(clock.clone(), usize::MAX).shard_count(),
+            MAX_SHARDS
+        );
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let default = MemoryStore::new(clock).shard_count();
+        assert!(default.is_power_of_two() && default >= 4 * cores);
+    }
+
+    #[tokio::test]
+    async fn the_async_trait_answers_one_decision_per_hit() {
+        let clock = ManualClock::new(START);
+        let store: Arc<dyn Store> = Arc::new(store(&clock));
+        let q = quota(Algorithm::FixedWindow, 1, Duration::from_secs(60));
+        let (a, b) = (key(&q, "a"), key(&q, "b"));
+        let decisions = store
+            .decide(&[hit(&a, &q, 1), hit(&a, &q, 1), hit(&b, &q, 1)])
+            .await
+            .unwrap();
+        let allowed: Vec<bool> = decisions.iter().map(|d| d.allowed).collect();
+        assert_eq!(allowed, [true, false, true]);
+        assert_eq!(store.kind(), "memory");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_task_evicts_and_stops_on_shutdown() {
+        let clock = ManualClock::new(START);
+        let store = Arc::new(store(&clock));
+        let q = quota(Algorithm::FixedWindow, 10, Duration::from_secs(1));
+        for i in 0..1000 {
+            store.decide_one(&hit(&key(&q, &i.to_string()), &q, 1));
+        }
+        let shutdown = CancellationToken::new();
+        let sweeper = store.spawn_sweeper(Duration::from_secs(5), shutdown.clone());
+
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(
+            store.len(),
+            1000,
+            "nothing expired on the store's clock yet"
+        );
+
+        clock.advance(Duration::from_secs(2));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(store.len(), 0);
+
+        shutdown.cancel();
+        sweeper.await.unwrap();
     }
 }
