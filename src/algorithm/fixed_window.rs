@@ -1,15 +1,205 @@
-//! fixed_window: to be written (see the module docs of `algorithm`).
+//! fixed_window: at most `L` hits in each window `[k·W, (k+1)·W)` aligned to the epoch, as
+//! envoyproxy/ratelimit counts them.
+//!
+//! State: the start of the window last written and its count (16 bytes). A request in a later window
+//! starts from zero. Cheap and predictable, but up to `2L` hits can pass within `W` across a window
+//! boundary (`L` at the end of one window, `L` at the start of the next); `sliding_window` smooths that.
+//! `reset_after` is the time to the next window start whenever the counter is not zero.
 
-use super::{Decision, Quota};
+use super::{Decision, Quota, exceeds_capacity, until, window_start};
 use crate::clock::Nanos;
 
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct State {}
-
-pub(crate) fn decide(_quota: &Quota, _state: &mut State, _now: Nanos, _hits: u64) -> Decision {
-    unimplemented!("fixed_window")
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct State {
+    /// Start of the window that `count` belongs to.
+    start: Nanos,
+    count: u64,
 }
 
-pub(crate) fn expires_at(_quota: &Quota, _state: &State) -> Nanos {
-    0
+pub(crate) fn decide(quota: &Quota, state: &mut State, now: Nanos, hits: u64) -> Decision {
+    let limit = quota.limit();
+    let window = quota.window_ns();
+    let start = window_start(now.max(state.start), window);
+    let used = if start == state.start { state.count } else { 0 };
+    let end = u128::from(start) + u128::from(window);
+    let restored_at = |count: u64| if count == 0 { 0 } else { end };
+    // Saturating: a state written under a larger limit (before a reload) must not underflow.
+    let free = limit.saturating_sub(used);
+
+    if hits > limit {
+        return exceeds_capacity(limit, free, until(restored_at(used), now));
+    }
+    if hits == 0 {
+        return Decision {
+            allowed: free > 0,
+            limit,
+            remaining: free,
+            reset_after: until(if free > 0 { restored_at(used) } else { end }, now),
+            exceeds_capacity: false,
+        };
+    }
+    if hits > free {
+        return Decision {
+            allowed: false,
+            limit,
+            remaining: free,
+            reset_after: until(end, now),
+            exceeds_capacity: false,
+        };
+    }
+    *state = State {
+        start,
+        count: used + hits,
+    };
+    Decision {
+        allowed: true,
+        limit,
+        remaining: free - hits,
+        reset_after: until(end, now),
+        exceeds_capacity: false,
+    }
+}
+
+pub(crate) fn expires_at(quota: &Quota, state: &State) -> Nanos {
+    if state.count == 0 {
+        0
+    } else {
+        state.start.saturating_add(quota.window_ns())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::super::testkit::{BASE, Step, quota, run, steps};
+    use super::super::{Algorithm, Quota, State as AnyState};
+    use crate::clock::NANOS_PER_SEC;
+
+    const MS: u64 = 1_000_000;
+
+    fn fw(limit: u64, window_ns: u64) -> Quota {
+        quota(Algorithm::FixedWindow, limit, window_ns, None)
+    }
+
+    fn cases() -> impl Strategy<Value = (u64, u64, u64, Vec<Step>)> {
+        let window = prop_oneof![
+            1u64..50,
+            1_000u64..100_000,
+            Just(MS),
+            Just(3_600 * NANOS_PER_SEC)
+        ];
+        (1u64..12, window, 0u64..1_000_000)
+            .prop_flat_map(|(l, w, off)| (Just(l), Just(w), Just(off), steps(w, l, 60)))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1_000))]
+
+        #[test]
+        fn matches_a_naive_per_window_counter((limit, window, offset, ops) in cases()) {
+            let q = fw(limit, window);
+            let mut counts: HashMap<u64, u64> = HashMap::new();
+            let mut last = 0;
+            for (now, hits, d) in run(&q, BASE + offset, &ops) {
+                let t = now.max(last);
+                let used = counts.get(&(t / window)).copied().unwrap_or(0);
+                let admit = hits > 0 && hits <= limit - used;
+                prop_assert_eq!(d.allowed, if hits == 0 { used < limit } else { admit });
+                prop_assert_eq!(d.remaining, limit - used - if admit { hits } else { 0 });
+                if admit {
+                    *counts.entry(t / window).or_default() += hits;
+                    last = t;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn one_millisecond_windows_align_to_the_epoch() {
+        let q = fw(1, MS);
+        let mut s = AnyState::Empty;
+        let t = 5 * MS + 999_999;
+        assert!(q.decide(&mut s, t, 1).allowed);
+        let d = q.decide(&mut s, t, 1);
+        assert!(!d.allowed && !d.exceeds_capacity);
+        assert_eq!(d.reset_after, Duration::from_nanos(1));
+        assert!(q.decide(&mut s, 6 * MS, 1).allowed);
+        assert_eq!(q.expires_at(&s), 7 * MS);
+    }
+
+    #[test]
+    fn a_billion_per_second_takes_huge_hits_without_overflow() {
+        let q = fw(1_000_000_000, NANOS_PER_SEC);
+        let mut s = AnyState::Empty;
+        let d = q.decide(&mut s, BASE, 999_999_999);
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 1);
+        let d = q.decide(&mut s, BASE, u64::from(u32::MAX));
+        assert!(!d.allowed && d.exceeds_capacity);
+        assert_eq!(d.remaining, 1);
+        let d = q.decide(&mut s, BASE, u64::MAX);
+        assert!(d.exceeds_capacity);
+        assert!(q.decide(&mut s, BASE, 1).allowed);
+        assert!(!q.decide(&mut s, BASE, 1).allowed);
+    }
+
+    #[test]
+    fn more_hits_than_the_limit_never_fit_and_consume_nothing() {
+        let q = fw(3, NANOS_PER_SEC);
+        let mut s = AnyState::Empty;
+        let d = q.decide(&mut s, BASE, 4);
+        assert!(!d.allowed && d.exceeds_capacity);
+        assert_eq!(d.remaining, 3);
+        assert!(q.decide(&mut s, BASE, 3).allowed);
+    }
+
+    #[test]
+    fn a_clock_stepping_back_counts_in_the_last_window() {
+        let q = fw(2, NANOS_PER_SEC);
+        let mut s = AnyState::Empty;
+        let t = 10 * NANOS_PER_SEC;
+        assert!(q.decide(&mut s, t, 2).allowed);
+        // Back into the previous window (and back to the epoch): still the full window, no refund.
+        let d = q.decide(&mut s, t - 1, 1);
+        assert!(!d.allowed);
+        assert_eq!(d.reset_after, Duration::from_nanos(NANOS_PER_SEC + 1));
+        assert!(!q.decide(&mut s, 0, 1).allowed);
+        assert!(q.decide(&mut s, t + NANOS_PER_SEC, 1).allowed);
+    }
+
+    #[test]
+    fn one_per_hour() {
+        let hour = 3_600 * NANOS_PER_SEC;
+        let q = fw(1, hour);
+        let mut s = AnyState::Empty;
+        assert!(q.decide(&mut s, 100 * hour, 1).allowed);
+        let d = q.decide(&mut s, 101 * hour - 1, 1);
+        assert!(!d.allowed);
+        assert_eq!(d.reset_after, Duration::from_nanos(1));
+        assert!(q.decide(&mut s, 101 * hour, 1).allowed);
+    }
+
+    #[test]
+    fn expires_at_the_end_of_the_window() {
+        let q = fw(5, 1_000);
+        let mut s = AnyState::Empty;
+        assert_eq!(q.expires_at(&s), 0);
+        q.decide(&mut s, 12_345, 2);
+        assert_eq!(q.expires_at(&s), 13_000);
+        let fresh = q.decide(&mut AnyState::Empty, 13_000, 5);
+        assert_eq!(q.decide(&mut s, 13_000, 5), fresh);
+    }
+
+    #[test]
+    fn times_near_the_end_of_u64_saturate() {
+        let q = fw(1, 3_600 * NANOS_PER_SEC);
+        let mut s = AnyState::Empty;
+        assert!(q.decide(&mut s, u64::MAX, 1).allowed);
+        assert!(!q.decide(&mut s, u64::MAX, 1).allowed);
+        assert_eq!(q.expires_at(&s), u64::MAX);
+    }
 }

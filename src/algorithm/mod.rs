@@ -256,3 +256,251 @@ impl State {
     state_accessor!(token_bucket, TokenBucket, token_bucket);
     state_accessor!(leaky_bucket, LeakyBucket, leaky_bucket);
 }
+
+/// `ns` nanoseconds as a `Duration`, saturating at `u64::MAX` ns (584 years).
+fn nanos(ns: u128) -> Duration {
+    Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
+}
+
+/// The time from `now` until the absolute time `at` (zero if `at` has passed).
+fn until(at: u128, now: Nanos) -> Duration {
+    nanos(at.saturating_sub(u128::from(now)))
+}
+
+/// `a / b` rounded up; `b` must be non-zero.
+fn ceil_div(a: u128, b: u128) -> u128 {
+    a.div_ceil(b)
+}
+
+/// The start of the window aligned to a multiple of `window_ns` since the epoch that contains `t`.
+fn window_start(t: Nanos, window_ns: u64) -> Nanos {
+    t - t % window_ns
+}
+
+/// A denial of a request that can never fit, reported with the time until the quota is fully
+/// restored.
+fn exceeds_capacity(limit: u64, remaining: u64, reset_after: Duration) -> Decision {
+    Decision {
+        allowed: false,
+        limit,
+        remaining,
+        reset_after,
+        exceeds_capacity: true,
+    }
+}
+
+/// Workloads and the invariants every algorithm must keep, shared by the algorithms' tests.
+#[cfg(test)]
+pub(crate) mod testkit {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Move the clock by `dt` nanoseconds (negative: the clock steps back), then ask for `hits`.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Step {
+        pub dt: i64,
+        pub hits: u64,
+    }
+
+    /// A time far from the epoch, so that window alignment and large products are exercised.
+    pub const BASE: Nanos = 1_700_000_000_123_456_789;
+
+    /// Random workloads for a quota of `capacity` hits per `window_ns`: mostly small forward steps,
+    /// some longer gaps, some backward steps; hits mostly around the capacity, a few enormous.
+    pub fn steps(window_ns: u64, capacity: u64, len: usize) -> impl Strategy<Value = Vec<Step>> {
+        let w = i64::try_from(window_ns).unwrap();
+        let dt = prop_oneof![
+            2 => Just(0i64),
+            6 => 0..=(w / 4).max(1),
+            3 => 0..=2 * w,
+            1 => 0..=5 * w,
+            1 => -w..0,
+        ];
+        let hits = prop_oneof![
+            3 => Just(1u64),
+            1 => Just(0u64),
+            4 => 0..=capacity + 1,
+            1 => prop_oneof![Just(u64::from(u32::MAX)), Just(u64::MAX), Just(capacity)],
+        ];
+        prop::collection::vec((dt, hits).prop_map(|(dt, hits)| Step { dt, hits }), 1..len)
+    }
+
+    pub fn advance(now: Nanos, dt: i64) -> Nanos {
+        now.saturating_add_signed(dt)
+    }
+
+    pub fn quota(algorithm: Algorithm, limit: u64, window_ns: u64, burst: Option<u64>) -> Quota {
+        Quota::new(algorithm, limit, Duration::from_nanos(window_ns), burst).unwrap()
+    }
+
+    /// The fresh state of `q`'s algorithm (what [`State::Empty`] becomes on its first decision).
+    pub fn fresh(q: &Quota) -> State {
+        match q.algorithm() {
+            Algorithm::SlidingWindow => State::SlidingWindow(Default::default()),
+            Algorithm::FixedWindow => State::FixedWindow(Default::default()),
+            Algorithm::SlidingLog => State::SlidingLog(Default::default()),
+            Algorithm::TokenBucket => State::TokenBucket(Default::default()),
+            Algorithm::LeakyBucket => State::LeakyBucket(Default::default()),
+        }
+    }
+
+    fn ns(d: Duration) -> Nanos {
+        u64::try_from(d.as_nanos()).unwrap()
+    }
+
+    fn decide_on(q: &Quota, state: &State, now: Nanos, hits: u64) -> Decision {
+        q.decide(&mut state.clone(), now, hits)
+    }
+
+    /// Checks one decision `d` of `hits` at `now`, which took `before` to `after`, against the rules
+    /// common to every algorithm (see the module docs).
+    pub fn check_step(
+        q: &Quota,
+        before: &State,
+        now: Nanos,
+        hits: u64,
+        d: &Decision,
+        after: &State,
+    ) {
+        let capacity = q.burst();
+        assert_eq!(d.limit, capacity);
+        assert_eq!(d.exceeds_capacity, hits > capacity, "{d:?}");
+        assert!(!(d.exceeds_capacity && d.allowed));
+        assert!(d.remaining <= capacity);
+        if !d.allowed || hits == 0 {
+            assert_eq!(before, after, "a denial or a probe changed the state");
+        }
+        if hits == 0 {
+            assert_eq!(
+                d.allowed,
+                d.remaining > 0,
+                "a probe admits iff one more hit fits"
+            );
+        }
+
+        // `remaining` more hits fit right now, one more does not.
+        if d.remaining > 0 {
+            assert!(
+                decide_on(q, after, now, d.remaining).allowed,
+                "remaining {d:?}"
+            );
+        }
+        if d.remaining < capacity {
+            assert!(
+                !decide_on(q, after, now, d.remaining + 1).allowed,
+                "remaining+1 {d:?}"
+            );
+        }
+
+        let r = ns(d.reset_after);
+        if !d.allowed && !d.exceeds_capacity {
+            // The same request fits exactly `reset_after` from now, and not a nanosecond earlier.
+            assert!(
+                decide_on(q, before, now.saturating_add(r), hits).allowed,
+                "retry at {r} {d:?}"
+            );
+            if r > 0 {
+                assert!(
+                    !decide_on(q, before, now + r - 1, hits).allowed,
+                    "retry at {r}-1 {d:?}"
+                );
+            }
+        } else {
+            // The quota is fully restored exactly `reset_after` from now.
+            assert_eq!(
+                decide_on(q, after, now.saturating_add(r), 0).remaining,
+                capacity,
+                "restore at {r}"
+            );
+            if r > 0 {
+                let early = decide_on(q, after, now + r - 1, 0).remaining;
+                assert!(early < capacity, "restored before {r}");
+            }
+        }
+
+        // From `expires_at` on, the state decides exactly like a fresh one.
+        let at = q.expires_at(after).max(now);
+        for h in [0, 1, capacity, capacity + 1] {
+            assert_eq!(
+                decide_on(q, after, at, h),
+                decide_on(q, &State::Empty, at, h),
+                "state after expires_at {at} differs from a fresh one"
+            );
+        }
+    }
+
+    /// Runs `steps` from `start` through `q`, checking the common rules at each step, and returns the
+    /// effective time, the hits and the decision of each step, for a reference model to replay.
+    pub fn run(q: &Quota, start: Nanos, steps: &[Step]) -> Vec<(Nanos, u64, Decision)> {
+        let mut state = fresh(q);
+        let mut now = start;
+        let mut out = Vec::with_capacity(steps.len());
+        for s in steps {
+            now = advance(now, s.dt);
+            let before = state.clone();
+            let d = q.decide(&mut state, now, s.hits);
+            check_step(q, &before, now, s.hits, &d, &state);
+            out.push((now, s.hits, d));
+        }
+        out
+    }
+
+    /// An exact non-negative rational, for reference models.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Ratio {
+        pub num: u128,
+        pub den: u128,
+    }
+
+    impl Ratio {
+        pub fn int(n: u128) -> Self {
+            Self { num: n, den: 1 }
+        }
+        pub fn new(num: u128, den: u128) -> Self {
+            let g = gcd(num, den);
+            Self {
+                num: num / g,
+                den: den / g,
+            }
+        }
+        pub fn add(self, o: Self) -> Self {
+            Self::new(self.num * o.den + o.num * self.den, self.den * o.den)
+        }
+        /// `self - o`, or zero if `o` is larger.
+        pub fn sub_sat(self, o: Self) -> Self {
+            let (a, b) = (self.num * o.den, o.num * self.den);
+            Self::new(a.saturating_sub(b), self.den * o.den)
+        }
+        pub fn min(self, o: Self) -> Self {
+            if self.le(o) { self } else { o }
+        }
+        pub fn le(self, o: Self) -> bool {
+            self.num * o.den <= o.num * self.den
+        }
+        pub fn floor(self) -> u128 {
+            self.num / self.den
+        }
+    }
+
+    fn gcd(mut a: u128, mut b: u128) -> u128 {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a.max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_are_compact() {
+        // The memory store keeps one `State` per key: a million keys should cost tens of MB.
+        assert!(size_of::<State>() <= 32, "{}", size_of::<State>());
+        assert_eq!(size_of::<token_bucket::State>(), 24);
+        assert_eq!(size_of::<sliding_window::State>(), 24);
+        assert_eq!(size_of::<fixed_window::State>(), 16);
+        assert_eq!(size_of::<sliding_log::State>(), 8);
+    }
+}
