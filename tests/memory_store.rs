@@ -19,18 +19,13 @@ enum Op {
     Sweep,
 }
 
-/// Algorithms whose bodies exist on this branch; all five once `algo` is merged.
-fn algorithms() -> Vec<Algorithm> {
-    Algorithm::ALL.to_vec()
-}
-
 fn quotas() -> Vec<Quota> {
     let w = Duration::from_secs(1);
-    let mut quotas: Vec<Quota> = algorithms()
+    let mut quotas: Vec<Quota> = Algorithm::ALL
         .into_iter()
         .map(|a| Quota::new(a, 3, w, None).unwrap())
         .collect();
-    for a in algorithms().into_iter().filter(|a| a.uses_burst()) {
+    for a in Algorithm::ALL.into_iter().filter(|a| a.uses_burst()) {
         quotas.push(Quota::new(a, 2, w, Some(5)).unwrap());
     }
     quotas

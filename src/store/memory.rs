@@ -255,7 +255,7 @@ mod tests {
 
     #[test]
     fn threads_on_one_key_admit_exactly_the_limit() {
-        for algorithm in [Algorithm::FixedWindow, Algorithm::TokenBucket] {
+        for algorithm in Algorithm::ALL {
             let clock = ManualClock::new(START);
             let store = store(&clock);
             let q = quota(algorithm, 500, Duration::from_secs(3600));
@@ -306,7 +306,7 @@ mod tests {
 
     #[test]
     fn expired_entries_are_swept_and_a_reused_key_starts_fresh() {
-        for algorithm in [Algorithm::FixedWindow, Algorithm::TokenBucket] {
+        for algorithm in Algorithm::ALL {
             let clock = ManualClock::new(START);
             let store = store(&clock);
             let q = quota(algorithm, 5, Duration::from_secs(10));
