@@ -35,7 +35,6 @@ use tokio_util::sync::CancellationToken;
 use super::{Hit, Store, StoreError};
 use crate::algorithm::{Decision, State};
 use crate::clock::{Clock, Nanos};
-use crate::keys::CounterKey;
 
 /// Tables at or below this capacity are not worth shrinking.
 const MIN_SHRINK_CAPACITY: usize = 64;
@@ -245,6 +244,7 @@ mod tests {
     use super::*;
     use crate::algorithm::{Algorithm, Quota};
     use crate::clock::{ManualClock, NANOS_PER_SEC};
+    use crate::keys::CounterKey;
 
     const START: Nanos = 1_700_000_000 * NANOS_PER_SEC;
 
