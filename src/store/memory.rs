@@ -1,1 +1,475 @@
-//! The embedded memory store: to be written.
+//! The embedded store: every counter of one instance in this process' memory.
+//!
+//! Layout: `N` shards (a power of two, by default at least 4 × the cores), each a
+//! `parking_lot::Mutex` around a `hashbrown::HashTable` of entries. A key is hashed once with
+//! foldhash (randomly seeded per store, so a client cannot aim many keys at one shard or one probe
+//! chain); bits 40.. of the hash pick the shard and the low bits, which the table uses, its bucket, so
+//! the two choices are independent. The hash is kept in the entry, so a table that grows or shrinks
+//! never hashes a key again, and so are the key's bytes (up to 72 of them, enough for a domain and one
+//! or two short descriptor entries): a lookup in a big, cold table then costs the cache misses on the
+//! table's control bytes and on one two-line entry, not a third on a separately allocated key.
+//!
+//! Exactness: a decision is read-decide-write under its shard's lock, so all hits on one key are
+//! serialised and `k` threads hammering one key admit exactly `L`. Different keys contend only when
+//! they share a shard; there is no global lock. Cost per decision: one hash of the key, one
+//! uncontended lock, one probe, the algorithm; no allocation unless the key is new and long, or its
+//! table grows. An entry is 128 bytes.
+//!
+//! Memory follows the active keys: each entry remembers when its state becomes indistinguishable
+//! from a fresh one (`Quota::expires_at`), and [`MemoryStore::sweep`] (run by
+//! [`MemoryStore::spawn_sweeper`]) drops those entries one shard at a time and shrinks a shard's table
+//! once it is less than a quarter full, so a million users passing once leave nothing behind. A
+//! decision that leaves a fresh state (a denied first hit, a probe) stores nothing at all, and an
+//! expired entry met by a decision is removed then and there.
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hashbrown::HashTable;
+use parking_lot::Mutex;
+use smallvec::SmallVec;
+use tokio_util::sync::CancellationToken;
+
+use super::{Hit, Store, StoreError};
+use crate::algorithm::{Decision, State};
+use crate::clock::{Clock, Nanos};
+
+/// Tables at or below this capacity are not worth shrinking.
+const MIN_SHRINK_CAPACITY: usize = 64;
+
+/// Shards are never fewer than this, whatever the core count: more shards cost ~128 bytes each and
+/// shorten every lock hold of the sweeper.
+const MIN_DEFAULT_SHARDS: usize = 64;
+
+/// Which hash bits pick the shard (the table itself uses the low bits and the top 7).
+const SHARD_SHIFT: u32 = 40;
+
+/// The largest shard count (`2^(57 - SHARD_SHIFT)`): above it the shard bits would overlap the tag.
+const MAX_SHARDS: usize = 1 << 16;
+
+/// Key bytes up to this length live inside the entry (longer ones spill to the heap), which makes an
+/// entry exactly two cache lines and saves a dependent cache miss per lookup.
+const INLINE_KEY: usize = 72;
+
+#[repr(align(64))]
+struct Entry {
+    hash: u64,
+    expires_at: Nanos,
+    key: SmallVec<[u8; INLINE_KEY]>,
+    state: State,
+}
+
+/// One lock and its table, padded to its own cache lines so that neighbouring shards do not
+/// false-share.
+#[repr(align(128))]
+#[derive(Default)]
+struct Shard {
+    // A blocking mutex on purpose: nothing is awaited while it is held, and each hold is one
+    // decision (or one sweep of this shard), so an async mutex would only add cost.
+    table: Mutex<HashTable<Entry>>,
+}
+
+/// Counters kept in this process. See the module docs for the design.
+pub struct MemoryStore {
+    clock: Arc<dyn Clock>,
+    hasher: foldhash::fast::RandomState,
+    shards: Box<[Shard]>,
+    shard_mask: u64,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryStore {
+    /// A store with the default shard count: 4 × the cores, rounded up to a power of two, at least 64.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::with_shards(clock, (cores * 4).max(MIN_DEFAULT_SHARDS))
+    }
+
+    /// A store with `shards` shards, rounded up to a power of two (at least 1, at most 65 536).
+    pub fn with_shards(clock: Arc<dyn Clock>, shards: usize) -> Self {
+        let n = shards.clamp(1, MAX_SHARDS).next_power_of_two();
+        Self {
+            clock,
+            hasher: foldhash::fast::RandomState::default(),
+            shards: (0..n).map(|_| Shard::default()).collect(),
+            shard_mask: n as u64 - 1,
+        }
+    }
+
+    /// Decides one hit at the clock's current time.
+    pub fn decide_one(&self, hit: &Hit<'_>) -> Decision {
+        self.decide_at(hit, self.clock.now())
+    }
+
+    /// Decides every hit, in order, all at one reading of the clock.
+    pub fn decide_many(&self, hits: &[Hit<'_>]) -> Vec<Decision> {
+        let now = self.clock.now();
+        hits.iter().map(|hit| self.decide_at(hit, now)).collect()
+    }
+
+    /// Decides one hit at `now`.
+    pub fn decide_at(&self, hit: &Hit<'_>, now: Nanos) -> Decision {
+        let hash = self.hasher.hash_one(hit.key);
+        let mut table = self.shard(hash).table.lock();
+        match table.find_entry(hash, |e| {
+            e.hash == hash && e.key.as_slice() == hit.key.as_bytes()
+        }) {
+            Ok(mut occupied) => {
+                let entry = occupied.get_mut();
+                let decision = hit.quota.decide(&mut entry.state, now, hit.hits);
+                entry.expires_at = hit.quota.expires_at(&entry.state);
+                if entry.expires_at <= now {
+                    occupied.remove();
+                }
+                decision
+            }
+            Err(absent) => {
+                let mut state = State::Empty;
+                let decision = hit.quota.decide(&mut state, now, hit.hits);
+                let expires_at = hit.quota.expires_at(&state);
+                if expires_at > now {
+                    let entry = Entry {
+                        hash,
+                        key: SmallVec::from_slice(hit.key.as_bytes()),
+                        state,
+                        expires_at,
+                    };
+                    absent.into_table().insert_unique(hash, entry, |e| e.hash);
+                }
+                decision
+            }
+        }
+    }
+
+    /// Removes every entry expired at `now` and shrinks tables left mostly empty; returns how many
+    /// entries it removed. Locks one shard at a time.
+    pub fn sweep(&self, now: Nanos) -> usize {
+        (0..self.shards.len())
+            .map(|i| self.sweep_shard(i, now))
+            .sum()
+    }
+
+    /// Sweeps shard `index` (see [`sweep`](Self::sweep)); out-of-range indexes sweep nothing.
+    pub fn sweep_shard(&self, index: usize, now: Nanos) -> usize {
+        let Some(shard) = self.shards.get(index) else {
+            return 0;
+        };
+        let mut table = shard.table.lock();
+        let before = table.len();
+        table.retain(|e| e.expires_at > now);
+        let len = table.len();
+        // Shrink to twice the live entries once under a quarter full: growth doubles and shrinking
+        // halves at least twice over, so a table at a steady size never oscillates.
+        if table.capacity() > MIN_SHRINK_CAPACITY && len < table.capacity() / 4 {
+            table.shrink_to(len * 2, |e| e.hash);
+        }
+        before - len
+    }
+
+    /// Sweeps the whole store every `every` until `shutdown` is cancelled, yielding between shards
+    /// so that one sweep never holds a runtime worker for long. The caller owns the task.
+    pub fn spawn_sweeper(
+        self: &Arc<Self>,
+        every: Duration,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let store = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The first tick completes at once; nothing can have expired yet.
+            ticks.tick().await;
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                let mut removed = 0;
+                for i in 0..store.shards.len() {
+                    removed += store.sweep_shard(i, store.clock.now());
+                    tokio::task::yield_now().await;
+                }
+                tracing::debug!(removed, live = store.len(), "memory store swept");
+            }
+        })
+    }
+
+    /// The number of live entries (expired ones count until swept).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.table.lock().len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.shards.iter().all(|s| s.table.lock().is_empty())
+    }
+
+    /// Entries the shards can hold without reallocating: what the store's tables cost in memory.
+    pub fn capacity(&self) -> usize {
+        self.shards.iter().map(|s| s.table.lock().capacity()).sum()
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    fn shard(&self, hash: u64) -> &Shard {
+        // The mask keeps the index below `shards.len()`, which is `shard_mask + 1`.
+        &self.shards[((hash >> SHARD_SHIFT) & self.shard_mask) as usize]
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    /// Completes without awaiting: every decision is made under a shard lock, never across an await.
+    async fn decide(&self, hits: &[Hit<'_>]) -> Result<Vec<Decision>, StoreError> {
+        Ok(self.decide_many(hits))
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algorithm::{Algorithm, Quota};
+    use crate::clock::{ManualClock, NANOS_PER_SEC};
+    use crate::keys::CounterKey;
+
+    const START: Nanos = 1_700_000_000 * NANOS_PER_SEC;
+
+    fn store(clock: &ManualClock) -> MemoryStore {
+        MemoryStore::new(Arc::new(clock.clone()))
+    }
+
+    fn quota(algorithm: Algorithm, limit: u64, window: Duration) -> Quota {
+        Quota::new(algorithm, limit, window, None).unwrap()
+    }
+
+    fn key(quota: &Quota, user: &str) -> CounterKey {
+        CounterKey::new("test", quota, [("user", user)])
+    }
+
+    fn hit<'a>(key: &'a CounterKey, quota: &'a Quota, hits: u64) -> Hit<'a> {
+        Hit { key, quota, hits }
+    }
+
+    #[test]
+    fn threads_on_one_key_admit_exactly_the_limit() {
+        for algorithm in Algorithm::ALL {
+            let clock = ManualClock::new(START);
+            let store = store(&clock);
+            let q = quota(algorithm, 500, Duration::from_secs(3600));
+            let k = key(&q, "alice");
+            let admitted: usize = std::thread::scope(|s| {
+                let workers: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            (0..1000)
+                                .filter(|_| store.decide_one(&hit(&k, &q, 1)).allowed)
+                                .count()
+                        })
+                    })
+                    .collect();
+                workers.into_iter().map(|w| w.join().unwrap()).sum()
+            });
+            assert_eq!(admitted, 500, "{algorithm}");
+            assert_eq!(store.len(), 1);
+        }
+    }
+
+    #[test]
+    fn distinct_keys_are_independent() {
+        let clock = ManualClock::new(START);
+        let store = store(&clock);
+        let q = quota(Algorithm::FixedWindow, 3, Duration::from_secs(60));
+        let (a, b) = (key(&q, "a"), key(&q, "b"));
+        for _ in 0..3 {
+            assert!(store.decide_one(&hit(&a, &q, 1)).allowed);
+        }
+        assert!(!store.decide_one(&hit(&a, &q, 1)).allowed);
+        let first_b = store.decide_one(&hit(&b, &q, 1));
+        assert!(first_b.allowed);
+        assert_eq!(first_b.remaining, 2);
+        assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn many_hits_in_one_call_are_decided_in_order() {
+        let clock = ManualClock::new(START);
+        let store = store(&clock);
+        let q = quota(Algorithm::FixedWindow, 2, Duration::from_secs(60));
+        let k = key(&q, "a");
+        let decisions = store.decide_many(&[hit(&k, &q, 1), hit(&k, &q, 1), hit(&k, &q, 1)]);
+        let allowed: Vec<bool> = decisions.iter().map(|d| d.allowed).collect();
+        assert_eq!(allowed, [true, true, false]);
+    }
+
+    #[test]
+    fn expired_entries_are_swept_and_a_reused_key_starts_fresh() {
+        for algorithm in Algorithm::ALL {
+            let clock = ManualClock::new(START);
+            let store = store(&clock);
+            let q = quota(algorithm, 5, Duration::from_secs(10));
+            let keys: Vec<_> = (0..100).map(|i| key(&q, &i.to_string())).collect();
+            for k in &keys {
+                store.decide_one(&hit(k, &q, 5));
+            }
+            assert_eq!(store.len(), 100);
+            assert_eq!(store.sweep(clock.now()), 0, "nothing has expired yet");
+
+            clock.advance(Duration::from_secs(21));
+            assert_eq!(store.sweep(clock.now()), 100, "{algorithm}");
+            assert_eq!(store.len(), 0);
+            assert!(store.is_empty());
+
+            let fresh = MemoryStore::new(Arc::new(clock.clone()));
+            let again = store.decide_one(&hit(&keys[0], &q, 1));
+            assert_eq!(
+                again,
+                fresh.decide_one(&hit(&keys[0], &q, 1)),
+                "{algorithm}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_first_hit_that_changes_nothing_stores_nothing() {
+        let clock = ManualClock::new(START);
+        let store = store(&clock);
+        let q = quota(Algorithm::FixedWindow, 5, Duration::from_secs(10));
+        let k = key(&q, "greedy");
+        let d = store.decide_one(&hit(&k, &q, 6));
+        assert!(!d.allowed && d.exceeds_capacity);
+        assert_eq!(store.len(), 0);
+    }
+
+    #[test]
+    fn a_million_keys_swept_leave_no_memory_behind() {
+        let clock = ManualClock::new(START);
+        let store = store(&clock);
+        let q = quota(Algorithm::FixedWindow, 10, Duration::from_secs(1));
+        let mut user = String::new();
+        for i in 0..1_000_000u32 {
+            use std::fmt::Write;
+            user.clear();
+            write!(user, "{i}").unwrap();
+            store.decide_at(&hit(&key(&q, &user), &q, 1), clock.now());
+        }
+        assert_eq!(store.len(), 1_000_000);
+        assert!(store.capacity() >= 1_000_000);
+
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(store.sweep(clock.now()), 1_000_000);
+        assert_eq!(store.len(), 0);
+        assert!(
+            store.capacity() <= store.shard_count() * MIN_SHRINK_CAPACITY,
+            "capacity {} after the sweep",
+            store.capacity()
+        );
+    }
+
+    #[test]
+    fn a_shrunk_table_keeps_its_live_entries() {
+        let clock = ManualClock::new(START);
+        let store = MemoryStore::with_shards(Arc::new(clock.clone()), 1);
+        let short = quota(Algorithm::FixedWindow, 10, Duration::from_secs(1));
+        let long = quota(Algorithm::FixedWindow, 10, Duration::from_secs(3600));
+        for i in 0..10_000 {
+            store.decide_one(&hit(&key(&short, &i.to_string()), &short, 1));
+        }
+        let kept: Vec<_> = (0..10).map(|i| key(&long, &i.to_string())).collect();
+        for k in &kept {
+            store.decide_one(&hit(k, &long, 4));
+        }
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(store.sweep(clock.now()), 10_000);
+        assert!(store.capacity() <= MIN_SHRINK_CAPACITY);
+        for k in &kept {
+            assert_eq!(store.decide_one(&hit(k, &long, 1)).remaining, 5);
+        }
+    }
+
+    #[test]
+    fn an_entry_is_two_cache_lines() {
+        assert_eq!(std::mem::size_of::<Entry>(), 128);
+    }
+
+    #[test]
+    fn long_keys_spill_and_still_match_exactly() {
+        let clock = ManualClock::new(START);
+        let store = store(&clock);
+        let q = quota(Algorithm::FixedWindow, 2, Duration::from_secs(60));
+        let long = "x".repeat(500);
+        let (a, b) = (key(&q, &long), key(&q, &format!("{long}y")));
+        assert!(a.as_bytes().len() > INLINE_KEY);
+        assert!(store.decide_one(&hit(&a, &q, 2)).allowed);
+        assert!(!store.decide_one(&hit(&a, &q, 1)).allowed);
+        assert!(store.decide_one(&hit(&b, &q, 1)).allowed);
+    }
+
+    #[test]
+    fn shard_counts_are_powers_of_two() {
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(START));
+        assert_eq!(MemoryStore::with_shards(clock.clone(), 0).shard_count(), 1);
+        assert_eq!(MemoryStore::with_shards(clock.clone(), 5).shard_count(), 8);
+        assert_eq!(
+            MemoryStore::with_shards(clock.clone(), usize::MAX).shard_count(),
+            MAX_SHARDS
+        );
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let default = MemoryStore::new(clock).shard_count();
+        assert!(default.is_power_of_two() && default >= 4 * cores);
+    }
+
+    #[tokio::test]
+    async fn the_async_trait_answers_one_decision_per_hit() {
+        let clock = ManualClock::new(START);
+        let store: Arc<dyn Store> = Arc::new(store(&clock));
+        let q = quota(Algorithm::FixedWindow, 1, Duration::from_secs(60));
+        let (a, b) = (key(&q, "a"), key(&q, "b"));
+        let decisions = store
+            .decide(&[hit(&a, &q, 1), hit(&a, &q, 1), hit(&b, &q, 1)])
+            .await
+            .unwrap();
+        let allowed: Vec<bool> = decisions.iter().map(|d| d.allowed).collect();
+        assert_eq!(allowed, [true, false, true]);
+        assert_eq!(store.kind(), "memory");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_task_evicts_and_stops_on_shutdown() {
+        let clock = ManualClock::new(START);
+        let store = Arc::new(store(&clock));
+        let q = quota(Algorithm::FixedWindow, 10, Duration::from_secs(1));
+        for i in 0..1000 {
+            store.decide_one(&hit(&key(&q, &i.to_string()), &q, 1));
+        }
+        let shutdown = CancellationToken::new();
+        let sweeper = store.spawn_sweeper(Duration::from_secs(5), shutdown.clone());
+
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(
+            store.len(),
+            1000,
+            "nothing expired on the store's clock yet"
+        );
+
+        clock.advance(Duration::from_secs(2));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(store.len(), 0);
+
+        shutdown.cancel();
+        sweeper.await.unwrap();
+    }
+}
