@@ -7,14 +7,27 @@
 //! - `Snapshot::parse(file_name, text)`: one file's text; used by tests and `POST`-less tooling.
 //! - `Snapshot::find(domain, entries)`: the rule for one descriptor, matched as envoyproxy/ratelimit does.
 //! - Every error displays as `file:line:column: message`.
+//!
+//! Parsing is in `raw` (shape only), `build` (meaning, with every problem's node path), `locate`
+//! (node path to line and column, since serde_norway keeps no spans), `matcher` (the tree and the
+//! hot-path lookup) and `load` (files and directories).
+
+mod build;
+mod load;
+mod locate;
+mod matcher;
+mod raw;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hashbrown::HashMap;
+use serde_json::json;
 use smallvec::SmallVec;
 
 use crate::algorithm::Quota;
+use matcher::{DomainRules, LevelKind, LevelMeta};
 
 /// Envoy's `RateLimitUnit`, also the YAML `unit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -88,13 +101,20 @@ pub struct Matched<'a> {
     /// `(key, value)` per descriptor level as the counter sees it: the request's value, or the
     /// wildcard pattern where `share_threshold` makes all matching values share one counter.
     pub parts: SmallVec<[(&'a str, &'a str); 4]>,
+    domain: &'a str,
+    levels: &'a [LevelMeta],
 }
 
 impl<'a> Matched<'a> {
     /// The metric label for this hit: `rule.id`, or with request values where the rule asks for
     /// them (`detailed_metric`: every value; `value_to_metric`: values of `key`-only levels).
+    ///
+    /// As in envoyproxy/ratelimit: an exact level always shows its configured `key_value`; a
+    /// wildcard level shows its pattern, or the request's value when `value_to_metric` (on that
+    /// level) or `detailed_metric` (on the rule) asks, unless `share_threshold` makes the values
+    /// share one counter (then the pattern); a key-only level shows `key`, or `key_value` when asked.
     pub fn metric_key(&self) -> Cow<'a, str> {
-        todo!("config helper")
+        matcher::metric_key(self)
     }
 }
 
@@ -110,7 +130,11 @@ pub struct ConfigError {
 
 /// All domains' rules, validated and immutable.
 #[derive(Debug, Default)]
-pub struct Snapshot {}
+pub struct Snapshot {
+    /// Sorted by name.
+    domains: Vec<DomainRules>,
+    index: HashMap<Box<str>, usize>,
+}
 
 impl Snapshot {
     pub fn empty() -> Self {
@@ -119,23 +143,147 @@ impl Snapshot {
 
     /// Loads a file, or every `*.yaml`/`*.yml` file of a directory (hidden entries such as
     /// Kubernetes' `..data` are followed only through the visible names). Returns every error found.
-    pub fn load(_path: &Path) -> Result<Self, Vec<ConfigError>> {
-        todo!("config helper")
+    pub fn load(path: &Path) -> Result<Self, Vec<ConfigError>> {
+        load::load_path(path).map(Self::from_domains)
     }
 
-    pub fn parse(_file_name: &str, _text: &str) -> Result<Self, Vec<ConfigError>> {
-        todo!("config helper")
+    pub fn parse(file_name: &str, text: &str) -> Result<Self, Vec<ConfigError>> {
+        load::parse_text(Path::new(file_name), text).map(|d| Self::from_domains(vec![d]))
+    }
+
+    fn from_domains(mut domains: Vec<DomainRules>) -> Self {
+        domains.sort_by(|a, b| a.name.cmp(&b.name));
+        let index = domains
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.name.clone(), i))
+            .collect();
+        Self { domains, index }
     }
 
     /// The rule for a descriptor of `entries` in `domain`: the entries walk the rule tree in order,
     /// each level preferring `key_value`, then a wildcard value, then `key` alone; a rule applies only
     /// when its depth equals the number of entries.
-    pub fn find<'a>(&'a self, _domain: &str, _entries: &[(&str, &str)]) -> Option<Matched<'a>> {
-        todo!("config helper")
+    ///
+    /// The request's strings and the snapshot share the lifetime `'a`, because [`Matched::parts`]
+    /// borrows values from both.
+    pub fn find<'a>(&'a self, domain: &str, entries: &[(&'a str, &'a str)]) -> Option<Matched<'a>> {
+        let &i = self.index.get(domain)?;
+        self.domains.get(i)?.find(entries)
+    }
+
+    /// Domain names, sorted.
+    pub fn domains(&self) -> impl Iterator<Item = &str> {
+        self.domains.iter().map(|d| &*d.name)
+    }
+
+    /// The rules of `domain`, in file order (empty for an unknown domain).
+    pub fn rules(&self, domain: &str) -> impl Iterator<Item = &Rule> {
+        self.index
+            .get(domain)
+            .and_then(|&i| self.domains.get(i))
+            .into_iter()
+            .flat_map(|d| d.rules.iter().map(|r| &r.rule))
+    }
+
+    /// The file `domain` was read from.
+    pub fn source(&self, domain: &str) -> Option<&Path> {
+        let &i = self.index.get(domain)?;
+        self.domains.get(i).map(|d| d.source.as_path())
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.domains.iter().map(|d| d.rules.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.domains.is_empty()
+    }
+
+    /// One line per domain, for `tollgate check`: `api: 7 rules (config/api.yaml)`.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        for d in &self.domains {
+            let n = d.rules.len();
+            let plural = if n == 1 { "" } else { "s" };
+            out.push_str(&format!(
+                "{}: {n} rule{plural} ({})\n",
+                d.name,
+                d.source.display()
+            ));
+        }
+        out
     }
 
     /// The rules as JSON for `/rlconfig`.
     pub fn to_json(&self) -> serde_json::Value {
-        todo!("config helper")
+        let domains: Vec<_> = self.domains.iter().map(domain_json).collect();
+        json!({ "domains": domains })
     }
 }
+
+fn domain_json(d: &DomainRules) -> serde_json::Value {
+    let rules: Vec<_> = d
+        .rules
+        .iter()
+        .map(|entry| {
+            let r = &entry.rule;
+            let descriptor: Vec<_> = entry.levels.iter().map(level_json).collect();
+            let quota = r.quota.map(|q| {
+                json!({
+                    "algorithm": q.algorithm().as_str(),
+                    "requests_per_unit": q.limit(),
+                    "window_ms": duration_ms(q.window()),
+                    "burst": q.burst(),
+                })
+            });
+            json!({
+                "id": r.id,
+                "name": r.name,
+                "descriptor": descriptor,
+                "unit": r.unit.map(unit_name),
+                "quota": quota,
+                "unlimited": r.unlimited,
+                "shadow_mode": r.shadow_mode,
+                "quota_mode": r.quota_mode,
+                "detailed_metric": r.detailed_metric,
+                "value_to_metric": r.value_to_metric,
+                "replaces": r.replaces,
+            })
+        })
+        .collect();
+    json!({
+        "domain": &*d.name,
+        "file": d.source.display().to_string(),
+        "rules": rules,
+    })
+}
+
+fn level_json(l: &LevelMeta) -> serde_json::Value {
+    match &l.kind {
+        LevelKind::Exact(v) => json!({ "key": &*l.key, "value": &**v }),
+        LevelKind::Wildcard { pattern, shared } => {
+            json!({ "key": &*l.key, "value": &**pattern, "share_threshold": shared })
+        }
+        LevelKind::AnyValue => json!({ "key": &*l.key }),
+    }
+}
+
+fn duration_ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn unit_name(u: Unit) -> &'static str {
+    match u {
+        Unit::Second => "second",
+        Unit::Minute => "minute",
+        Unit::Hour => "hour",
+        Unit::Day => "day",
+        Unit::Week => "week",
+        Unit::Month => "month",
+        Unit::Year => "year",
+    }
+}
+
+#[cfg(test)]
+mod tests;

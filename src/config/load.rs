@@ -1,0 +1,245 @@
+//! Reading rule files: one text, one file, or a directory of them.
+//!
+//! A directory is read in name order, descending into visible subdirectories; names starting with
+//! `.` are skipped, so Kubernetes' `..data`/`..2024_…` directories are never read twice, while the
+//! visible `rules.yaml -> ..data/rules.yaml` symlinks are followed. Every file is checked even
+//! after one fails, so `tollgate check` reports everything at once.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::ConfigError;
+use super::build::build;
+use super::locate::{NodePath, locate};
+use super::matcher::DomainRules;
+use super::raw::RawFile;
+
+/// Directory depth limit, against symlink loops that canonicalization cannot see.
+const MAX_DEPTH: usize = 16;
+
+/// One file's text to one domain.
+pub(crate) fn parse_text(file: &Path, text: &str) -> Result<DomainRules, Vec<ConfigError>> {
+    let error = |(line, column): (usize, usize), message: String| ConfigError {
+        file: file.to_owned(),
+        line,
+        column,
+        message,
+    };
+    if text.trim().is_empty() || is_only_comments(text) {
+        return Err(vec![error(
+            (1, 1),
+            "the file is empty: it needs at least `domain: <name>`".into(),
+        )]);
+    }
+    let raw: RawFile = match serde_norway::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let at = e
+                .location()
+                .map_or((1, 1), |l| (l.line().max(1), l.column().max(1)));
+            return Err(vec![error(at, strip_positions(&e.to_string()))]);
+        }
+    };
+    build(file, raw).map_err(|problems| {
+        problems
+            .into_iter()
+            .map(|(path, message)| error(locate(text, &path), message))
+            .collect()
+    })
+}
+
+fn is_only_comments(text: &str) -> bool {
+    text.lines()
+        .map(str::trim)
+        .all(|l| l.is_empty() || l.starts_with('#') || l == "---" || l == "...")
+}
+
+/// serde_norway appends ` at line L column C` (and libyaml ` at position N`); we report those
+/// numbers in front, so drop them from the message.
+fn strip_positions(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(" at ") {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at + 4..];
+        let skipped = skip_position(tail);
+        if skipped == 0 {
+            out.push_str(" at ");
+        }
+        rest = &tail[skipped..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Length of a leading `line N column M` or `position N` in `s`, or 0.
+fn skip_position(s: &str) -> usize {
+    fn number(s: &str) -> usize {
+        s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len())
+    }
+    if let Some(r) = s.strip_prefix("line ") {
+        let n = number(r);
+        if n > 0
+            && let Some(r2) = r[n..].strip_prefix(" column ")
+        {
+            let m = number(r2);
+            if m > 0 {
+                return "line ".len() + n + " column ".len() + m;
+            }
+        }
+    } else if let Some(r) = s.strip_prefix("position ") {
+        let n = number(r);
+        if n > 0 {
+            return "position ".len() + n;
+        }
+    }
+    0
+}
+
+/// Every domain under `path` (a file or a directory), or every error found.
+pub(crate) fn load_path(path: &Path) -> Result<Vec<DomainRules>, Vec<ConfigError>> {
+    let io_error = |p: &Path, what: &str, e: std::io::Error| ConfigError {
+        file: p.to_owned(),
+        line: 1,
+        column: 1,
+        message: format!("cannot {what}: {e}"),
+    };
+    let meta = fs::metadata(path).map_err(|e| vec![io_error(path, "read", e)])?;
+    let files = if meta.is_dir() {
+        let mut files = Vec::new();
+        let mut errors = Vec::new();
+        let mut visited = HashSet::new();
+        collect(path, 0, &mut visited, &mut files, &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        files
+    } else {
+        vec![path.to_owned()]
+    };
+
+    let mut domains: Vec<DomainRules> = Vec::new();
+    let mut errors = Vec::new();
+    for file in files {
+        let text = match fs::read(&file) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => text,
+                Err(e) => {
+                    errors.push(ConfigError {
+                        file: file.clone(),
+                        line: 1,
+                        column: 1,
+                        message: format!("the file is not UTF-8: {e}"),
+                    });
+                    continue;
+                }
+            },
+            Err(e) => {
+                errors.push(io_error(&file, "read", e));
+                continue;
+            }
+        };
+        match parse_text(&file, &text) {
+            Ok(domain) => {
+                if let Some(first) = domains.iter().find(|d| d.name == domain.name) {
+                    let (line, column) = locate(&text, &NodePath::default().field("domain"));
+                    errors.push(ConfigError {
+                        file: file.clone(),
+                        line,
+                        column,
+                        message: format!(
+                            "duplicate domain `{}`: already defined in {}",
+                            domain.name,
+                            first.source.display()
+                        ),
+                    });
+                } else {
+                    domains.push(domain);
+                }
+            }
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(domains)
+    } else {
+        Err(errors)
+    }
+}
+
+fn collect(
+    dir: &Path,
+    depth: usize,
+    visited: &mut HashSet<PathBuf>,
+    files: &mut Vec<PathBuf>,
+    errors: &mut Vec<ConfigError>,
+) {
+    let dir_error = |message: String| ConfigError {
+        file: dir.to_owned(),
+        line: 1,
+        column: 1,
+        message,
+    };
+    if depth > MAX_DEPTH {
+        errors.push(dir_error(format!(
+            "directories nested deeper than {MAX_DEPTH} levels"
+        )));
+        return;
+    }
+    if let Ok(real) = fs::canonicalize(dir)
+        && !visited.insert(real)
+    {
+        return;
+    }
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            errors.push(dir_error(format!("cannot read the directory: {e}")));
+            return;
+        }
+    };
+    let mut names: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.path())
+        .collect();
+    names.sort();
+    for path in names {
+        // `metadata` follows symlinks; a dangling one is skipped like a vanished file.
+        let Ok(meta) = fs::metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            collect(&path, depth + 1, visited, files, errors);
+        } else if meta.is_file()
+            && matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml")
+            )
+        {
+            files.push(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_are_stripped_from_messages() {
+        assert_eq!(
+            strip_positions("descriptors[0]: unknown field `x` at line 3 column 5"),
+            "descriptors[0]: unknown field `x`"
+        );
+        assert_eq!(
+            strip_positions(
+                "did not find expected key at line 4 column 3, while parsing a block mapping at line 1 column 1"
+            ),
+            "did not find expected key, while parsing a block mapping"
+        );
+        assert_eq!(strip_positions("look at me"), "look at me");
+        assert_eq!(strip_positions("at line x"), "at line x");
+    }
+}
