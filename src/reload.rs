@@ -6,7 +6,8 @@
 //!
 //! Watching: inotify watches inodes and does not follow symlinks, so we watch *directories*: the
 //! parent of the configured path and of every symlink met while resolving it, the directory itself
-//! when the path is one, and the directories holding the targets of its rule files. That sees a file
+//! and its subdirectories when the path is one, and the directories holding the targets of symlinked
+//! rule files. That sees a file
 //! rewritten in place, `mv new rules.yaml`, files created or deleted, and the Kubernetes ConfigMap
 //! swap (`..data` renamed over in the volume's root). The watch set is recomputed before each load,
 //! since a swap moves the real files into a new directory.
@@ -31,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use notify::event::{AccessKind, AccessMode, ModifyKind};
+use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use parking_lot::Mutex;
 use tokio::signal::unix::{Signal, SignalKind};
@@ -52,6 +53,8 @@ pub const MAX_WAIT_OPEN_WRITE: Duration = Duration::from_secs(5);
 
 /// Symlink hops followed when resolving a path, as the kernel's `MAXSYMLINKS`.
 const MAX_SYMLINK_HOPS: usize = 40;
+/// Subdirectory depth read, as the loader's.
+const MAX_DIR_DEPTH: usize = 16;
 
 /// One validated rule set and when it was published.
 #[derive(Debug)]
@@ -177,16 +180,17 @@ impl LiveRules {
         hangup: Option<H>,
     ) -> JoinHandle<()> {
         let (events_tx, events) = mpsc::unbounded_channel();
-        let files = self.path.as_ref().and_then(|path| {
-            match FileWatch::start(path.clone(), events_tx) {
-                Ok(files) => Some(files),
-                Err(error) => {
-                    tracing::error!(%error, path = %path.display(),
+        let files =
+            self.path
+                .as_ref()
+                .and_then(|path| match FileWatch::start(path.clone(), events_tx) {
+                    Ok(files) => Some(files),
+                    Err(error) => {
+                        tracing::error!(%error, path = %path.display(),
                         "cannot watch the rules; reloading on SIGHUP only");
-                    None
-                }
-            }
-        });
+                        None
+                    }
+                });
         let this = Arc::clone(self);
         tokio::spawn(this.run(shutdown, files, events, hangup))
     }
@@ -306,7 +310,8 @@ struct FileWatch {
     /// Exact paths whose events matter: the configured path, the symlinks met resolving it or its
     /// rule files, and what they resolve to.
     relevant: HashSet<PathBuf>,
-    /// Directories of rules, where any rule-like name or Kubernetes `..` entry matters.
+    /// The directories the loader reads, resolved: there rule files, visible subdirectories and
+    /// Kubernetes' `..` entries matter.
     rule_dirs: HashSet<PathBuf>,
 }
 
@@ -335,16 +340,8 @@ impl FileWatch {
         let mut relevant = HashSet::new();
         let mut rule_dirs = HashSet::new();
         let chain = symlink_chain(&self.root);
-        if let Some(resolved) = chain.last().filter(|dir| dir.is_dir()) {
-            rule_dirs.insert(resolved.clone());
-            if let Ok(entries) = std::fs::read_dir(resolved) {
-                for entry in entries.flatten() {
-                    let is_link = entry.file_type().is_ok_and(|t| t.is_symlink());
-                    if is_link && is_rule_name(&entry.file_name()) {
-                        relevant.extend(symlink_chain(&entry.path()));
-                    }
-                }
-            }
+        if let Some(resolved) = chain.last().filter(|path| path.is_dir()) {
+            collect_rule_dirs(resolved, 0, &mut rule_dirs, &mut relevant);
         }
         relevant.extend(chain);
 
@@ -393,15 +390,23 @@ impl FileWatch {
         self.rule_dirs = rule_dirs;
     }
 
-    fn is_relevant(&self, path: &Path) -> bool {
-        if self.relevant.contains(path) {
+    fn is_relevant(&self, path: &Path, kind: &EventKind) -> bool {
+        if self.relevant.contains(path) || self.rule_dirs.contains(path) {
             return true;
         }
         let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
             return false;
         };
-        self.rule_dirs.contains(dir)
-            && (is_rule_name(name) || name.as_encoded_bytes().starts_with(b".."))
+        if !self.rule_dirs.contains(dir) {
+            return false;
+        }
+        let name = name.as_encoded_bytes();
+        let is_folder = matches!(
+            kind,
+            EventKind::Create(CreateKind::Folder) | EventKind::Remove(RemoveKind::Folder)
+        );
+        name.starts_with(b"..")
+            || (!name.starts_with(b".") && (is_rule_name(path) || is_folder || path.is_dir()))
     }
 
     /// Whether `event` should (re)start the quiet period; tracks files open for writing.
@@ -417,7 +422,8 @@ impl FileWatch {
             open_writes.clear();
             return true;
         }
-        let mut relevant_paths = event.paths.iter().filter(|p| self.is_relevant(p));
+        let kind = &event.kind;
+        let mut relevant_paths = event.paths.iter().filter(|p| self.is_relevant(p, kind));
         match event.kind {
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
                 let mut any = false;
@@ -441,17 +447,58 @@ impl FileWatch {
                 for path in &event.paths {
                     open_writes.remove(path);
                 }
-                event.paths.iter().any(|p| self.is_relevant(p))
+                event.paths.iter().any(|p| self.is_relevant(p, kind))
             }
             _ => relevant_paths.next().is_some(),
         }
     }
 }
 
-/// A name `Snapshot::load` reads in a directory: visible, ending in `.yaml` or `.yml`.
-fn is_rule_name(name: &OsStr) -> bool {
-    let name = name.to_string_lossy().to_ascii_lowercase();
-    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
+/// A file `Snapshot::load` reads in a directory, by its name: visible, ending in `.yaml` or `.yml`.
+fn is_rule_name(path: &Path) -> bool {
+    let visible = path
+        .file_name()
+        .is_some_and(|name| !name.as_encoded_bytes().starts_with(b"."));
+    visible
+        && matches!(
+            path.extension().and_then(OsStr::to_str),
+            Some("yaml" | "yml")
+        )
+}
+
+/// Walks the rule directories as the loader does (visible entries, symlinks followed, subdirectories
+/// to [`MAX_DIR_DEPTH`]): each directory reached, by its resolved path, goes to `rule_dirs`; each
+/// symlink met on the way to a rule file or directory, and its target, to `relevant`.
+fn collect_rule_dirs(
+    dir: &Path,
+    depth: usize,
+    rule_dirs: &mut HashSet<PathBuf>,
+    relevant: &mut HashSet<PathBuf>,
+) {
+    if depth > MAX_DIR_DEPTH || !rule_dirs.insert(dir.to_path_buf()) {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if entry.file_name().as_encoded_bytes().starts_with(b".") {
+            continue;
+        }
+        let (target, chain) = if entry.file_type().is_ok_and(|t| t.is_symlink()) {
+            let chain = symlink_chain(&path);
+            (chain.last().cloned().unwrap_or_else(|| path.clone()), chain)
+        } else {
+            (path.clone(), Vec::new())
+        };
+        if target.is_dir() {
+            relevant.extend(chain);
+            collect_rule_dirs(&target, depth + 1, rule_dirs, relevant);
+        } else if is_rule_name(&path) {
+            relevant.extend(chain);
+        }
+    }
 }
 
 /// Resolves `path` one component at a time: every symlink met, then the final path (which may
@@ -556,7 +603,10 @@ mod tests {
     async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
         let deadline = StdInstant::now() + SEEN_WITHIN;
         while !done() {
-            assert!(StdInstant::now() < deadline, "not within {SEEN_WITHIN:?}: {what}");
+            assert!(
+                StdInstant::now() < deadline,
+                "not within {SEEN_WITHIN:?}: {what}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -586,7 +636,11 @@ mod tests {
 
         fs::write(&file, rule(7)).unwrap();
         eventually("rewrite applied", || limit(&rules) == Some(7)).await;
-        assert_eq!(generation(&rules), 2, "truncate + write + close is one reload");
+        assert_eq!(
+            generation(&rules),
+            2,
+            "truncate + write + close is one reload"
+        );
         stop(shutdown, task).await;
     }
 
@@ -623,6 +677,32 @@ mod tests {
         fs::remove_file(&second).unwrap();
         eventually("deleted file applied", || !has_e(&rules)).await;
         assert_eq!(limit(&rules), Some(5));
+
+        // The loader reads visible subdirectories too: a new one, then a file rewritten in it.
+        let team = dir.path().join("team");
+        fs::create_dir(&team).unwrap();
+        fs::write(
+            team.join("e.yaml"),
+            rule(3).replace("domain: d", "domain: e"),
+        )
+        .unwrap();
+        eventually("file in new subdirectory applied", || has_e(&rules)).await;
+        fs::write(
+            team.join("e.yaml"),
+            rule(4).replace("domain: d", "domain: e"),
+        )
+        .unwrap();
+        let e_limit = |rules: &LiveRules| {
+            let generation = rules.current();
+            let matched = generation.snapshot.find("e", &[("k", "v")]);
+            matched.and_then(|m| m.rule.quota.as_ref().map(|q| q.limit()))
+        };
+        eventually("file in subdirectory rewritten", || {
+            e_limit(&rules) == Some(4)
+        })
+        .await;
+        fs::remove_dir_all(&team).unwrap();
+        eventually("subdirectory removed", || !has_e(&rules)).await;
         stop(shutdown, task).await;
     }
 
@@ -650,11 +730,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dir = dir.path();
         configmap_create(dir, "..2026_11_25_10_00_00.1", 5);
-        let path = if watch_file { dir.join("rules.yaml") } else { dir.to_path_buf() };
+        let path = if watch_file {
+            dir.join("rules.yaml")
+        } else {
+            dir.to_path_buf()
+        };
         let (rules, shutdown, task) = watched(path);
         assert_eq!(limit(&rules), Some(5));
 
-        let stamps = ["..2026_11_25_10_00_00.1", "..2026_11_25_10_05_00.2", "..2026_11_25_10_10_00.3"];
+        let stamps = [
+            "..2026_11_25_10_00_00.1",
+            "..2026_11_25_10_05_00.2",
+            "..2026_11_25_10_10_00.3",
+        ];
         for (i, next) in [(1, 7), (2, 9)] {
             configmap_update(dir, stamps[i - 1], stamps[i], next);
             eventually("ConfigMap swap applied", || limit(&rules) == Some(next)).await;
@@ -702,7 +790,11 @@ mod tests {
         fs::write(&file, "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n").unwrap();
         let errors = rules.reload().expect_err("invalid unit refused");
         assert!(!errors.is_empty());
-        assert!(errors[0].to_string().contains("rules.yaml:"), "{}", errors[0]);
+        assert!(
+            errors[0].to_string().contains("rules.yaml:"),
+            "{}",
+            errors[0]
+        );
         assert_eq!((generation(&rules), limit(&rules)), (1, Some(5)));
 
         fs::write(&file, rule(6)).unwrap();
@@ -710,8 +802,14 @@ mod tests {
         assert_eq!(limit(&rules), Some(6));
 
         let text = metrics.render();
-        assert!(text.contains(r#"tollgate_config_reloads_total{result="error"} 1"#), "{text}");
-        assert!(text.contains(r#"tollgate_config_reloads_total{result="success"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"tollgate_config_reloads_total{result="error"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tollgate_config_reloads_total{result="success"} 1"#),
+            "{text}"
+        );
         assert!(text.contains("tollgate_config_generation 2"), "{text}");
     }
 
@@ -738,7 +836,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("rules.yaml");
         let block = |limit: &str| {
-            format!("domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: second\n      requests_per_unit: {limit}")
+            format!(
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: second\n      requests_per_unit: {limit}"
+            )
         };
         fs::write(&file, block("7\n")).unwrap();
         let (rules, shutdown, task) = watched(file.clone());
@@ -805,7 +905,11 @@ mod tests {
         tokio::time::sleep(QUIET / 5).await;
         let started = StdInstant::now();
         stop(shutdown, task).await;
-        assert!(started.elapsed() < QUIET, "ended in {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < QUIET,
+            "ended in {:?}",
+            started.elapsed()
+        );
         assert_eq!(generation(&rules), 1);
     }
 
@@ -816,7 +920,11 @@ mod tests {
         configmap_create(&dir, "..v1", 5);
         assert_eq!(
             symlink_chain(&dir.join("rules.yaml")),
-            [dir.join("rules.yaml"), dir.join("..data"), dir.join("..v1/rules.yaml")]
+            [
+                dir.join("rules.yaml"),
+                dir.join("..data"),
+                dir.join("..v1/rules.yaml")
+            ]
         );
         assert_eq!(symlink_chain(&dir.join("./x/../..v1")), [dir.join("..v1")]);
         symlink("loop", dir.join("loop")).unwrap();
@@ -840,14 +948,19 @@ mod tests {
         assert!(!watch.observe(event(created, "notes.txt"), &mut open));
         assert!(!watch.observe(event(created, ".d.yaml.swp"), &mut open));
         assert!(!watch.observe(event(opened, "d.yaml"), &mut open));
-        assert!(watch.observe(event(created, "e.YML"), &mut open));
+        assert!(!watch.observe(event(created, "e.YML"), &mut open));
+        assert!(watch.observe(event(created, "e.yml"), &mut open));
+        let folder = EventKind::Create(CreateKind::Folder);
+        assert!(watch.observe(event(folder, "team"), &mut open));
         assert!(watch.observe(event(created, "..data_tmp"), &mut open));
         assert!(watch.observe(event(data, "d.yaml"), &mut open));
         assert_eq!(open, HashSet::from([dir.join("d.yaml")]));
         assert!(watch.observe(event(closed, "d.yaml"), &mut open));
         assert!(open.is_empty());
         let renamed = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
-        let rename = Event::new(renamed).add_path(dir.join("x.tmp")).add_path(dir.join("d.yaml"));
+        let rename = Event::new(renamed)
+            .add_path(dir.join("x.tmp"))
+            .add_path(dir.join("d.yaml"));
         assert!(watch.observe(Ok(rename), &mut open));
     }
 }
