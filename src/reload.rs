@@ -180,17 +180,14 @@ impl LiveRules {
         hangup: Option<H>,
     ) -> JoinHandle<()> {
         let (events_tx, events) = mpsc::unbounded_channel();
-        let files =
-            self.path
-                .as_ref()
-                .and_then(|path| match FileWatch::start(path.clone(), events_tx) {
-                    Ok(files) => Some(files),
-                    Err(error) => {
-                        tracing::error!(%error, path = %path.display(),
-                        "cannot watch the rules; reloading on SIGHUP only");
-                        None
-                    }
-                });
+        let files = self.path.as_ref().and_then(|path| {
+            FileWatch::start(path.clone(), events_tx)
+                .inspect_err(|error| {
+                    let path = path.display();
+                    tracing::error!(%error, %path, "cannot watch the rules; reloading on SIGHUP only");
+                })
+                .ok()
+        });
         let this = Arc::clone(self);
         tokio::spawn(this.run(shutdown, files, events, hangup))
     }
