@@ -162,11 +162,11 @@ impl Builder {
             let entry: &mut KeyEntry = into.keys.entry(key.into()).or_default();
             match (value, glob) {
                 (None, _) => entry.any = Some(Box::new(node)),
-                (Some(_), Some(glob)) => entry.wildcards.push(super::matcher::WildcardNode {
-                    glob,
-                    shared,
-                    node,
-                }),
+                (Some(_), Some(glob)) => {
+                    entry
+                        .wildcards
+                        .push(super::matcher::WildcardNode { glob, shared, node })
+                }
                 (Some(v), None) => {
                     entry.exact.insert(v.into(), node);
                 }
@@ -376,13 +376,17 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total: u128 = 0;
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(bad());
         }
         let number: u128 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let nanos_per: u128 = match &rest[..unit_len] {
             "ns" => 1,
             "us" | "µs" => 1_000,
@@ -418,7 +422,16 @@ mod tests {
         assert_eq!(parse_duration("1h30m"), Ok(ms(5_400_000)));
         assert_eq!(parse_duration(" 10us "), Ok(Duration::from_micros(10)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
-        for bad in ["", "10", "s", "1.5s", "-1s", "10 s", "1y", "99999999999999999999999999w"] {
+        for bad in [
+            "",
+            "10",
+            "s",
+            "1.5s",
+            "-1s",
+            "10 s",
+            "1y",
+            "99999999999999999999999999w",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

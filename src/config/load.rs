@@ -26,7 +26,7 @@ pub(crate) fn parse_text(file: &Path, text: &str) -> Result<DomainRules, Vec<Con
         column,
         message,
     };
-    if text.trim().is_empty() || is_only_comments(text) {
+    if is_only_comments(text) {
         return Err(vec![error(
             (1, 1),
             "the file is empty: it needs at least `domain: <name>`".into(),
@@ -55,46 +55,54 @@ fn is_only_comments(text: &str) -> bool {
         .all(|l| l.is_empty() || l.starts_with('#') || l == "---" || l == "...")
 }
 
-/// serde_norway appends ` at line L column C` (and libyaml ` at position N`); we report those
-/// numbers in front, so drop them from the message.
+/// serde_norway appends ` at line L column C` (libyaml: ` at position N`). The first is the
+/// position we report in front, so it is dropped; later ones (libyaml's context, such as where an
+/// unclosed bracket opened) are kept, shortened to `at L:C`.
 fn strip_positions(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
+    let mut first = true;
     while let Some(at) = rest.find(" at ") {
         out.push_str(&rest[..at]);
         let tail = &rest[at + 4..];
-        let skipped = skip_position(tail);
-        if skipped == 0 {
-            out.push_str(" at ");
+        match parse_position(tail) {
+            Some((len, shown)) => {
+                if !first {
+                    out.push_str(" at ");
+                    out.push_str(&shown);
+                }
+                first = false;
+                rest = &tail[len..];
+            }
+            None => {
+                out.push_str(" at ");
+                rest = tail;
+            }
         }
-        rest = &tail[skipped..];
     }
     out.push_str(rest);
     out
 }
 
-/// Length of a leading `line N column M` or `position N` in `s`, or 0.
-fn skip_position(s: &str) -> usize {
-    fn number(s: &str) -> usize {
-        s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len())
+/// A leading `line N column M` (shown `N:M`) or `position N` in `s`, with its length.
+fn parse_position(s: &str) -> Option<(usize, String)> {
+    fn number(s: &str) -> Option<&str> {
+        let n = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        (n > 0).then(|| &s[..n])
     }
     if let Some(r) = s.strip_prefix("line ") {
-        let n = number(r);
-        if n > 0
-            && let Some(r2) = r[n..].strip_prefix(" column ")
-        {
-            let m = number(r2);
-            if m > 0 {
-                return "line ".len() + n + " column ".len() + m;
-            }
-        }
-    } else if let Some(r) = s.strip_prefix("position ") {
-        let n = number(r);
-        if n > 0 {
-            return "position ".len() + n;
-        }
+        let line = number(r)?;
+        let c = r[line.len()..].strip_prefix(" column ")?;
+        let column = number(c)?;
+        Some((
+            "line ".len() + line.len() + " column ".len() + column.len(),
+            format!("{line}:{column}"),
+        ))
+    } else {
+        let r = s.strip_prefix("position ")?;
+        let n = number(r)?;
+        Some(("position ".len() + n.len(), format!("byte {n}")))
     }
-    0
 }
 
 /// Every domain under `path` (a file or a directory), or every error found.
@@ -237,7 +245,7 @@ mod tests {
             strip_positions(
                 "did not find expected key at line 4 column 3, while parsing a block mapping at line 1 column 1"
             ),
-            "did not find expected key, while parsing a block mapping"
+            "did not find expected key, while parsing a block mapping at 1:1"
         );
         assert_eq!(strip_positions("look at me"), "look at me");
         assert_eq!(strip_positions("at line x"), "at line x");
