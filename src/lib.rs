@@ -19,4 +19,5 @@ pub mod clock;
 pub mod config;
 pub mod keys;
 pub mod metrics;
+pub mod reload;
 pub mod store;
