@@ -113,6 +113,35 @@ fn rls_request_builders_fill_envoy_fields() {
 }
 
 #[test]
+fn prometheus_helpers_read_samples_by_labels() {
+    let body = "# HELP tollgate_hits_total Hits.\n\
+                # TYPE tollgate_hits_total counter\n\
+                tollgate_hits_total{rule=\"a\",result=\"over_limit\"} 3\n\
+                tollgate_hits_total{rule=\"b\",result=\"over_limit\"} 4\n\
+                tollgate_hits_total{rule=\"a\",result=\"within_limit\"} 10\n\
+                tollgate_hits_total_other 99\n\
+                tollgate_config_generation 2\n";
+    use common::http::{prometheus_sum, prometheus_value};
+    assert_eq!(
+        prometheus_value(
+            body,
+            "tollgate_hits_total",
+            &[("rule", "a"), ("result", "within_limit")]
+        ),
+        Some(10.0)
+    );
+    assert_eq!(
+        prometheus_sum(body, "tollgate_hits_total", &[("result", "over_limit")]),
+        7.0
+    );
+    assert_eq!(
+        prometheus_value(body, "tollgate_config_generation", &[]),
+        Some(2.0)
+    );
+    assert_eq!(prometheus_value(body, "tollgate_missing", &[]), None);
+}
+
+#[test]
 fn faketime_shifts_the_wall_clock_of_a_child() {
     let mut cmd = Command::new("date");
     cmd.args(["-u", "+%Y"])

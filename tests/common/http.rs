@@ -126,3 +126,38 @@ pub fn probe_status(addr: SocketAddr, path: &str) -> Option<u16> {
     }
     parts.next()?.parse().ok()
 }
+
+/// The value of one Prometheus sample in a `/metrics` body: the first line for `name` whose
+/// labels include every `(label, value)` pair given (other labels are ignored). None if absent.
+pub fn prometheus_value(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (label_part, value) = match rest.strip_prefix('{') {
+                Some(r) => {
+                    let end = r.rfind('}')?;
+                    (&r[..end], &r[end + 1..])
+                }
+                None if rest.starts_with(' ') => ("", rest),
+                None => return None,
+            };
+            let all_match = labels
+                .iter()
+                .all(|(k, v)| label_part.contains(&format!("{k}=\"{v}\"")));
+            if !all_match {
+                return None;
+            }
+            value.split_whitespace().next()?.parse().ok()
+        })
+}
+
+/// Sum of every sample of `name` whose labels include the given pairs (0 when none).
+pub fn prometheus_sum(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| prometheus_value(l, name, labels))
+        .sum()
+}

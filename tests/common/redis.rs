@@ -27,12 +27,14 @@ pub const CLUSTER_NODES: usize = 6;
 pub const CLUSTER_MASTERS: usize = 3;
 
 /// One `redis-server` process with its directory, restartable on the same ports.
+/// `proc` is declared before `dir`: fields drop in order, so the process is killed (and its log
+/// printed) before its directory is deleted.
 struct Node {
+    proc: Option<Proc>,
     port: u16,
     bus_port: Option<u16>,
-    dir: tempfile::TempDir,
     args: Vec<String>,
-    proc: Option<Proc>,
+    dir: tempfile::TempDir,
 }
 
 impl Node {
@@ -42,11 +44,11 @@ impl Node {
             .tempdir()
             .expect("tempdir");
         Node {
+            proc: None,
             port: 0,
             bus_port: None,
-            dir,
             args,
-            proc: None,
+            dir,
         }
     }
 

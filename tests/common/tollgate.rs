@@ -170,6 +170,7 @@ fn spawn_proc(builder: &TollgateBuilder, grpc_port: u16, http_port: u16, log: &P
 }
 
 /// A running `tollgate serve`; SIGKILLed on drop, its log printed if the test is failing.
+/// (`proc` drops before `dir`, which holds the log.)
 pub struct Tollgate {
     builder: TollgateBuilder,
     proc: Proc,
