@@ -15,9 +15,15 @@
 //! - [`cli`]: the `tollgate` command line.
 
 pub mod algorithm;
+pub mod cli;
 pub mod clock;
+pub mod commands;
 pub mod config;
+pub mod grpc;
+pub mod http;
 pub mod keys;
+pub mod limiter;
 pub mod metrics;
 pub mod reload;
+pub mod server;
 pub mod store;

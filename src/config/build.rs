@@ -259,18 +259,11 @@ impl Builder {
                 );
                 None
             }
-            Some(Number::Whole(0)) => {
-                self.problem(
-                    at.field("requests_per_unit"),
-                    format!("requests_per_unit: {}", QuotaError::ZeroLimit),
-                );
-                None
-            }
             Some(Number::Whole(n)) => Some(*n),
             Some(Number::Other(s)) => {
                 self.problem(
                     at.field("requests_per_unit"),
-                    format!("requests_per_unit must be a whole number of at least 1, not `{s}`"),
+                    format!("requests_per_unit must be a whole number (0 bans), not `{s}`"),
                 );
                 None
             }
@@ -306,6 +299,16 @@ impl Builder {
             return None;
         };
         let length = unit.map(Unit::duration).or(window)?;
+        if limit == 0 {
+            // envoyproxy/ratelimit's documented ban: every hit is over the limit, nothing is counted.
+            return Some(Limit {
+                quota: None,
+                unit,
+                unlimited,
+                name,
+                replaces,
+            });
+        }
         match Quota::new(algorithm, limit, length, burst) {
             Ok(quota) => Some(Limit {
                 quota: Some(quota),
@@ -363,7 +366,7 @@ fn parse_unit(s: &str) -> Option<Unit> {
 }
 
 /// `250ms`, `90s`, `2h`, `1d`, `1w`, or a sum such as `1h30m`; whole numbers only.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || {
         format!(
             "invalid duration `{text}` (expected a whole number and a unit out of ns, us, ms, s, m, h, d, w, e.g. 250ms, 90s, 2h, 1d)"

@@ -81,7 +81,8 @@ pub struct Rule {
     pub id: String,
     /// `rate_limit.name`, referenced by other rules' `replaces`.
     pub name: Option<String>,
-    /// `None` when `unlimited: true`.
+    /// `None` when `unlimited: true`, or for a ban (`requests_per_unit: 0`, as in envoyproxy/ratelimit:
+    /// every hit is over the limit).
     pub quota: Option<Quota>,
     /// The YAML `unit`, when the rule used one (not `window`).
     pub unit: Option<Unit>,
@@ -287,3 +288,5 @@ fn unit_name(u: Unit) -> &'static str {
 
 #[cfg(test)]
 mod tests;
+
+pub use build::parse_duration;

@@ -154,16 +154,12 @@ fn unknown_unit_and_algorithm() {
 #[test]
 fn bad_requests_per_unit() {
     assert_eq!(
-        rl_error("      unit: second\n      requests_per_unit: 0\n"),
-        "t.yaml:6:26: requests_per_unit: the limit must be at least 1"
-    );
-    assert_eq!(
         rl_error("      unit: second\n      requests_per_unit: -5\n"),
-        "t.yaml:6:26: requests_per_unit must be a whole number of at least 1, not `-5`"
+        "t.yaml:6:26: requests_per_unit must be a whole number (0 bans), not `-5`"
     );
     assert_eq!(
         rl_error("      unit: second\n      requests_per_unit: 2.5\n"),
-        "t.yaml:6:26: requests_per_unit must be a whole number of at least 1, not `2.5`"
+        "t.yaml:6:26: requests_per_unit must be a whole number (0 bans), not `2.5`"
     );
     assert_eq!(
         rl_error("      unit: second\n"),
@@ -276,7 +272,7 @@ fn every_problem_of_a_file_is_reported() {
         e.iter()
             .map(|e| e.split(": ").next().unwrap_or_default())
             .collect::<Vec<_>>(),
-        ["t.yaml:5:13", "t.yaml:6:26", "t.yaml:7:10", "t.yaml:10:15"],
+        ["t.yaml:5:13", "t.yaml:7:10", "t.yaml:10:15"],
         "{e:#?}"
     );
 }
@@ -898,9 +894,9 @@ fn envoyproxy_ratelimit_style_file_loads_and_matches() {
 }
 
 #[test]
-fn envoyproxy_blocking_with_zero_requests_is_refused_with_a_hint() {
-    // README example 3 blocks one address with `requests_per_unit: 0`; tollgate's quotas need a
-    // limit of at least 1, so the file is refused at that line rather than silently changed.
+fn envoyproxy_blocking_with_zero_requests_loads_as_a_ban() {
+    // README example 3 blocks one address with `requests_per_unit: 0`: it loads unchanged, as a rule
+    // with no quota that is not unlimited (the limiter answers every hit with OVER_LIMIT).
     let text = "domain: edge_proxy_per_ip
 descriptors:
   - key: remote_address
@@ -915,10 +911,17 @@ descriptors:
       unit: second
       requests_per_unit: 0
 ";
-    assert_eq!(
-        error(text),
-        "t.yaml:13:26: requests_per_unit: the limit must be at least 1"
-    );
+    let s = Snapshot::parse("t.yaml", text).unwrap();
+    let banned = s
+        .find("edge_proxy_per_ip", &[("remote_address", "50.0.0.5")])
+        .unwrap();
+    assert_eq!(banned.rule.quota, None);
+    assert!(!banned.rule.unlimited);
+    assert_eq!(banned.rule.unit, Some(Unit::Second));
+    let other = s
+        .find("edge_proxy_per_ip", &[("remote_address", "50.0.0.1")])
+        .unwrap();
+    assert_eq!(other.rule.quota.map(|q| q.limit()), Some(10));
 }
 
 // ---------------------------------------------------------------- never panic

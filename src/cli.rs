@@ -1,0 +1,133 @@
+//! The `tollgate` command line: `serve` and `check`. Every flag also reads `TOLLGATE_<FLAG>`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "An Envoy-compatible rate-limit service"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: Envoy's RateLimitService over gRPC, and the admin HTTP port.
+    Serve(ServeArgs),
+    /// Validate rule files; print `file:line:column: message` for each error and exit non-zero.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A rule file, or a directory of them (one domain per file). Watched for changes.
+    #[arg(long, env = "TOLLGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address of the gRPC RateLimitService.
+    #[arg(long, env = "TOLLGATE_GRPC_ADDR", default_value = "0.0.0.0:8081")]
+    pub grpc_addr: SocketAddr,
+    /// Address of the admin HTTP port (/healthcheck, /metrics, /rlconfig, /json, /check).
+    #[arg(long, env = "TOLLGATE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Where counters live.
+    #[arg(long, env = "TOLLGATE_STORE", value_enum, default_value_t = StoreKind::Memory)]
+    pub store: StoreKind,
+    /// A within-limit hit that uses at least this share of the limit counts as near_limit.
+    #[arg(long, env = "TOLLGATE_NEAR_LIMIT_RATIO", default_value_t = 0.8, value_parser = parse_ratio)]
+    pub near_limit_ratio: f64,
+    /// Global shadow mode: every answer is OK; over-limit hits are still counted in metrics.
+    #[arg(long, env = "TOLLGATE_SHADOW_MODE")]
+    pub shadow_mode: bool,
+    /// Add X-RateLimit-Limit/-Remaining/-Reset headers to responses (for Envoy to pass on).
+    #[arg(long, env = "TOLLGATE_RESPONSE_HEADERS")]
+    pub response_headers: bool,
+    /// After SIGTERM, keep serving this long with health checks failing, before closing the ports.
+    #[arg(long, env = "TOLLGATE_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
+    /// How long in-flight calls may take to finish once the ports close.
+    #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// How often the memory store drops counters whose windows have passed.
+    #[arg(long, env = "TOLLGATE_SWEEP_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub sweep_interval: Duration,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// In this process: one instance, no dependencies.
+    Memory,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// A rule file or a directory of them.
+    #[arg(long, env = "TOLLGATE_CONFIG")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// A level (error, warn, info, debug, trace) or a tracing filter such as `tollgate=debug`.
+    #[arg(long, env = "TOLLGATE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Flags take durations as rule files do: `250ms`, `10s`, `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::config::parse_duration(s)
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("`{s}` is not a ratio between 0 and 1")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_defaults_match_envoyproxy_ratelimit_ports() {
+        let cli = Cli::try_parse_from(["tollgate", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve expected")
+        };
+        assert_eq!(args.grpc_addr.port(), 8081);
+        assert_eq!(args.http_addr.port(), 8080);
+        assert_eq!(args.store, StoreKind::Memory);
+    }
+
+    #[test]
+    fn ratios_and_durations_are_checked() {
+        assert!(parse_ratio("0.9").is_ok());
+        assert!(parse_ratio("1.5").is_err());
+        assert!(parse_ratio("x").is_err());
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,135 @@
+//! What each subcommand does: the binary's edge, where configuration errors become messages and
+//! exit codes (`anyhow` lives here and nowhere else).
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{CheckArgs, LogArgs, LogFormat, ServeArgs, StoreKind};
+use crate::clock::SystemClock;
+use crate::config::Snapshot;
+use crate::limiter::{Limiter, Settings};
+use crate::reload::LiveRules;
+use crate::server::{self, ServeOptions};
+use crate::store::Store;
+use crate::store::memory::MemoryStore;
+
+pub fn init_logging(log: &LogArgs) -> Result<()> {
+    let filter = EnvFilter::try_new(&log.log_level)
+        .with_context(|| format!("bad --log-level `{}`", log.log_level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(())
+}
+
+/// `tollgate check`: prints every error as `file:line:column: message`; `Ok(false)` if any.
+pub fn check(args: &CheckArgs) -> bool {
+    match Snapshot::load(&args.config) {
+        Ok(snapshot) => {
+            println!("{}: ok ({})", args.config.display(), snapshot.summary());
+            true
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            false
+        }
+    }
+}
+
+/// `tollgate serve`: runs until SIGTERM or SIGINT, then drains.
+pub async fn serve(args: ServeArgs) -> Result<()> {
+    let metrics = crate::metrics::install().context("installing the metrics recorder")?;
+    let rules = LiveRules::new(args.config.clone()).map_err(|errors| {
+        for e in &errors {
+            tracing::error!("{e}");
+        }
+        anyhow::anyhow!("the rules could not be loaded ({} errors)", errors.len())
+    })?;
+
+    let shutdown = CancellationToken::new();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let store: Arc<dyn Store> = match args.store {
+        StoreKind::Memory => {
+            let store = Arc::new(MemoryStore::new(Arc::new(SystemClock)));
+            let sweeper = store.spawn_sweeper(args.sweep_interval, shutdown.clone());
+            tasks.spawn(async move {
+                let _ = sweeper.await;
+            });
+            store
+        }
+    };
+    if args.config.is_some() {
+        let watcher = rules.watch(shutdown.clone());
+        tasks.spawn(async move {
+            let _ = watcher.await;
+        });
+    }
+    let limiter = Arc::new(Limiter::new(
+        rules,
+        store,
+        Settings {
+            near_limit_ratio: args.near_limit_ratio,
+            shadow_mode: args.shadow_mode,
+        },
+    ));
+
+    let grpc = TcpListener::bind(args.grpc_addr)
+        .await
+        .with_context(|| format!("binding gRPC on {}", args.grpc_addr))?;
+    let http = TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| format!("binding HTTP on {}", args.http_addr))?;
+    tracing::info!(
+        grpc = %grpc.local_addr()?,
+        http = %http.local_addr()?,
+        store = limiter.store_kind(),
+        "tollgate serving"
+    );
+    tasks.spawn(stop_on_signal(shutdown.clone()));
+    tasks.close();
+
+    let options = ServeOptions {
+        response_headers: args.response_headers,
+        drain_delay: args.drain_delay,
+        drain_timeout: args.drain_timeout,
+    };
+    let result = server::run(
+        grpc,
+        http,
+        limiter,
+        Some(metrics),
+        options,
+        shutdown.clone(),
+    )
+    .await;
+    shutdown.cancel();
+    tasks.wait().await;
+    result.context("serving")
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for SIGTERM/SIGINT");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        () = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
+}

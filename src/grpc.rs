@@ -1,0 +1,241 @@
+//! Envoy's `envoy.service.ratelimit.v3.RateLimitService`, translated onto the [`Limiter`].
+//!
+//! Only translation lives here: protobuf in, [`limiter::Request`] out; [`limiter::Response`] in,
+//! protobuf out. Errors map to gRPC statuses in one place ([`status_of`]): invalid requests are
+//! `INVALID_ARGUMENT`; store failures are `UNAVAILABLE`, so that Envoy's `failure_mode_deny` decides.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::HeaderValue;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+    Code as PbCode, DescriptorStatus, RateLimit as PbRateLimit, rate_limit::Unit as PbUnit,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
+    RateLimitService, RateLimitServiceServer,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::google::protobuf::Duration as PbDuration;
+use tonic::{Request, Response, Status};
+
+use crate::config::Unit;
+use crate::limiter::{self, Code, LimitError, LimitOverride, Limiter};
+use crate::metrics as m;
+
+/// The gRPC service; `response_headers` adds `X-RateLimit-*` headers to every response.
+pub struct RlsService {
+    limiter: Arc<Limiter>,
+    response_headers: bool,
+}
+
+impl RlsService {
+    pub fn new(limiter: Arc<Limiter>, response_headers: bool) -> Self {
+        Self {
+            limiter,
+            response_headers,
+        }
+    }
+
+    pub fn into_server(self) -> RateLimitServiceServer<Self> {
+        RateLimitServiceServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl RateLimitService for RlsService {
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
+        let started = Instant::now();
+        let result = match from_proto(request.into_inner()) {
+            Ok(req) => self.limiter.should_rate_limit(&req).await,
+            Err(e) => Err(e),
+        };
+        let (label, reply) = match result {
+            Ok(resp) => {
+                let label = match resp.overall_code {
+                    Code::Ok => "OK",
+                    Code::OverLimit => "OVER_LIMIT",
+                };
+                (
+                    label,
+                    Ok(Response::new(to_proto(&resp, self.response_headers))),
+                )
+            }
+            Err(e) => {
+                let status = status_of(&e);
+                (code_name(status.code()), Err(status))
+            }
+        };
+        metrics::histogram!(m::GRPC_REQUEST_DURATION, "code" => label)
+            .record(started.elapsed().as_secs_f64());
+        reply
+    }
+}
+
+/// The one mapping from limiter errors to gRPC statuses.
+pub fn status_of(e: &LimitError) -> Status {
+    if e.is_invalid_argument() {
+        metrics::counter!(m::INVALID_REQUESTS, "reason" => e.reason()).increment(1);
+        Status::invalid_argument(e.to_string())
+    } else {
+        Status::unavailable(e.to_string())
+    }
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
+        tonic::Code::Unavailable => "UNAVAILABLE",
+        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        _ => "INTERNAL",
+    }
+}
+
+/// Envoy's unit enum → ours; `None` for `UNKNOWN` or values this build does not know.
+pub fn unit_from_proto(unit: i32) -> Option<Unit> {
+    Some(match PbUnit::try_from(unit).ok()? {
+        PbUnit::Second => Unit::Second,
+        PbUnit::Minute => Unit::Minute,
+        PbUnit::Hour => Unit::Hour,
+        PbUnit::Day => Unit::Day,
+        PbUnit::Week => Unit::Week,
+        PbUnit::Month => Unit::Month,
+        PbUnit::Year => Unit::Year,
+        PbUnit::Unknown => return None,
+    })
+}
+
+pub fn unit_to_proto(unit: Option<Unit>) -> PbUnit {
+    match unit {
+        Some(Unit::Second) => PbUnit::Second,
+        Some(Unit::Minute) => PbUnit::Minute,
+        Some(Unit::Hour) => PbUnit::Hour,
+        Some(Unit::Day) => PbUnit::Day,
+        Some(Unit::Week) => PbUnit::Week,
+        Some(Unit::Month) => PbUnit::Month,
+        Some(Unit::Year) => PbUnit::Year,
+        None => PbUnit::Unknown,
+    }
+}
+
+/// Moves the request's strings into the limiter's form (no copies).
+pub fn from_proto(req: RateLimitRequest) -> Result<limiter::Request, LimitError> {
+    let descriptors = req
+        .descriptors
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| descriptor_from_proto(i, d))
+        .collect::<Result<_, _>>()?;
+    Ok(limiter::Request {
+        domain: req.domain,
+        descriptors,
+        hits_addend: u64::from(req.hits_addend),
+    })
+}
+
+fn descriptor_from_proto(
+    i: usize,
+    d: RateLimitDescriptor,
+) -> Result<limiter::Descriptor, LimitError> {
+    let limit = match d.limit {
+        None => None,
+        Some(o) => Some(LimitOverride {
+            requests_per_unit: u64::from(o.requests_per_unit),
+            unit: unit_from_proto(o.unit).ok_or(LimitError::UnknownUnit(i))?,
+        }),
+    };
+    // A negative addend (a refund) is not supported: it is answered as a probe that spends nothing.
+    let hits_addend = if d.is_negative_hits {
+        Some(0)
+    } else {
+        d.hits_addend.map(|h| h.value)
+    };
+    Ok(limiter::Descriptor {
+        entries: d.entries.into_iter().map(|e| (e.key, e.value)).collect(),
+        limit,
+        hits_addend,
+    })
+}
+
+pub fn to_proto(resp: &limiter::Response, response_headers: bool) -> RateLimitResponse {
+    let statuses = resp
+        .statuses
+        .iter()
+        .map(|s| DescriptorStatus {
+            code: code_to_proto(s.code) as i32,
+            current_limit: s.current_limit.as_ref().map(|l| PbRateLimit {
+                name: l.name.clone().unwrap_or_default(),
+                requests_per_unit: clamp_u32(l.requests_per_unit),
+                unit: unit_to_proto(l.unit) as i32,
+            }),
+            limit_remaining: clamp_u32(s.limit_remaining),
+            duration_until_reset: s.duration_until_reset.map(duration_to_proto),
+            quota: None,
+        })
+        .collect();
+    let response_headers_to_add = if response_headers {
+        rate_limit_headers(resp)
+            .into_iter()
+            .map(|(key, value)| HeaderValue {
+                key: key.to_owned(),
+                value,
+                raw_value: Vec::new(),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    RateLimitResponse {
+        overall_code: code_to_proto(resp.overall_code) as i32,
+        statuses,
+        response_headers_to_add,
+        ..Default::default()
+    }
+}
+
+/// `X-RateLimit-Limit`, `-Remaining` and `-Reset` for the tightest descriptor, in the form of the
+/// IETF draft Envoy itself uses (`limit, limit;w=window_seconds`).
+pub fn rate_limit_headers(resp: &limiter::Response) -> Vec<(&'static str, String)> {
+    let Some(status) = resp.tightest() else {
+        return Vec::new();
+    };
+    let Some(limit) = &status.current_limit else {
+        return Vec::new();
+    };
+    let window = limit.window.as_secs().max(1);
+    let reset = status
+        .duration_until_reset
+        .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+    vec![
+        (
+            "X-RateLimit-Limit",
+            format!(
+                "{}, {};w={}",
+                limit.requests_per_unit, limit.requests_per_unit, window
+            ),
+        ),
+        ("X-RateLimit-Remaining", status.limit_remaining.to_string()),
+        ("X-RateLimit-Reset", reset.to_string()),
+    ]
+}
+
+fn code_to_proto(code: Code) -> PbCode {
+    match code {
+        Code::Ok => PbCode::Ok,
+        Code::OverLimit => PbCode::OverLimit,
+    }
+}
+
+fn clamp_u32(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn duration_to_proto(d: Duration) -> PbDuration {
+    PbDuration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: d.subsec_nanos() as i32,
+    }
+}
