@@ -34,7 +34,8 @@ pub fn init_logging(log: &LogArgs) -> Result<()> {
 pub fn check(args: &CheckArgs) -> bool {
     match Snapshot::load(&args.config) {
         Ok(snapshot) => {
-            println!("{}: ok ({})", args.config.display(), snapshot.summary());
+            println!("{}: ok", args.config.display());
+            print!("{}", snapshot.summary());
             true
         }
         Err(errors) => {
