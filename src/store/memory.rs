@@ -198,7 +198,9 @@ impl MemoryStore {
                     removed += store.sweep_shard(i, store.clock.now());
                     tokio::task::yield_now().await;
                 }
-                tracing::debug!(removed, live = store.len(), "memory store swept");
+                let live = store.len();
+                metrics::gauge!(crate::metrics::MEMORY_KEYS).set(live as f64);
+                tracing::debug!(removed, live, "memory store swept");
             }
         })
     }
