@@ -22,6 +22,7 @@ pub fn init_logging(log: &LogArgs) -> Result<()> {
         .with_context(|| format!("bad --log-level `{}`", log.log_level))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match log.log_format {
         LogFormat::Text => builder.init(),
