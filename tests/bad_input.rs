@@ -87,7 +87,10 @@ async fn a_64_kib_value_gets_a_normal_decision() {
     let (_dir, tg) = start();
     let mut c = tg.client().await;
     let big = "v".repeat(64 * 1024);
-    assert_eq!(grpc::count_ok(&mut c, "api", &[("user_id", &big)], 7).await, 5);
+    assert_eq!(
+        grpc::count_ok(&mut c, "api", &[("user_id", &big)], 7).await,
+        5
+    );
     still_serves(&mut c, "a").await;
 }
 
@@ -104,9 +107,11 @@ async fn huge_hits_addend_is_over_limit_never_a_panic() {
     .await;
     assert_eq!(grpc::overall(&resp), Code::OverLimit);
     // The refusal spent nothing: the same user still has the full quota.
-    let resp =
-        grpc::should_rate_limit(&mut c, grpc::rls_request("api", &[&[("user_id", "greedy")]]))
-            .await;
+    let resp = grpc::should_rate_limit(
+        &mut c,
+        grpc::rls_request("api", &[&[("user_id", "greedy")]]),
+    )
+    .await;
     assert_eq!(grpc::overall(&resp), Code::Ok);
     assert_eq!(resp.statuses[0].limit_remaining, 4);
 }
@@ -141,7 +146,8 @@ async fn garbage_json_bodies_are_400_with_an_error() {
     let resp = http::post(&url, "text/plain", "hello").await;
     assert!((400..500).contains(&resp.status), "{resp:?}");
 
-    let ok = json!({"domain": "api", "descriptors": [{"entries": [{"key": "user_id", "value": "a"}]}]});
+    let ok =
+        json!({"domain": "api", "descriptors": [{"entries": [{"key": "user_id", "value": "a"}]}]});
     assert_eq!(http::post_json(&url, &ok).await.status, 200);
     let mut c = tg.client().await;
     still_serves(&mut c, "b").await;

@@ -71,10 +71,7 @@ async fn messaging_marketing_5_per_day_and_to_number_100_per_day() {
                 (l.requests_per_unit, l.unit)
             })
             .collect();
-        assert_eq!(
-            limits,
-            vec![(5, Unit::Day as i32), (100, Unit::Day as i32)]
-        );
+        assert_eq!(limits, vec![(5, Unit::Day as i32), (100, Unit::Day as i32)]);
     }
     let resp =
         grpc::should_rate_limit(&mut c, grpc::rls_request("messaging", &[marketing, number])).await;
@@ -162,14 +159,34 @@ async fn example6_shadow_mode_user_is_never_refused() {
     let (_dir, tg) = start();
     let mut c = tg.client().await;
     assert_eq!(
-        grpc::count_ok(&mut c, "example6", &[("service", "s"), ("user", "user-a")], 30).await,
+        grpc::count_ok(
+            &mut c,
+            "example6",
+            &[("service", "s"), ("user", "user-a")],
+            30
+        )
+        .await,
         30
     );
     assert_eq!(
-        grpc::count_ok(&mut c, "example6", &[("service", "s"), ("user", "user-b")], 20).await,
+        grpc::count_ok(
+            &mut c,
+            "example6",
+            &[("service", "s"), ("user", "user-b")],
+            20
+        )
+        .await,
         20
     );
-    assert!(any_refused(&mut c, "example6", &[("service", "s"), ("user", "user-b")], 5).await);
+    assert!(
+        any_refused(
+            &mut c,
+            "example6",
+            &[("service", "s"), ("user", "user-b")],
+            5
+        )
+        .await
+    );
 }
 
 #[tokio::test]
@@ -236,7 +253,10 @@ async fn readme_style_nested_and_replaces_config() {
         grpc::count_ok(
             &mut c,
             "rl",
-            &[("source_cluster", "proxy"), ("destination_cluster", "other")],
+            &[
+                ("source_cluster", "proxy"),
+                ("destination_cluster", "other")
+            ],
             5
         )
         .await,
