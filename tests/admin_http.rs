@@ -16,6 +16,12 @@ descriptors:
       algorithm: fixed_window
       unit: minute
       requests_per_unit: 2
+  - key: trial
+    shadow_mode: true
+    rate_limit:
+      algorithm: fixed_window
+      unit: minute
+      requests_per_unit: 1
 "#;
 
 fn start() -> (tempfile::TempDir, Tollgate) {
@@ -139,4 +145,18 @@ async fn check_without_domain_is_400() {
     // Still serving.
     let resp = http::get(&format!("{}/check?domain=api&user_id=x", tg.http_url())).await;
     assert_eq!(resp.status, 200);
+}
+
+#[tokio::test]
+async fn shadow_mode_rule_answers_ok_but_counts_in_metrics() {
+    let (_dir, tg) = start();
+    let mut c = tg.client().await;
+    assert_eq!(grpc::count_ok(&mut c, "api", &[("trial", "t")], 3).await, 3);
+    let metrics = http::get(&format!("{}/metrics", tg.http_url())).await;
+    let shadow = http::prometheus_value(
+        &metrics.body,
+        "tollgate_rule_hits_total",
+        &[("rule", "api.trial"), ("result", "shadow_mode")],
+    );
+    assert!(shadow.unwrap_or(0.0) >= 1.0, "{}", metrics.body);
 }

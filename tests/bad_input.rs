@@ -226,3 +226,46 @@ fn bad_rule_files_stop_serve_and_fail_check_with_location() {
         );
     }
 }
+
+#[tokio::test]
+async fn huge_descriptor_hits_and_odd_overrides_never_crash() {
+    use common::grpc::{DescriptorExt, Unit};
+    let (_dir, tg) = start();
+    let mut c = tg.client().await;
+    let resp = grpc::should_rate_limit(
+        &mut c,
+        RlsRequest::new("api").descriptor(grpc::descriptor(&[("user_id", "x")]).hits(u64::MAX)),
+    )
+    .await;
+    assert_eq!(grpc::overall(&resp), Code::OverLimit);
+    // An override of 0 admits nothing; one with an unknown unit is refused.
+    let resp = grpc::should_rate_limit(
+        &mut c,
+        RlsRequest::new("api")
+            .descriptor(grpc::descriptor(&[("user_id", "y")]).limit(0, Unit::Hour)),
+    )
+    .await;
+    assert_eq!(grpc::overall(&resp), Code::OverLimit);
+    let mut odd = grpc::descriptor(&[("user_id", "z")]).limit(5, Unit::Hour);
+    if let Some(l) = odd.limit.as_mut() {
+        l.unit = 99;
+    }
+    expect_invalid(&mut c, RlsRequest::new("api").descriptor(odd)).await;
+    still_serves(&mut c, "x2").await;
+
+    let url = format!("{}/json", tg.http_url());
+    let body = json!({
+        "domain": "api",
+        "hitsAddend": "18446744073709551615",
+        "descriptors": [{"entries": [{"key": "user_id", "value": "j"}]}]
+    });
+    let resp = http::post_json(&url, &body).await;
+    assert_eq!(resp.status, 429, "{}", resp.body);
+    let body = json!({
+        "domain": "api",
+        "descriptors": [{"entries": [{"key": "user_id", "value": "j"}], "limit": {"requestsPerUnit": 5, "unit": "FORTNIGHT"}}]
+    });
+    let resp = http::post_json(&url, &body).await;
+    assert_eq!(resp.status, 400, "{}", resp.body);
+    still_serves(&mut c, "j").await;
+}
