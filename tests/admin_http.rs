@@ -1,0 +1,162 @@
+//! The admin HTTP port of the real binary: /healthcheck, /metrics, /rlconfig, POST /json and
+//! GET /check.
+
+mod common;
+
+use common::Tollgate;
+use common::grpc::{self, Code};
+use common::http;
+use serde_json::json;
+
+const RULES: &str = r#"
+domain: api
+descriptors:
+  - key: user_id
+    rate_limit:
+      algorithm: fixed_window
+      unit: minute
+      requests_per_unit: 2
+  - key: trial
+    shadow_mode: true
+    rate_limit:
+      algorithm: fixed_window
+      unit: minute
+      requests_per_unit: 1
+"#;
+
+fn start() -> (tempfile::TempDir, Tollgate) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("api.yaml");
+    std::fs::write(&path, RULES).unwrap();
+    let tollgate = Tollgate::start(&["--config", path.to_str().unwrap()]);
+    (dir, tollgate)
+}
+
+#[tokio::test]
+async fn healthcheck_is_ok() {
+    let (_dir, tg) = start();
+    let resp = http::get(&format!("{}/healthcheck", tg.http_url())).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body.trim(), "OK");
+}
+
+#[tokio::test]
+async fn metrics_count_hits_by_rule_and_result() {
+    let (_dir, tg) = start();
+    let mut c = tg.client().await;
+    assert_eq!(
+        grpc::count_ok(&mut c, "api", &[("user_id", "alice")], 3).await,
+        2
+    );
+    let metrics = http::get(&format!("{}/metrics", tg.http_url())).await;
+    assert_eq!(metrics.status, 200);
+    let body = &metrics.body;
+    let hits = |result: &str| {
+        http::prometheus_value(
+            body,
+            "tollgate_rule_hits_total",
+            &[("rule", "api.user_id"), ("result", result)],
+        )
+    };
+    assert!(hits("within_limit").unwrap_or(0.0) >= 1.0, "{body}");
+    assert_eq!(hits("over_limit"), Some(1.0), "{body}");
+    assert!(
+        body.contains("tollgate_grpc_request_duration_seconds"),
+        "{body}"
+    );
+    assert_eq!(
+        http::prometheus_value(body, "tollgate_config_generation", &[]),
+        Some(1.0),
+        "{body}"
+    );
+    assert!(!body.contains("alice"), "raw user values leak into labels");
+}
+
+#[tokio::test]
+async fn rlconfig_shows_generation_and_domain() {
+    let (_dir, tg) = start();
+    let resp = http::get(&format!("{}/rlconfig", tg.http_url())).await;
+    assert_eq!(resp.status, 200);
+    let v = resp.json();
+    assert_eq!(v["generation"], json!(1), "{v}");
+    assert!(v["rules"].to_string().contains("\"api\""), "{v}");
+}
+
+#[tokio::test]
+async fn post_json_answers_200_then_429() {
+    let (_dir, tg) = start();
+    let url = format!("{}/json", tg.http_url());
+    let body = json!({
+        "domain": "api",
+        "descriptors": [{"entries": [{"key": "user_id", "value": "bob"}]}]
+    });
+    for remaining in [1, 0] {
+        let resp = http::post_json(&url, &body).await;
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        let v = resp.json();
+        assert_eq!(v["overallCode"], "OK");
+        assert_eq!(v["statuses"][0]["code"], "OK");
+        assert_eq!(v["statuses"][0]["currentLimit"]["requestsPerUnit"], 2);
+        assert_eq!(v["statuses"][0]["currentLimit"]["unit"], "MINUTE");
+        if remaining > 0 {
+            assert_eq!(v["statuses"][0]["limitRemaining"], remaining);
+        }
+    }
+    let resp = http::post_json(&url, &body).await;
+    assert_eq!(resp.status, 429, "{}", resp.body);
+    let v = resp.json();
+    assert_eq!(v["overallCode"], "OVER_LIMIT");
+    assert_eq!(v["statuses"][0]["code"], "OVER_LIMIT");
+    assert!(v["statuses"][0]["durationUntilReset"].is_string(), "{v}");
+
+    // The same counter as gRPC.
+    let mut c = tg.client().await;
+    assert_eq!(
+        grpc::check(&mut c, "api", &[("user_id", "bob")]).await,
+        Code::OverLimit
+    );
+}
+
+#[tokio::test]
+async fn get_check_answers_200_then_429_with_json() {
+    let (_dir, tg) = start();
+    let url = format!("{}/check?domain=api&user_id=alice", tg.http_url());
+    for _ in 0..2 {
+        let resp = http::get(&url).await;
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        assert_eq!(resp.json()["overallCode"], "OK");
+    }
+    let resp = http::get(&url).await;
+    assert_eq!(resp.status, 429, "{}", resp.body);
+    assert_eq!(resp.json()["overallCode"], "OVER_LIMIT");
+    // Another user is untouched.
+    let resp = http::get(&format!("{}/check?domain=api&user_id=carol", tg.http_url())).await;
+    assert_eq!(resp.status, 200);
+}
+
+#[tokio::test]
+async fn check_without_domain_is_400() {
+    let (_dir, tg) = start();
+    let resp = http::get(&format!("{}/check?user_id=alice", tg.http_url())).await;
+    assert_eq!(resp.status, 400, "{}", resp.body);
+    assert!(resp.json()["error"].is_string());
+    let resp = http::get(&format!("{}/check", tg.http_url())).await;
+    assert_eq!(resp.status, 400, "{}", resp.body);
+    // Still serving.
+    let resp = http::get(&format!("{}/check?domain=api&user_id=x", tg.http_url())).await;
+    assert_eq!(resp.status, 200);
+}
+
+#[tokio::test]
+async fn shadow_mode_rule_answers_ok_but_counts_in_metrics() {
+    let (_dir, tg) = start();
+    let mut c = tg.client().await;
+    assert_eq!(grpc::count_ok(&mut c, "api", &[("trial", "t")], 3).await, 3);
+    let metrics = http::get(&format!("{}/metrics", tg.http_url())).await;
+    let shadow = http::prometheus_value(
+        &metrics.body,
+        "tollgate_rule_hits_total",
+        &[("rule", "api.trial"), ("result", "shadow_mode")],
+    );
+    assert!(shadow.unwrap_or(0.0) >= 1.0, "{}", metrics.body);
+}
