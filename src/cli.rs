@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(
     name = "tollgate",
     version,
-    about = "An Envoy-compatible rate-limit service"
+    about = "An Envoy-compatible rate-limit service",
+    after_help = "Every flag also reads an environment variable TOLLGATE_<FLAG>, e.g. TOLLGATE_GRPC_ADDR, TOLLGATE_CONFIG."
 )]
 pub struct Cli {
     #[command(subcommand)]

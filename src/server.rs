@@ -47,8 +47,6 @@ pub enum ServeError {
     Http(#[from] std::io::Error),
     #[error("server task failed: {0}")]
     Task(String),
-    #[error("in-flight calls did not finish within {0:?}")]
-    DrainTimeout(Duration),
 }
 
 /// Serves gRPC on `grpc` and the admin HTTP port on `http` until `shutdown` is cancelled, then drains.
@@ -129,7 +127,9 @@ pub async fn run(
     })
     .await;
     let Ok((grpc, http)) = finished else {
-        return Err(ServeError::DrainTimeout(options.drain_timeout));
+        // Connections that neither finish nor answer GOAWAY are dropped: shutdown still succeeds.
+        tracing::warn!(timeout = ?options.drain_timeout, "drain timed out; closing the remaining connections");
+        return Ok(());
     };
     joined(grpc)??;
     joined(http)??;
