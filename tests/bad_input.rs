@@ -21,11 +21,7 @@ descriptors:
 "#;
 
 fn start() -> (tempfile::TempDir, Tollgate) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("api.yaml");
-    std::fs::write(&path, RULES).unwrap();
-    let tollgate = Tollgate::start(&["--config", path.to_str().unwrap()]);
-    (dir, tollgate)
+    Tollgate::with_rules(RULES, &[])
 }
 
 /// A fresh user is within limit: the server is alive and deciding.

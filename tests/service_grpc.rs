@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::Tollgate;
@@ -77,15 +76,7 @@ descriptors:
 
 /// Writes `RULES` to a tempdir and starts `tollgate serve --config <it> <extra>`.
 fn start(extra: &[&str]) -> (tempfile::TempDir, Tollgate) {
-    let dir = tempfile::tempdir().unwrap();
-    let path: PathBuf = dir.path().join("api.yaml");
-    std::fs::write(&path, RULES).unwrap();
-    let tollgate = Tollgate::builder()
-        .arg("--config")
-        .arg(path.to_str().unwrap())
-        .args(extra)
-        .start();
-    (dir, tollgate)
+    Tollgate::with_rules(RULES, extra)
 }
 
 #[tokio::test]

@@ -189,6 +189,21 @@ impl Tollgate {
         Self::builder().args(args).start()
     }
 
+    /// Writes `rules` as `api.yaml` in a new tempdir and serves it with `extra` flags; the dir lives
+    /// as long as the returned guard is kept.
+    pub fn with_rules(rules: &str, extra: &[&str]) -> (tempfile::TempDir, Tollgate) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("api.yaml");
+        std::fs::write(&path, rules).expect("write rules");
+        let path = path.to_str().expect("utf-8 temp path");
+        let tollgate = Self::builder()
+            .arg("--config")
+            .arg(path)
+            .args(extra)
+            .start();
+        (dir, tollgate)
+    }
+
     /// [`start`](Self::start) with environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Tollgate {
         Self::builder().args(args).envs(env).start()
