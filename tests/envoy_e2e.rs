@@ -29,11 +29,11 @@ fn rules(user_limit: u32) -> String {
     )
 }
 
-/// The shipped front proxy with its four ports replaced and `failure_mode_deny` set.
-fn front_proxy(admin: u16, listener: u16, app: u16, rls: u16, deny: bool) -> String {
-    let yaml = std::fs::read_to_string(envoy_dir().join("front-proxy.yaml")).unwrap();
-    let mut out = yaml;
-    for (from, to) in [(9901, admin), (10000, listener), (8000, app), (8081, rls)] {
+/// A shipped config with its four ports replaced and `failure_mode_deny` set.
+fn shipped(file: &str, ports: [u16; 4], deny: bool) -> String {
+    let mut out = std::fs::read_to_string(envoy_dir().join(file)).unwrap();
+    let listener = if file == "sidecar.yaml" { 15006 } else { 10000 };
+    for (from, to) in [9901, listener, 8000, 8081].into_iter().zip(ports) {
         let needle = format!("port_value: {from} ");
         assert_eq!(out.matches(&needle).count(), 1, "{needle} must occur once");
         out = out.replace(&needle, &format!("port_value: {to} "));
@@ -88,6 +88,10 @@ struct Stack {
 impl Stack {
     /// Tollgate (unless `with_tollgate` is false: its port then has nothing behind it) and Envoy.
     async fn start(user_limit: u32, with_tollgate: bool, deny: bool) -> Stack {
+        Self::start_file("front-proxy.yaml", user_limit, with_tollgate, deny).await
+    }
+
+    async fn start_file(file: &str, user_limit: u32, with_tollgate: bool, deny: bool) -> Stack {
         let rules_dir = tempfile::tempdir().unwrap();
         let rules = rules_dir.path().join("rules.yaml");
         std::fs::write(&rules, self::rules(user_limit)).unwrap();
@@ -100,7 +104,7 @@ impl Stack {
         let ports = common::free_ports(4);
         let rls = tollgate.as_ref().map_or(ports[3], Tollgate::grpc_port);
         let app = upstream().await;
-        let yaml = front_proxy(ports[0], ports[1], app, rls, deny);
+        let yaml = shipped(file, [ports[0], ports[1], app, rls], deny);
         let envoy = tokio::task::block_in_place(|| Envoy::start(&yaml, ports[0]));
         Stack {
             _envoy: envoy,
@@ -215,7 +219,20 @@ async fn rule_change_reaches_live_traffic() {
             .to_string()),
         Some("1000".to_string())
     );
-    assert!(stack.tollgate.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_config_limits_the_local_app() {
+    let stack = Stack::start_file("sidecar.yaml", 2, true, false).await;
+    let first = stack.get(Some("gina")).await;
+    assert_eq!(first.status().as_u16(), 200);
+    let limit = header(&first, "x-ratelimit-limit").unwrap();
+    assert!(
+        limit.contains("w=60"),
+        "limit header {limit:?} names no 60 s window"
+    );
+    assert_eq!(stack.status("gina").await, 200);
+    assert_eq!(stack.status("gina").await, 429);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
