@@ -1,0 +1,269 @@
+//! End to end through a real Envoy: HTTP clients → Envoy (ratelimit filter, the shipped
+//! `envoy/front-proxy.yaml` with its ports substituted) → a tiny upstream in this test, with a
+//! real tollgate answering Envoy's RateLimitService calls. Rules use minute-long fixed windows, so
+//! counts are deterministic within a test; every wait polls against a deadline.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Envoy, Tollgate};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SHIPPED: [&str; 2] = ["front-proxy.yaml", "sidecar.yaml"];
+
+fn envoy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy")
+}
+
+fn rules(user_limit: u32) -> String {
+    format!(
+        "domain: api\n\
+         descriptors:\n\
+         \x20 - key: user_id\n\
+         \x20   rate_limit:\n\
+         \x20     unit: minute\n\
+         \x20     requests_per_unit: {user_limit}\n\
+         \x20     algorithm: fixed_window\n"
+    )
+}
+
+/// A shipped config with its four ports replaced and `failure_mode_deny` set.
+fn shipped(file: &str, ports: [u16; 4], deny: bool) -> String {
+    let mut out = std::fs::read_to_string(envoy_dir().join(file)).unwrap();
+    let listener = if file == "sidecar.yaml" { 15006 } else { 10000 };
+    for (from, to) in [9901, listener, 8000, 8081].into_iter().zip(ports) {
+        let needle = format!("port_value: {from} ");
+        assert_eq!(out.matches(&needle).count(), 1, "{needle} must occur once");
+        out = out.replace(&needle, &format!("port_value: {to} "));
+    }
+    assert_eq!(out.matches("failure_mode_deny: false").count(), 1);
+    out.replace(
+        "failure_mode_deny: false",
+        &format!("failure_mode_deny: {deny}"),
+    )
+}
+
+/// An HTTP/1.1 upstream answering 200 "ok" to everything; returns its port.
+async fn upstream() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = sock.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if sock.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+struct Stack {
+    _envoy: Envoy,
+    tollgate: Option<Tollgate>,
+    rules: PathBuf,
+    _rules_dir: tempfile::TempDir,
+    url: String,
+    client: reqwest::Client,
+}
+
+impl Stack {
+    /// Tollgate (unless `with_tollgate` is false: its port then has nothing behind it) and Envoy.
+    async fn start(user_limit: u32, with_tollgate: bool, deny: bool) -> Stack {
+        Self::start_file("front-proxy.yaml", user_limit, with_tollgate, deny).await
+    }
+
+    async fn start_file(file: &str, user_limit: u32, with_tollgate: bool, deny: bool) -> Stack {
+        let rules_dir = tempfile::tempdir().unwrap();
+        let rules = rules_dir.path().join("rules.yaml");
+        std::fs::write(&rules, self::rules(user_limit)).unwrap();
+        let tollgate = with_tollgate.then(|| {
+            Tollgate::builder()
+                .arg("--config")
+                .arg(rules.to_str().unwrap())
+                .start()
+        });
+        let ports = common::free_ports(4);
+        let rls = tollgate.as_ref().map_or(ports[3], Tollgate::grpc_port);
+        let app = upstream().await;
+        let yaml = shipped(file, [ports[0], ports[1], app, rls], deny);
+        let envoy = tokio::task::block_in_place(|| Envoy::start(&yaml, ports[0]));
+        Stack {
+            _envoy: envoy,
+            tollgate,
+            rules,
+            _rules_dir: rules_dir,
+            url: format!("http://127.0.0.1:{}/orders", ports[1]),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    async fn get(&self, user: Option<&str>) -> reqwest::Response {
+        let mut req = self.client.get(&self.url);
+        if let Some(user) = user {
+            req = req.header("x-user-id", user);
+        }
+        req.send().await.unwrap()
+    }
+
+    async fn status(&self, user: &str) -> u16 {
+        self.get(Some(user)).await.status().as_u16()
+    }
+}
+
+fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
+#[test]
+fn shipped_configs_validate() {
+    for name in SHIPPED {
+        let path = envoy_dir().join(name);
+        let out = std::process::Command::new(common::envoy_binary())
+            .args(["--mode", "validate", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name} does not validate:\n{text}");
+        assert!(text.contains("OK"), "{name}:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_then_429_with_ratelimit_headers() {
+    let stack = Stack::start(3, true, false).await;
+    for remaining in (0..3).rev() {
+        let resp = stack.get(Some("alice")).await;
+        assert_eq!(resp.status().as_u16(), 200);
+        assert_eq!(
+            header(&resp, "x-ratelimit-limit").as_deref().map(|l| l
+                .split(',')
+                .next()
+                .unwrap()
+                .trim()
+                .to_string()),
+            Some("3".to_string())
+        );
+        assert_eq!(
+            header(&resp, "x-ratelimit-remaining"),
+            Some(remaining.to_string())
+        );
+        assert!(header(&resp, "x-ratelimit-reset").is_some());
+        assert_eq!(resp.text().await.unwrap(), "ok");
+    }
+    let resp = stack.get(Some("alice")).await;
+    assert_eq!(resp.status().as_u16(), 429);
+    assert_eq!(
+        header(&resp, "x-ratelimit-remaining"),
+        Some("0".to_string())
+    );
+    // No x-user-id header: no user descriptor, the other descriptors match no rule: passes.
+    assert_eq!(stack.get(None).await.status().as_u16(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_are_isolated() {
+    let stack = Stack::start(2, true, false).await;
+    for _ in 0..2 {
+        assert_eq!(stack.status("alice").await, 200);
+    }
+    assert_eq!(stack.status("alice").await, 429);
+    for _ in 0..2 {
+        assert_eq!(stack.status("bob").await, 200);
+    }
+    assert_eq!(stack.status("bob").await, 429);
+    assert_eq!(stack.status("alice").await, 429);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_change_reaches_live_traffic() {
+    let stack = Stack::start(1, true, false).await;
+    assert_eq!(stack.status("carol").await, 200);
+    assert_eq!(stack.status("carol").await, 429);
+    std::fs::write(&stack.rules, rules(1000)).unwrap();
+    let reloaded = common::wait_until_async(Duration::from_secs(5), || async {
+        stack.status("carol").await == 200
+    })
+    .await;
+    assert!(reloaded, "new limit not applied through Envoy within 5 s");
+    let resp = stack.get(Some("carol")).await;
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        header(&resp, "x-ratelimit-limit").as_deref().map(|l| l
+            .split(',')
+            .next()
+            .unwrap()
+            .trim()
+            .to_string()),
+        Some("1000".to_string())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_config_limits_the_local_app() {
+    let stack = Stack::start_file("sidecar.yaml", 2, true, false).await;
+    let first = stack.get(Some("gina")).await;
+    assert_eq!(first.status().as_u16(), 200);
+    let limit = header(&first, "x-ratelimit-limit").unwrap();
+    assert!(
+        limit.contains("w=60"),
+        "limit header {limit:?} names no 60 s window"
+    );
+    assert_eq!(stack.status("gina").await, 200);
+    assert_eq!(stack.status("gina").await, 429);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tollgate_down_fail_open_passes() {
+    let stack = Stack::start(1, false, false).await;
+    for _ in 0..3 {
+        assert_eq!(stack.status("dave").await, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tollgate_down_fail_closed_refuses_with_500() {
+    let stack = Stack::start(1, false, true).await;
+    for _ in 0..3 {
+        let resp = stack.get(Some("erin")).await;
+        assert_eq!(resp.status().as_u16(), 500);
+        assert_eq!(header(&resp, "x-envoy-ratelimited"), None);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tollgate_stopped_mid_traffic() {
+    let mut stack = Stack::start(1000, true, true).await;
+    assert_eq!(stack.status("frank").await, 200);
+    stack.tollgate.as_mut().unwrap().stop();
+    let refused = common::wait_until_async(Duration::from_secs(5), || async {
+        stack.status("frank").await == 500
+    })
+    .await;
+    assert!(
+        refused,
+        "fail-closed Envoy still passes traffic with tollgate stopped"
+    );
+}
