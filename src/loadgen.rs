@@ -346,12 +346,18 @@ async fn connect(config: &Config) -> Result<Vec<Channel>, LoadgenError> {
     Ok(channels)
 }
 
-/// `e: cause: cause`, since tonic's transport error alone says only "transport error".
+/// `e: cause: cause`, since tonic's transport error alone says only "transport error"; a cause
+/// that repeats the one before it is shown once.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
+    let mut last = text.clone();
     let mut source = e.source();
     while let Some(s) = source {
-        let _ = write!(text, ": {s}");
+        let cause = s.to_string();
+        if cause != last {
+            let _ = write!(text, ": {cause}");
+            last = cause;
+        }
         source = s.source();
     }
     text
