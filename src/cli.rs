@@ -1,4 +1,4 @@
-//! The `tollgate` command line: `serve` and `check`. Every flag also reads `TOLLGATE_<FLAG>`.
+//! The `tollgate` command line: `serve`, `check` and `bench`. Every flag also reads `TOLLGATE_<FLAG>`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +24,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Validate rule files; print `file:line:column: message` for each error and exit non-zero.
     Check(CheckArgs),
+    /// Load-test an RLS server (tollgate or another): throughput, latency percentiles, outcomes.
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +78,47 @@ pub struct CheckArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The RLS gRPC server, e.g. http://127.0.0.1:8081.
+    #[arg(long, env = "TOLLGATE_BENCH_TARGET")]
+    pub target: String,
+    /// The `domain` of every request.
+    #[arg(long, env = "TOLLGATE_BENCH_DOMAIN")]
+    pub domain: String,
+    /// A descriptor `key=value[,key=value…]`; `{user}` in a value becomes one of --users IDs.
+    /// Repeat the flag for several descriptors per request.
+    #[arg(long, env = "TOLLGATE_BENCH_DESCRIPTOR", required = true)]
+    pub descriptor: Vec<String>,
+    /// How many distinct user IDs `{user}` cycles through (round robin).
+    #[arg(long, env = "TOLLGATE_BENCH_USERS", default_value_t = 1000)]
+    pub users: u64,
+    /// Concurrent workers (closed loop: requests in flight).
+    #[arg(long, env = "TOLLGATE_BENCH_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: usize,
+    /// HTTP/2 connections shared by the workers [default: min(concurrency, 4)].
+    #[arg(long, env = "TOLLGATE_BENCH_CONNECTIONS")]
+    pub connections: Option<usize>,
+    /// How long to send [default: 10s unless --requests is given].
+    #[arg(long, env = "TOLLGATE_BENCH_DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Stop after this many requests (with --duration, whichever comes first).
+    #[arg(long, env = "TOLLGATE_BENCH_REQUESTS")]
+    pub requests: Option<u64>,
+    /// Open loop at this many requests/s, latency measured from each scheduled send time.
+    #[arg(long, env = "TOLLGATE_BENCH_RATE")]
+    pub rate: Option<u64>,
+    /// `hits_addend` of every request.
+    #[arg(long, env = "TOLLGATE_BENCH_HITS_ADDEND")]
+    pub hits_addend: Option<u32>,
+    /// A request without an answer after this long counts as an error.
+    #[arg(long, env = "TOLLGATE_BENCH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Print one JSON object (rps, p50_us … max_us, allowed, denied, errors, …) instead of text.
+    #[arg(long, env = "TOLLGATE_BENCH_JSON")]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct LogArgs {
     /// A level (error, warn, info, debug, trace) or a tracing filter such as `tollgate=debug`.
     #[arg(long, env = "TOLLGATE_LOG_LEVEL", default_value = "info")]
@@ -121,6 +164,35 @@ mod tests {
         assert_eq!(args.grpc_addr.port(), 8081);
         assert_eq!(args.http_addr.port(), 8080);
         assert_eq!(args.store, StoreKind::Memory);
+    }
+
+    #[test]
+    fn bench_takes_the_documented_form() {
+        let cli = Cli::try_parse_from([
+            "tollgate",
+            "bench",
+            "--target",
+            "http://127.0.0.1:8081",
+            "--domain",
+            "bench",
+            "--descriptor",
+            "user_id={user}",
+            "--users",
+            "1000",
+            "--concurrency",
+            "64",
+            "--duration",
+            "10s",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Bench(args) = cli.command else {
+            panic!("bench expected")
+        };
+        assert_eq!(args.descriptor, ["user_id={user}"]);
+        assert_eq!(args.duration, Some(Duration::from_secs(10)));
+        assert!(args.json);
+        assert_eq!(args.rate, None);
     }
 
     #[test]

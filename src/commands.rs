@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{CheckArgs, LogArgs, LogFormat, ServeArgs, StoreKind};
+use crate::cli::{BenchArgs, CheckArgs, LogArgs, LogFormat, ServeArgs, StoreKind};
 use crate::clock::SystemClock;
 use crate::config::Snapshot;
 use crate::limiter::{Limiter, Settings};
@@ -46,6 +46,51 @@ pub fn check(args: &CheckArgs) -> bool {
             false
         }
     }
+}
+
+/// `tollgate bench`: runs the load generator and prints its report; fails on a bad flag, an
+/// unreachable target, or a run in which every request failed.
+pub fn bench(args: BenchArgs) -> Result<()> {
+    use crate::loadgen::{self, DescriptorTemplate};
+    let descriptors = args
+        .descriptor
+        .iter()
+        .map(|d| DescriptorTemplate::parse(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let duration = match (args.duration, args.requests) {
+        (None, None) => Some(std::time::Duration::from_secs(10)),
+        (d, _) => d,
+    };
+    let config = loadgen::Config {
+        target: args.target,
+        domain: args.domain,
+        descriptors,
+        users: args.users,
+        concurrency: args.concurrency,
+        connections: args.connections.unwrap_or(args.concurrency.clamp(1, 4)),
+        duration,
+        requests: args.requests,
+        rate: args.rate,
+        hits_addend: args.hits_addend,
+        timeout: args.timeout,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let report = runtime.block_on(loadgen::run(config))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.requests > 0 && report.errors == report.requests {
+        anyhow::bail!(
+            "every request failed; the first: {}",
+            report.first_error.as_deref().unwrap_or("unknown")
+        );
+    }
+    Ok(())
 }
 
 /// `tollgate serve`: runs until SIGTERM or SIGINT, then drains.

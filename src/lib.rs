@@ -12,6 +12,7 @@
 //! - [`metrics`]: metric names, descriptions and recording helpers.
 //! - [`reload`]: watches rule files and SIGHUP, swaps in validated snapshots.
 //! - [`server`]: wires it together: `run(listeners, settings, shutdown)`.
+//! - [`loadgen`]: `tollgate bench`, a closed- or open-loop load generator for any RLS server.
 //! - [`cli`]: the `tollgate` command line.
 
 pub mod algorithm;
@@ -23,6 +24,7 @@ pub mod grpc;
 pub mod http;
 pub mod keys;
 pub mod limiter;
+pub mod loadgen;
 pub mod metrics;
 pub mod reload;
 pub mod server;

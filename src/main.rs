@@ -14,6 +14,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Command::Bench(args) => match commands::bench(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tollgate bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve(args) => {
             if let Err(e) = commands::init_logging(&args.log) {
                 eprintln!("tollgate: {e:#}");

@@ -1,0 +1,134 @@
+//! `tollgate bench` against a real `tollgate serve`: exact outcome counts in closed loop, an
+//! open-loop run that completes at about its rate, and a clear failure on an unreachable target.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{Tollgate, tollgate};
+
+const FIVE_PER_MINUTE: &str = "domain: bench
+descriptors:
+  - key: user_id
+    rate_limit:
+      unit: minute
+      requests_per_unit: 5
+      algorithm: fixed_window
+";
+
+/// Sleeps past the next minute boundary if it is less than 5 s away, so a short run stays within
+/// one aligned minute window.
+fn stay_inside_one_minute() {
+    let into_minute = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % 60_000;
+    if into_minute > 55_000 {
+        std::thread::sleep(Duration::from_millis(60_000 - into_minute as u64 + 100));
+    }
+}
+
+fn bench_json(target: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "bench",
+        "--target",
+        target,
+        "--domain",
+        "bench",
+        "--descriptor",
+        "user_id={user}",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = tollgate::run(&args);
+    assert!(out.success(), "{out:?}");
+    serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+}
+
+#[test]
+fn closed_loop_counts_every_outcome_exactly() {
+    let (_dir, server) = Tollgate::with_rules(FIVE_PER_MINUTE, &[]);
+    stay_inside_one_minute();
+    let report = bench_json(
+        &server.grpc_url(),
+        &["--users", "2", "--requests", "40", "--concurrency", "4"],
+    );
+    assert_eq!(report["requests"], 40, "{report}");
+    assert_eq!(report["allowed"], 10, "{report}");
+    assert_eq!(report["denied"], 30, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["mode"], "closed", "{report}");
+    for key in [
+        "rps",
+        "p50_us",
+        "p90_us",
+        "p99_us",
+        "p999_us",
+        "max_us",
+        "duration_s",
+    ] {
+        assert!(report[key].is_number(), "{key} missing: {report}");
+    }
+    assert!(report["p50_us"].as_u64().unwrap() <= report["max_us"].as_u64().unwrap());
+}
+
+#[test]
+fn open_loop_sends_about_rate_times_duration() {
+    let (_dir, server) = Tollgate::with_rules(FIVE_PER_MINUTE, &[]);
+    let report = bench_json(
+        &server.grpc_url(),
+        &["--users", "1000", "--rate", "200", "--duration", "1s"],
+    );
+    let requests = report["requests"].as_u64().unwrap();
+    assert!((150..=210).contains(&requests), "{report}");
+    assert_eq!(report["mode"], "open", "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(
+        report["allowed"].as_u64().unwrap() + report["denied"].as_u64().unwrap(),
+        requests,
+        "{report}"
+    );
+}
+
+#[test]
+fn an_unreachable_target_fails_with_a_message() {
+    let port = common::free_port();
+    let target = format!("http://127.0.0.1:{port}");
+    let out = tollgate::run(&[
+        "bench",
+        "--target",
+        &target,
+        "--domain",
+        "bench",
+        "--descriptor",
+        "user_id={user}",
+        "--requests",
+        "10",
+        "--json",
+    ]);
+    assert!(!out.success(), "{out:?}");
+    assert!(out.stderr.contains("cannot connect"), "{out:?}");
+    assert!(out.stderr.contains(&target), "{out:?}");
+    assert!(out.stdout.trim().is_empty(), "{out:?}");
+}
+
+#[test]
+fn a_bad_descriptor_fails_before_sending() {
+    let out = tollgate::run(&[
+        "bench",
+        "--target",
+        "http://127.0.0.1:1",
+        "--domain",
+        "bench",
+        "--descriptor",
+        "user_id",
+        "--requests",
+        "1",
+    ]);
+    assert!(!out.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("invalid descriptor `user_id`"),
+        "{out:?}"
+    );
+}
