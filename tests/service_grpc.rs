@@ -325,8 +325,10 @@ async fn every_algorithm_admits_its_limit_then_refuses() {
             grpc::should_rate_limit(&mut c, grpc::rls_request("api", &[&[("algo", algo)]])).await;
         assert_eq!(grpc::overall(&resp), Code::OverLimit, "{algo}");
         let reset = grpc::until_reset(&resp.statuses[0]);
+        // Windows here are at most an hour; a sliding window's retry may fall in the next window,
+        // once the hits of this one have faded enough (its documented bound is 2W).
         assert!(
-            reset > Duration::ZERO && reset <= Duration::from_secs(3600),
+            reset > Duration::ZERO && reset <= Duration::from_secs(2 * 3600),
             "{algo}: {reset:?}"
         );
     }
