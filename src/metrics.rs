@@ -70,7 +70,10 @@ fn describe() {
     );
     describe_histogram!(STORE_DURATION, Unit::Seconds, "Store call latency");
     describe_counter!(STORE_ERRORS, "Failed store calls");
-    describe_gauge!(STORE_UP, "1 while calls go to the store, 0 while its circuit is open");
+    describe_gauge!(
+        STORE_UP,
+        "1 while calls go to the store, 0 while its circuit is open"
+    );
     describe_gauge!(
         STORE_BREAKER_STATE,
         "The store's circuit breaker state (1 on the current state)"

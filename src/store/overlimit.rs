@@ -174,12 +174,7 @@ impl OverLimitCache {
             table.entries.retain(|e| e.deadline > now);
             self.len
                 .fetch_sub(before - table.entries.len(), Ordering::Relaxed);
-            table.earliest = table
-                .entries
-                .iter()
-                .map(|e| e.deadline)
-                .min()
-                .unwrap_or(0);
+            table.earliest = table.entries.iter().map(|e| e.deadline).min().unwrap_or(0);
             if table.entries.len() >= self.shard_capacity {
                 return;
             }
@@ -386,11 +381,22 @@ mod tests {
         let cache = cache(inner.clone(), &clock, 100);
         let q = quota(Algorithm::FixedWindow, 1, Duration::from_secs(10));
         let (a, b, c) = (key(&q, "a"), key(&q, "b"), key(&q, "c"));
-        cache.decide(&[hit(&a, &q, 1), hit(&a, &q, 1)]).await.unwrap();
+        cache
+            .decide(&[hit(&a, &q, 1), hit(&a, &q, 1)])
+            .await
+            .unwrap();
         assert_eq!(cache.len(), 1);
-        let (calls, hits) = (inner.calls.load(Ordering::SeqCst), inner.hits.load(Ordering::SeqCst));
+        let (calls, hits) = (
+            inner.calls.load(Ordering::SeqCst),
+            inner.hits.load(Ordering::SeqCst),
+        );
 
-        let batch = [hit(&b, &q, 1), hit(&a, &q, 1), hit(&c, &q, 1), hit(&a, &q, 0)];
+        let batch = [
+            hit(&b, &q, 1),
+            hit(&a, &q, 1),
+            hit(&c, &q, 1),
+            hit(&a, &q, 0),
+        ];
         let d = cache.decide(&batch).await.unwrap();
         let allowed: Vec<bool> = d.iter().map(|d| d.allowed).collect();
         assert_eq!(allowed, [true, false, true, false]);
@@ -399,7 +405,10 @@ mod tests {
         assert_eq!(inner.hits.load(Ordering::SeqCst), hits + 2, "only b and c");
 
         // A batch answered wholly from the cache makes no call at all.
-        cache.decide(&[hit(&a, &q, 1), hit(&a, &q, 0)]).await.unwrap();
+        cache
+            .decide(&[hit(&a, &q, 1), hit(&a, &q, 0)])
+            .await
+            .unwrap();
         assert_eq!(inner.calls.load(Ordering::SeqCst), calls + 1);
     }
 
@@ -422,7 +431,10 @@ mod tests {
         let fresh = quota(Algorithm::FixedWindow, 1, Duration::from_secs(3600));
         let later: Vec<_> = (0..1000).map(|i| key(&fresh, &i.to_string())).collect();
         for k in &later {
-            cache.decide(&[hit(k, &fresh, 1), hit(k, &fresh, 1)]).await.unwrap();
+            cache
+                .decide(&[hit(k, &fresh, 1), hit(k, &fresh, 1)])
+                .await
+                .unwrap();
         }
         assert!(cache.len() <= 64);
         let cached_later = later
@@ -445,8 +457,14 @@ mod tests {
         let q = quota(Algorithm::FixedWindow, 1, Duration::from_secs(10));
         let k = key(&q, "a");
         runtime.block_on(async {
-            cache.decide(&[hit(&k, &q, 1), hit(&k, &q, 1)]).await.unwrap();
-            cache.decide(&[hit(&k, &q, 1), hit(&k, &q, 0)]).await.unwrap();
+            cache
+                .decide(&[hit(&k, &q, 1), hit(&k, &q, 1)])
+                .await
+                .unwrap();
+            cache
+                .decide(&[hit(&k, &q, 1), hit(&k, &q, 0)])
+                .await
+                .unwrap();
             cache.decide(&[hit(&k, &q, 1)]).await.unwrap();
         });
         let text = handle.render();
@@ -474,19 +492,24 @@ mod tests {
             1 => Just(u64::MAX),
         ];
         let batch = prop::collection::vec((0..3usize, hits), 1..4);
-        prop::collection::vec((dt, batch).prop_map(|(dt, batch)| Step { dt, batch }), 1..60)
+        prop::collection::vec(
+            (dt, batch).prop_map(|(dt, batch)| Step { dt, batch }),
+            1..60,
+        )
     }
 
     fn case() -> impl Strategy<Value = (Quota, Vec<Step>)> {
         let algorithm = prop::sample::select(Algorithm::ALL.to_vec());
-        let window = prop_oneof![Just(1_000_000u64), Just(NANOS_PER_SEC), 1..=10 * NANOS_PER_SEC];
-        (algorithm, 1..6u64, window, prop::option::of(1..8u64)).prop_flat_map(
-            |(a, l, w, b)| {
-                let q = Quota::new(a, l, Duration::from_nanos(w), b.filter(|_| a.uses_burst()))
-                    .unwrap();
-                (Just(q), workload(w, q.burst()))
-            },
-        )
+        let window = prop_oneof![
+            Just(1_000_000u64),
+            Just(NANOS_PER_SEC),
+            1..=10 * NANOS_PER_SEC
+        ];
+        (algorithm, 1..6u64, window, prop::option::of(1..8u64)).prop_flat_map(|(a, l, w, b)| {
+            let q =
+                Quota::new(a, l, Duration::from_nanos(w), b.filter(|_| a.uses_burst())).unwrap();
+            (Just(q), workload(w, q.burst()))
+        })
     }
 
     proptest! {

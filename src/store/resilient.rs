@@ -200,7 +200,13 @@ impl ResilientStore {
                     .iter()
                     .map(|h| {
                         let quota = scaled_quota(h.quota, n);
-                        self.local.decide_at(&Hit { quota: &quota, ..*h }, now)
+                        self.local.decide_at(
+                            &Hit {
+                                quota: &quota,
+                                ..*h
+                            },
+                            now,
+                        )
                     })
                     .collect())
             }
@@ -278,13 +284,16 @@ pub fn scaled_quota(quota: &Quota, instances: NonZeroU32) -> Quota {
         return *quota;
     }
     let share = |v: u64| (v / n).max(1);
-    let burst = quota
-        .algorithm()
-        .uses_burst()
-        .then(|| share(quota.burst()));
+    let burst = quota.algorithm().uses_burst().then(|| share(quota.burst()));
     // A smaller limit and burst of a valid quota are valid; should that ever change, the unscaled
     // quota is the safe answer.
-    Quota::new(quota.algorithm(), share(quota.limit()), quota.window(), burst).unwrap_or(*quota)
+    Quota::new(
+        quota.algorithm(),
+        share(quota.limit()),
+        quota.window(),
+        burst,
+    )
+    .unwrap_or(*quota)
 }
 
 fn error_kind(e: &StoreError) -> &'static str {
@@ -450,7 +459,11 @@ impl Breaker {
     }
 
     fn publish(&self, state: BreakerState) {
-        let up = if state == BreakerState::Closed { 1.0 } else { 0.0 };
+        let up = if state == BreakerState::Closed {
+            1.0
+        } else {
+            0.0
+        };
         metrics::gauge!(m::STORE_UP, "store" => self.store).set(up);
         for (s, label) in [
             (BreakerState::Closed, m::BREAKER_CLOSED),
@@ -478,5 +491,535 @@ impl Drop for Attempt<'_> {
         if self.probe && !self.settled {
             self.breaker.abandon(self.clock.now());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::algorithm::Algorithm;
+    use crate::clock::{ManualClock, NANOS_PER_SEC};
+    use crate::keys::CounterKey;
+
+    const START: Nanos = 1_700_000_000 * NANOS_PER_SEC;
+    /// What the scripted store reports as `remaining`, so its answers tell from the fallback's.
+    const FROM_PRIMARY: u64 = 4242;
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Script {
+        Answer,
+        Unavailable,
+        Protocol,
+        /// Never answers.
+        Hang,
+        /// Answers once the test adds a permit to the gate.
+        Gate,
+    }
+
+    /// A store that does what the test tells it to, and counts its calls.
+    struct Scripted {
+        script: parking_lot::Mutex<Script>,
+        calls: AtomicUsize,
+        gate: Semaphore,
+    }
+
+    impl Scripted {
+        fn new(script: Script) -> Arc<Self> {
+            Arc::new(Self {
+                script: parking_lot::Mutex::new(script),
+                calls: AtomicUsize::new(0),
+                gate: Semaphore::new(0),
+            })
+        }
+
+        fn set(&self, script: Script) {
+            *self.script.lock() = script;
+        }
+
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait]
+    impl Store for Scripted {
+        async fn decide(&self, hits: &[Hit<'_>]) -> Result<Vec<Decision>, StoreError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let script = *self.script.lock();
+            match script {
+                Script::Answer => {}
+                Script::Unavailable => return Err(StoreError::Unavailable("down".into())),
+                Script::Protocol => return Err(StoreError::Protocol("garbled".into())),
+                Script::Hang => std::future::pending::<()>().await,
+                Script::Gate => self.gate.acquire().await.map(|p| p.forget()).unwrap(),
+            }
+            Ok(hits
+                .iter()
+                .map(|h| Decision {
+                    allowed: true,
+                    limit: h.quota.burst(),
+                    remaining: FROM_PRIMARY,
+                    reset_after: Duration::ZERO,
+                    exceeds_capacity: false,
+                })
+                .collect())
+        }
+
+        fn kind(&self) -> &'static str {
+            "scripted"
+        }
+    }
+
+    fn options(on_error: OnStoreError) -> ResilienceOptions {
+        ResilienceOptions {
+            on_error,
+            ..ResilienceOptions::default()
+        }
+    }
+
+    fn resilient(
+        primary: &Arc<Scripted>,
+        options: ResilienceOptions,
+        clock: &ManualClock,
+    ) -> ResilientStore {
+        ResilientStore::with_clock(primary.clone(), &options, Arc::new(clock.clone()))
+    }
+
+    fn quota(limit: u64) -> Quota {
+        Quota::new(
+            Algorithm::FixedWindow,
+            limit,
+            Duration::from_secs(3600),
+            None,
+        )
+        .unwrap()
+    }
+
+    fn key(q: &Quota, user: &str) -> CounterKey {
+        CounterKey::new("test", q, [("user", user)])
+    }
+
+    async fn one(
+        store: &ResilientStore,
+        q: &Quota,
+        k: &CounterKey,
+    ) -> Result<Decision, StoreError> {
+        let hits = [Hit {
+            key: k,
+            quota: q,
+            hits: 1,
+        }];
+        store.decide(&hits).await.map(|d| d[0])
+    }
+
+    #[tokio::test]
+    async fn a_hanging_store_is_cut_off_at_the_timeout() {
+        let primary = Scripted::new(Script::Hang);
+        let clock = ManualClock::new(START);
+        let store = resilient(&primary, options(OnStoreError::Allow), &clock);
+        let (q, k) = (quota(10), key(&quota(10), "a"));
+        let started = std::time::Instant::now();
+        let d = one(&store, &q, &k).await.unwrap();
+        let took = started.elapsed();
+        assert!(d.allowed);
+        assert!(took >= Duration::from_millis(50), "{took:?}");
+        assert!(took < Duration::from_millis(250), "{took:?}");
+        assert_eq!(
+            store.state(),
+            BreakerState::Open,
+            "one timeout opens the breaker"
+        );
+
+        // Open: answered at once, without waiting for the timeout again.
+        let started = std::time::Instant::now();
+        for _ in 0..10 {
+            assert!(one(&store, &q, &k).await.unwrap().allowed);
+        }
+        assert!(started.elapsed() < Duration::from_millis(50));
+        assert_eq!(primary.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn each_policy_answers_a_failure() {
+        let q = Quota::new(Algorithm::TokenBucket, 10, Duration::from_secs(10), Some(8)).unwrap();
+        let k = key(&q, "a");
+        let clock = ManualClock::new(START);
+
+        let primary = Scripted::new(Script::Unavailable);
+        let allow = resilient(&primary, options(OnStoreError::Allow), &clock);
+        let d = one(&allow, &q, &k).await.unwrap();
+        assert_eq!(
+            d,
+            Decision {
+                allowed: true,
+                limit: 8,
+                remaining: 8,
+                reset_after: Duration::ZERO,
+                exceeds_capacity: false
+            }
+        );
+
+        let deny = resilient(&primary, options(OnStoreError::Deny), &clock);
+        let d = one(&deny, &q, &k).await.unwrap();
+        assert_eq!(
+            d,
+            Decision {
+                allowed: false,
+                limit: 8,
+                remaining: 0,
+                reset_after: Duration::from_millis(250),
+                exceeds_capacity: false
+            }
+        );
+
+        let error = resilient(&primary, options(OnStoreError::Error), &clock);
+        assert!(matches!(
+            one(&error, &q, &k).await,
+            Err(StoreError::Unavailable(_))
+        ));
+
+        let local = resilient(&primary, options(OnStoreError::Local), &clock);
+        let d = one(&local, &q, &k).await.unwrap();
+        assert!(d.allowed);
+        assert_eq!(
+            (d.limit, d.remaining),
+            (8, 7),
+            "decided by the local bucket"
+        );
+
+        // A protocol error is a failure like any other.
+        primary.set(Script::Protocol);
+        assert!(matches!(
+            one(&error, &q, &k).await,
+            Err(StoreError::Protocol(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_deny_policy_retries_when_the_breaker_next_probes() {
+        let primary = Scripted::new(Script::Unavailable);
+        let clock = ManualClock::new(START);
+        let store = resilient(&primary, options(OnStoreError::Deny), &clock);
+        let (q, k) = (quota(10), key(&quota(10), "a"));
+        for _ in 0..3 {
+            one(&store, &q, &k).await.unwrap();
+        }
+        assert_eq!(store.state(), BreakerState::Open);
+        // 150ms until the probe, but never less than the first backoff.
+        clock.advance(Duration::from_millis(100));
+        assert_eq!(
+            one(&store, &q, &k).await.unwrap().reset_after,
+            Duration::from_millis(250)
+        );
+
+        // After a failed probe the breaker waits 500ms: the retry time says so.
+        clock.advance(Duration::from_millis(150));
+        one(&store, &q, &k).await.unwrap();
+        clock.advance(Duration::from_millis(100));
+        assert_eq!(
+            one(&store, &q, &k).await.unwrap().reset_after,
+            Duration::from_millis(400)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_local_policy_enforces_a_share_of_the_limit() {
+        let primary = Scripted::new(Script::Unavailable);
+        let clock = ManualClock::new(START);
+        let options = ResilienceOptions {
+            instances: NonZeroU32::new(4).unwrap(),
+            ..options(OnStoreError::Local)
+        };
+        let store = resilient(&primary, options, &clock);
+        let (q, k) = (quota(100), key(&quota(100), "a"));
+        let mut admitted = 0;
+        for _ in 0..40 {
+            let d = one(&store, &q, &k).await.unwrap();
+            assert_eq!(d.limit, 25);
+            admitted += usize::from(d.allowed);
+        }
+        assert_eq!(admitted, 25);
+        assert_eq!(
+            primary.calls(),
+            3,
+            "the breaker opened after three failures"
+        );
+    }
+
+    #[test]
+    fn quotas_scale_to_a_share_of_at_least_one() {
+        let n = |i| NonZeroU32::new(i).unwrap();
+        let w = Duration::from_secs(60);
+        let fixed = Quota::new(Algorithm::FixedWindow, 100, w, None).unwrap();
+        assert_eq!(scaled_quota(&fixed, n(1)), fixed);
+        assert_eq!(scaled_quota(&fixed, n(3)).limit(), 33);
+        assert_eq!(scaled_quota(&fixed, n(3)).window(), w);
+        assert_eq!(scaled_quota(&fixed, n(1000)).limit(), 1);
+        let bucket = Quota::new(Algorithm::TokenBucket, 100, w, Some(10)).unwrap();
+        let share = scaled_quota(&bucket, n(3));
+        assert_eq!(
+            (share.limit(), share.burst(), share.algorithm()),
+            (33, 3, Algorithm::TokenBucket)
+        );
+        assert_eq!(scaled_quota(&bucket, n(50)).burst(), 1);
+        for algorithm in Algorithm::ALL {
+            let q = Quota::new(algorithm, 7, w, None).unwrap();
+            let s = scaled_quota(&q, n(2));
+            assert_eq!((s.limit(), s.burst(), s.algorithm()), (3, 3, algorithm));
+        }
+    }
+
+    #[tokio::test]
+    async fn the_breaker_opens_stops_calling_probes_and_closes() {
+        let primary = Scripted::new(Script::Unavailable);
+        let clock = ManualClock::new(START);
+        let store = resilient(&primary, options(OnStoreError::Allow), &clock);
+        let (q, k) = (quota(10), key(&quota(10), "a"));
+
+        for _ in 0..2 {
+            one(&store, &q, &k).await.unwrap();
+        }
+        assert_eq!(
+            store.state(),
+            BreakerState::Closed,
+            "two failures are not enough"
+        );
+        one(&store, &q, &k).await.unwrap();
+        assert_eq!(store.state(), BreakerState::Open);
+        assert_eq!(primary.calls(), 3);
+
+        primary.set(Script::Answer);
+        clock.advance(Duration::from_millis(249));
+        for _ in 0..10 {
+            assert_ne!(one(&store, &q, &k).await.unwrap().remaining, FROM_PRIMARY);
+        }
+        assert_eq!(primary.calls(), 3, "open: the store is left alone");
+
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(
+            one(&store, &q, &k).await.unwrap().remaining,
+            FROM_PRIMARY,
+            "the probe"
+        );
+        assert_eq!(store.state(), BreakerState::Closed);
+        assert_eq!(one(&store, &q, &k).await.unwrap().remaining, FROM_PRIMARY);
+        assert_eq!(primary.calls(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_success_resets_the_failure_count() {
+        let primary = Scripted::new(Script::Unavailable);
+        let clock = ManualClock::new(START);
+        let store = resilient(&primary, options(OnStoreError::Allow), &clock);
+        let (q, k) = (quota(10), key(&quota(10), "a"));
+        for _ in 0..5 {
+            primary.set(Script::Unavailable);
+            one(&store, &q, &k).await.unwrap();
+            one(&store, &q, &k).await.unwrap();
+            primary.set(Script::Answer);
+            one(&store, &q, &k).await.unwrap();
+        }
+        assert_eq!(
+            store.state(),
+            BreakerState::Closed,
+            "failures were never consecutive"
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_probes_double_the_backoff_up_to_the_cap() {
+        let primary = Scripted::new(Script::Unavailable);
+        let clock = ManualClock::new(START);
+        let store = resilient(&primary, options(OnStoreError::Allow), &clock);
+        let (q, k) = (quota(10), key(&quota(10), "a"));
+        for _ in 0..3 {
+            one(&store, &q, &k).await.unwrap();
+        }
+        let mut calls = primary.calls();
+        for backoff_ms in [250, 500, 1000, 2000, 4000, 5000, 5000] {
+            clock.advance(Duration::from_millis(backoff_ms - 1));
+            one(&store, &q, &k).await.unwrap();
+            assert_eq!(primary.calls(), calls, "no probe before {backoff_ms}ms");
+            clock.advance(Duration::from_millis(1));
+            one(&store, &q, &k).await.unwrap();
+            calls += 1;
+            assert_eq!(primary.calls(), calls, "a probe at {backoff_ms}ms");
+            assert_eq!(store.state(), BreakerState::Open);
+        }
+
+        // Recovery resets the backoff: the next outage starts again at 250ms.
+        primary.set(Script::Answer);
+        clock.advance(Duration::from_secs(5));
+        one(&store, &q, &k).await.unwrap();
+        assert_eq!(store.state(), BreakerState::Closed);
+        primary.set(Script::Unavailable);
+        for _ in 0..3 {
+            one(&store, &q, &k).await.unwrap();
+        }
+        clock.advance(Duration::from_millis(250));
+        let before = primary.calls();
+        one(&store, &q, &k).await.unwrap();
+        assert_eq!(primary.calls(), before + 1);
+    }
+
+    #[tokio::test]
+    async fn only_one_call_probes_while_the_others_keep_the_fallback() {
+        let primary = Scripted::new(Script::Unavailable);
+        let clock = ManualClock::new(START);
+        let options = ResilienceOptions {
+            timeout: Duration::from_secs(30),
+            ..options(OnStoreError::Allow)
+        };
+        let store = Arc::new(resilient(&primary, options, &clock));
+        let (q, k) = (quota(10), key(&quota(10), "a"));
+        for _ in 0..3 {
+            one(&store, &q, &k).await.unwrap();
+        }
+        primary.set(Script::Gate);
+        clock.advance(Duration::from_millis(250));
+
+        let probe = tokio::spawn({
+            let (store, q, k) = (store.clone(), q, k.clone());
+            async move { one(&store, &q, &k).await.unwrap() }
+        });
+        while primary.calls() < 4 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(store.state(), BreakerState::HalfOpen);
+        for _ in 0..5 {
+            let d = one(&store, &q, &k).await.unwrap();
+            assert!(d.allowed);
+            assert_ne!(d.remaining, FROM_PRIMARY);
+        }
+        assert_eq!(primary.calls(), 4, "no second probe");
+
+        primary.gate.add_permits(1);
+        assert_eq!(probe.await.unwrap().remaining, FROM_PRIMARY);
+        assert_eq!(store.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_probe_lets_the_next_call_probe() {
+        let primary = Scripted::new(Script::Unavailable);
+        let clock = ManualClock::new(START);
+        let options = ResilienceOptions {
+            timeout: Duration::from_secs(30),
+            ..options(OnStoreError::Allow)
+        };
+        let store = resilient(&primary, options, &clock);
+        let (q, k) = (quota(10), key(&quota(10), "a"));
+        for _ in 0..3 {
+            one(&store, &q, &k).await.unwrap();
+        }
+        primary.set(Script::Hang);
+        clock.advance(Duration::from_millis(250));
+        let gave_up = tokio::time::timeout(Duration::from_millis(5), one(&store, &q, &k)).await;
+        assert!(gave_up.is_err());
+        assert_eq!(store.state(), BreakerState::Open);
+
+        primary.set(Script::Answer);
+        assert_eq!(one(&store, &q, &k).await.unwrap().remaining, FROM_PRIMARY);
+        assert_eq!(store.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_store_recovers_by_itself() {
+        let primary = Scripted::new(Script::Hang);
+        let clock = ManualClock::new(START);
+        let store = resilient(&primary, options(OnStoreError::Local), &clock);
+        let (q, k) = (quota(10), key(&quota(10), "a"));
+        let started = tokio::time::Instant::now();
+        assert!(one(&store, &q, &k).await.unwrap().allowed);
+        assert_eq!(started.elapsed(), Duration::from_millis(50));
+        assert_eq!(store.state(), BreakerState::Open);
+
+        primary.set(Script::Answer);
+        clock.advance(Duration::from_millis(250));
+        assert_eq!(one(&store, &q, &k).await.unwrap().remaining, FROM_PRIMARY);
+        assert_eq!(store.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn failures_fallbacks_and_state_are_in_metrics() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let primary = Scripted::new(Script::Unavailable);
+        let clock = ManualClock::new(START);
+        let store = resilient(&primary, options(OnStoreError::Deny), &clock);
+        let (q, k) = (quota(10), key(&quota(10), "a"));
+        let text = handle.render();
+        assert!(
+            text.contains(r#"tollgate_store_up{store="scripted"} 1"#),
+            "{text}"
+        );
+
+        runtime.block_on(async {
+            for _ in 0..5 {
+                one(&store, &q, &k).await.unwrap();
+            }
+        });
+        let text = handle.render();
+        for line in [
+            r#"tollgate_store_errors_total{store="scripted",error="unavailable"} 3"#,
+            r#"tollgate_fallback_decisions_total{policy="deny"} 5"#,
+            r#"tollgate_store_up{store="scripted"} 0"#,
+            r#"tollgate_store_breaker_state{store="scripted",state="open"} 1"#,
+            r#"tollgate_store_breaker_state{store="scripted",state="closed"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+
+        primary.set(Script::Hang);
+        clock.advance(Duration::from_millis(250));
+        runtime.block_on(one(&store, &q, &k)).unwrap();
+        primary.set(Script::Answer);
+        clock.advance(Duration::from_millis(500));
+        runtime.block_on(one(&store, &q, &k)).unwrap();
+        let text = handle.render();
+        for line in [
+            r#"tollgate_store_errors_total{store="scripted",error="timeout"} 1"#,
+            r#"tollgate_store_up{store="scripted"} 1"#,
+            r#"tollgate_store_breaker_state{store="scripted",state="closed"} 1"#,
+            r#"tollgate_store_breaker_state{store="scripted",state="half_open"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn protect_puts_the_cache_inside_the_breaker() {
+        let primary = Scripted::new(Script::Answer);
+        let store: Arc<dyn Store> = protect(primary.clone(), &ResilienceOptions::default());
+        assert_eq!(store.kind(), "scripted");
+        let (q, k) = (quota(10), key(&quota(10), "a"));
+        let d = store
+            .decide(&[Hit {
+                key: &k,
+                quota: &q,
+                hits: 1,
+            }])
+            .await
+            .unwrap();
+        assert_eq!(d[0].remaining, FROM_PRIMARY);
+        assert_eq!(primary.calls(), 1);
+    }
+
+    #[test]
+    fn policies_have_their_flag_names() {
+        use clap::ValueEnum;
+        for p in OnStoreError::value_variants() {
+            assert_eq!(p.to_possible_value().unwrap().get_name(), p.as_str());
+        }
+        assert_eq!(OnStoreError::default(), OnStoreError::Local);
     }
 }
