@@ -53,6 +53,15 @@ struct Entry {
     limit: u64,
 }
 
+/// One lock and its table, padded to its own cache lines so that neighbouring shards do not
+/// false-share.
+#[repr(align(128))]
+#[derive(Default)]
+struct Shard {
+    // A blocking mutex on purpose: nothing is awaited while it is held.
+    table: Mutex<Table>,
+}
+
 #[derive(Default)]
 struct Table {
     entries: HashTable<Entry>,
@@ -65,8 +74,7 @@ pub struct OverLimitCache {
     inner: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     hasher: foldhash::fast::RandomState,
-    // Blocking mutexes on purpose: nothing is awaited while one is held.
-    shards: Box<[Mutex<Table>]>,
+    shards: Box<[Shard]>,
     shard_mask: u64,
     shard_capacity: usize,
     /// Entries in all shards (kept loosely; used to skip lookups while the cache is empty).
@@ -103,7 +111,7 @@ impl OverLimitCache {
             inner,
             clock,
             hasher: foldhash::fast::RandomState::default(),
-            shards: (0..n).map(|_| Mutex::new(Table::default())).collect(),
+            shards: (0..n).map(|_| Shard::default()).collect(),
             shard_mask: n as u64 - 1,
             shard_capacity: max_entries.div_ceil(n).max(1),
             len: AtomicUsize::new(0),
@@ -126,7 +134,7 @@ impl OverLimitCache {
 
     fn shard(&self, hash: u64) -> &Mutex<Table> {
         // The mask keeps the index below `shards.len()`, which is `shard_mask + 1`.
-        &self.shards[((hash >> 40) & self.shard_mask) as usize]
+        &self.shards[((hash >> 40) & self.shard_mask) as usize].table
     }
 
     /// The cached denial of `key` at `now`, if it is still known over its limit.
@@ -442,6 +450,39 @@ mod tests {
             .filter(|k| cache.lookup(k, clock.now()).is_some())
             .count();
         assert_eq!(cached_later, cache.len(), "only the new keys remain");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_callers_admit_exactly_the_limit_and_mostly_skip_the_store() {
+        let clock = ManualClock::new(START);
+        let inner = Counting::new(&clock);
+        let cache = Arc::new(cache(inner.clone(), &clock, 1000));
+        let q = quota(Algorithm::SlidingWindow, 100, Duration::from_secs(3600));
+        let tasks: Vec<_> = (0..8)
+            .map(|t| {
+                let (cache, q) = (cache.clone(), q);
+                tokio::spawn(async move {
+                    let hot = key(&q, "hot");
+                    let own = key(&q, &format!("own{t}"));
+                    let mut admitted = 0;
+                    for _ in 0..500 {
+                        let d = cache
+                            .decide(&[hit(&hot, &q, 1), hit(&own, &q, 1)])
+                            .await
+                            .unwrap();
+                        admitted += usize::from(d[0].allowed);
+                    }
+                    admitted
+                })
+            })
+            .collect();
+        let mut admitted = 0;
+        for t in tasks {
+            admitted += t.await.unwrap();
+        }
+        assert_eq!(admitted, 100);
+        let sent = inner.hits.load(Ordering::SeqCst);
+        assert!(sent < 2 * 8 * 500 * 3 / 4, "{sent} hits reached the store");
     }
 
     #[test]
