@@ -16,6 +16,10 @@ use crate::reload::LiveRules;
 use crate::server::{self, ServeOptions};
 use crate::store::Store;
 use crate::store::memory::MemoryStore;
+use crate::store::redis::{RedisOptions, RedisStore};
+
+/// The Redis store's per-command timeout until the store-error policy layer sets its own.
+const REDIS_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub fn init_logging(log: &LogArgs) -> Result<()> {
     let filter = EnvFilter::try_new(&log.log_level)
@@ -113,6 +117,18 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 let _ = sweeper.await;
             });
             store
+        }
+        StoreKind::Redis => {
+            let url = args
+                .redis_url
+                .clone()
+                .context("--store redis needs --redis-url (or TOLLGATE_REDIS_URL)")?;
+            let options = RedisOptions {
+                url,
+                pool_size: usize::from(args.redis_pool_size),
+                timeout: REDIS_TIMEOUT,
+            };
+            Arc::new(RedisStore::connect(options).await.context("--redis-url")?)
         }
     };
     if args.config.is_some() {

@@ -1,10 +1,11 @@
 //! Where counters live. One async trait, one module per backend: [`memory`] keeps state in this
-//! process; the Redis store (a fleet sharing one limit) implements the same trait.
+//! process; [`redis`] (a fleet sharing one limit) implements the same trait.
 //!
 //! A store owns time as well as state: the memory store reads an injected [`Clock`](crate::clock::Clock),
 //! the Redis store reads Redis' own `TIME`, so instances with skewed clocks still agree.
 
 pub mod memory;
+pub mod redis;
 
 use async_trait::async_trait;
 
@@ -28,6 +29,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("store protocol error: {0}")]
     Protocol(String),
+    /// The store cannot be set up as configured (e.g. a malformed Redis URL).
+    #[error("store misconfigured: {0}")]
+    Config(String),
 }
 
 #[async_trait]
