@@ -196,9 +196,7 @@ mod tests {
         assert_eq!(args.store, StoreKind::Redis);
         assert_eq!(args.redis_url.as_deref(), Some("redis-cluster://a:1,b:2"));
         assert_eq!(args.redis_pool_size, 8);
-        assert!(
-            Cli::try_parse_from(["tollgate", "serve", "--redis-pool-size", "0"]).is_err()
-        );
+        assert!(Cli::try_parse_from(["tollgate", "serve", "--redis-pool-size", "0"]).is_err());
     }
 
     #[test]

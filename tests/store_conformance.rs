@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
-use tollgate::algorithm::{Algorithm, Decision, MAX_LIMIT, MAX_SLIDING_LOG_LIMIT, MAX_WINDOW, Quota};
+use tollgate::algorithm::{
+    Algorithm, Decision, MAX_LIMIT, MAX_SLIDING_LOG_LIMIT, MAX_WINDOW, Quota,
+};
 use tollgate::clock::ManualClock;
 use tollgate::keys::CounterKey;
 use tollgate::store::memory::MemoryStore;
@@ -180,7 +182,9 @@ fn scripted_quotas() -> Vec<Quota> {
                     bursts.extend([Some(1), Some((limit * 2).min(MAX_LIMIT)), Some(MAX_LIMIT)]);
                 }
                 for burst in bursts {
-                    quotas.push(Quota::new(algorithm, limit, Duration::from_nanos(w), burst).unwrap());
+                    quotas.push(
+                        Quota::new(algorithm, limit, Duration::from_nanos(w), burst).unwrap(),
+                    );
                 }
             }
         }
@@ -244,7 +248,12 @@ fn quota_strategy() -> impl Strategy<Value = Quota> {
         Just(3_600_000_000u64),
         1u64..=(MAX_WINDOW.as_nanos() as u64 / US),
     ];
-    let limit = prop_oneof![1u64..12, Just(1_000_000_000), Just(MAX_LIMIT), 1..=MAX_LIMIT];
+    let limit = prop_oneof![
+        1u64..12,
+        Just(1_000_000_000),
+        Just(MAX_LIMIT),
+        1..=MAX_LIMIT
+    ];
     let burst = prop::option::of(prop_oneof![1u64..15, Just(MAX_LIMIT), 1..=MAX_LIMIT]);
     (algorithm, window_us, limit, burst).prop_map(|(a, w, l, b)| {
         let l = if a == Algorithm::SlidingLog {
@@ -272,7 +281,10 @@ fn steps_strategy(quota: &Quota) -> impl Strategy<Value = Vec<Step>> + use<> {
         4 => 0..=cap + 1,
         1 => prop_oneof![Just(u64::from(u32::MAX)), Just(u64::MAX), Just(cap)],
     ];
-    prop::collection::vec((dt, hits).prop_map(|(dt_us, hits)| Step { dt_us, hits }), 1..25)
+    prop::collection::vec(
+        (dt, hits).prop_map(|(dt_us, hits)| Step { dt_us, hits }),
+        1..25,
+    )
 }
 
 #[test]

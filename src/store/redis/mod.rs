@@ -6,9 +6,11 @@
 //! skewed clocks agree; a window that is not a whole number of microseconds is rounded up to one, and
 //! `reset_after` comes back rounded up to the microsecond.
 //!
-//! A request's hits are grouped by cluster slot (the hash tag of [`CounterKey::redis_key`]); each
-//! slot's counters are decided atomically by one `EVALSHA`, and all slots concurrently, so a request
-//! costs one round trip whatever its descriptors. `EVALSHA` is sent as a pipelined custom command
+//! In a Cluster, a request's hits are grouped by slot (the hash tag of
+//! [`CounterKey::redis_key`](crate::keys::CounterKey::redis_key)); each slot's counters are decided
+//! atomically by one `EVALSHA`, and all slots concurrently, so a
+//! request costs one round trip whatever its descriptors. A single server (or Sentinel's master)
+//! takes all of a request's counters in one `EVALSHA`. `EVALSHA` is sent as a pipelined custom command
 //! (fred sends its own `evalsha` unpipelined); a `NOSCRIPT` reply (after a restart, a failover or a
 //! `SCRIPT FLUSH`) is answered by one `EVAL` of the script body, which also caches it again.
 //!
@@ -37,6 +39,22 @@ use crate::clock::Clock;
 
 /// The decision script; see its header for KEYS, ARGV, the reply and the state of each algorithm.
 pub const SCRIPT: &str = include_str!("decide.lua");
+
+/// The URL schemes fred understands (without the Unix socket forms, which are not built in).
+const SCHEMES: [&str; 12] = [
+    "redis",
+    "rediss",
+    "redis-cluster",
+    "rediss-cluster",
+    "redis-sentinel",
+    "rediss-sentinel",
+    "valkey",
+    "valkeys",
+    "valkey-cluster",
+    "valkeys-cluster",
+    "valkey-sentinel",
+    "valkeys-sentinel",
+];
 
 /// How long `connect` waits for a first connection before it returns a store that is still
 /// connecting.
@@ -77,6 +95,8 @@ impl std::fmt::Debug for RedisOptions {
 /// Counters in Redis. See the module docs.
 pub struct RedisStore {
     pool: Pool,
+    /// A Cluster needs one script call per slot; a single server takes all counters in one.
+    clustered: bool,
     sha: String,
     timeout: Duration,
     clock: Option<Arc<dyn Clock>>,
@@ -97,14 +117,21 @@ impl RedisStore {
     /// connection. If Redis is not reachable yet, the store is returned anyway and reconnects in
     /// the background; its decisions fail until then.
     pub async fn connect(options: RedisOptions) -> Result<RedisStore, StoreError> {
-        let url = normalize_url(&options.url);
-        let mut config = Config::from_url(&url).map_err(|e| {
+        let invalid = |why: &str| {
             StoreError::Config(format!(
-                "invalid Redis URL `{}`: {}",
-                redact(&options.url),
-                e.details()
+                "invalid Redis URL `{}`: {why}",
+                redact(&options.url)
             ))
-        })?;
+        };
+        let scheme = options.url.split_once("://").map_or("", |(s, _)| s);
+        if !SCHEMES.contains(&scheme) {
+            return Err(invalid(&format!(
+                "the scheme must be one of {}",
+                SCHEMES.join(", ")
+            )));
+        }
+        let mut config =
+            Config::from_url(&normalize_url(&options.url)).map_err(|e| invalid(e.details()))?;
         // Retry the first connection like any later one instead of failing `connect`.
         config.fail_fast = false;
         let clustered = config.server.is_clustered();
@@ -140,6 +167,7 @@ impl RedisStore {
         let store = RedisStore {
             sha: fred::util::sha1_hash(SCRIPT),
             pool,
+            clustered,
             timeout,
             clock: None,
         };
@@ -191,9 +219,14 @@ impl RedisStore {
         args.push(Value::Integer(n as i64));
         args.extend(group.keys.iter().map(|k| Value::Bytes(k.clone().into())));
         args.extend(group.argv.iter().cloned());
-        let reply = match client.custom::<Value, Value>(command("EVALSHA"), args.clone()).await {
+        let reply = match client
+            .custom::<Value, Value>(command("EVALSHA"), args.clone())
+            .await
+        {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
-                tracing::debug!("Redis lost the script (restart, failover or SCRIPT FLUSH); sending it again");
+                tracing::debug!(
+                    "Redis lost the script (restart, failover or SCRIPT FLUSH); sending it again"
+                );
                 args[0] = Value::from(SCRIPT);
                 client.custom::<Value, Value>(command("EVAL"), args).await
             }
@@ -217,7 +250,11 @@ impl RedisStore {
         let mut groups: Vec<Group> = Vec::new();
         for (i, hit) in hits.iter().enumerate() {
             let key = hit.key.redis_key();
-            let slot = fred::util::redis_keyslot(&key);
+            let slot = if self.clustered {
+                fred::util::redis_keyslot(&key)
+            } else {
+                0
+            };
             let group = match groups.iter().position(|g| g.slot == slot) {
                 Some(g) => &mut groups[g],
                 None => {
@@ -279,8 +316,8 @@ impl RedisStore {
             for (&i, v) in index.iter().zip(values.chunks_exact(REPLY_PER_COUNTER)) {
                 let hit = &hits[i];
                 let capacity = hit.quota.burst();
-                let reset_us = (u64::try_from(v[2]).unwrap_or(0) << 32)
-                    | u64::try_from(v[3]).unwrap_or(0);
+                let reset_us =
+                    (u64::try_from(v[2]).unwrap_or(0) << 32) | u64::try_from(v[3]).unwrap_or(0);
                 decisions[i] = Some(Decision {
                     allowed: v[0] == 1,
                     limit: capacity,
@@ -369,7 +406,14 @@ fn int(v: u64) -> i64 {
 
 fn store_error(e: &fred::error::Error, timeout: Duration) -> StoreError {
     use fred::error::ErrorKind;
-    let busy = ["CLUSTERDOWN", "LOADING", "READONLY", "TRYAGAIN", "MASTERDOWN", "BUSY"];
+    let busy = [
+        "CLUSTERDOWN",
+        "LOADING",
+        "READONLY",
+        "TRYAGAIN",
+        "MASTERDOWN",
+        "BUSY",
+    ];
     match e.kind() {
         ErrorKind::Timeout => StoreError::Timeout(timeout),
         ErrorKind::IO
@@ -434,10 +478,7 @@ fn normalize_url(url: &str) -> String {
         params.push(query.to_owned());
     }
     params.extend(hosts.map(|h| format!("node={h}")));
-    format!(
-        "{scheme}://{userinfo}{first}{path}?{}",
-        params.join("&")
-    )
+    format!("{scheme}://{userinfo}{first}{path}?{}", params.join("&"))
 }
 
 /// The URL with any password replaced by `***`, for logs and errors.
