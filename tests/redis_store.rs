@@ -460,3 +460,103 @@ async fn memory_per_active_key() {
         "{figures:?}"
     );
 }
+
+const FLEET_RULES: &str = "\
+domain: api
+descriptors:
+  - key: user_id
+    rate_limit:
+      unit: minute
+      requests_per_unit: 4
+";
+
+#[tokio::test]
+async fn serve_with_redis_shares_limits_across_a_fleet() {
+    use common::Tollgate;
+    use common::grpc::{self, Code};
+    let server = RedisServer::start();
+    let url = server.url();
+    let flags = ["--store", "redis", "--redis-url", url.as_str()];
+    let (_a_dir, a) = Tollgate::with_rules(FLEET_RULES, &flags);
+    let (_b_dir, b) = Tollgate::with_rules(FLEET_RULES, &flags);
+    let (mut a, mut b) = (a.client().await, b.client().await);
+    let mut codes = Vec::new();
+    for i in 0..6 {
+        let client = if i % 2 == 0 { &mut a } else { &mut b };
+        codes.push(grpc::check(client, "api", &[("user_id", "alice")]).await);
+    }
+    assert_eq!(
+        codes,
+        [
+            Code::Ok,
+            Code::Ok,
+            Code::Ok,
+            Code::Ok,
+            Code::OverLimit,
+            Code::OverLimit
+        ]
+    );
+}
+
+#[tokio::test]
+async fn serve_with_redis_needs_a_good_url_but_not_a_live_server() {
+    use common::Tollgate;
+    use common::grpc::{self, Code};
+    use common::tollgate::run;
+    let out = run(&[
+        "serve",
+        "--store",
+        "redis",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("--redis-url"), "{}", out.stderr);
+    let out = run(&[
+        "serve",
+        "--store",
+        "redis",
+        "--redis-url",
+        "http://h:1",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("invalid Redis URL"), "{}", out.stderr);
+    // Redis down at start: tollgate serves (healthy) and answers errors until Redis is up.
+    let mut server = RedisServer::start();
+    let url = server.url();
+    server.kill();
+    let (_dir, tollgate) = Tollgate::with_rules(
+        FLEET_RULES,
+        &["--store", "redis", "--redis-url", url.as_str()],
+    );
+    let mut client = tollgate.client().await;
+    let request = || grpc::rls_request("api", &[&[("user_id", "alice")]]);
+    server.restart();
+    let recovered = wait_until_async(Duration::from_secs(15), || {
+        let mut client = client.clone();
+        async move {
+            grpc::try_should_rate_limit(&mut client, request())
+                .await
+                .is_ok_and(|r| grpc::overall(&r) == Code::Ok)
+        }
+    })
+    .await;
+    assert!(recovered, "no decision from Redis after it came up");
+    assert!(
+        wait_until_async(Duration::from_secs(5), || async {
+            server.cli(&["DBSIZE"]) != "0"
+        })
+        .await,
+        "the decisions did not reach Redis"
+    );
+    assert_eq!(
+        grpc::check(&mut client, "api", &[("user_id", "alice")]).await,
+        Code::Ok
+    );
+}
