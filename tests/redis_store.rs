@@ -560,3 +560,35 @@ async fn serve_with_redis_needs_a_good_url_but_not_a_live_server() {
         Code::Ok
     );
 }
+
+#[tokio::test]
+async fn a_cluster_failover_is_followed() {
+    let mut cluster = RedisCluster::start();
+    let store = connect(cluster.cluster_url()).await;
+    let q = quota(Algorithm::FixedWindow, 1_000, Duration::from_secs(600));
+    let key = CounterKey::new("failover", &q, [("user", "a")]);
+    assert!(allowed(&store, &key, &q, 1).await);
+    let name = key.redis_key();
+    let tag = String::from_utf8(name[3..21].to_vec()).unwrap();
+    let master = cluster.master_for_key(&tag);
+    cluster.kill_node(master);
+    assert!(
+        cluster.wait_healthy(Duration::from_secs(30)),
+        "{}",
+        cluster.describe()
+    );
+    let hit = Hit {
+        key: &key,
+        quota: &q,
+        hits: 1,
+    };
+    let recovered = wait_until_async(Duration::from_secs(20), || async {
+        store.decide(&[hit]).await.is_ok_and(|d| d[0].allowed)
+    })
+    .await;
+    assert!(
+        recovered,
+        "no decision after the failover\n{}",
+        cluster.describe()
+    );
+}
