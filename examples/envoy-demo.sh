@@ -5,7 +5,7 @@
 #                                     # end everything stays up for your own curl until Ctrl-C
 #   examples/envoy-demo.sh --short    # no pauses, stops at the end (CI; TOLLGATE_DEMO_SHORT=1)
 #
-# It starts three processes on free loopback ports and stops them again on exit, error or Ctrl-C:
+# It starts three processes on free loopback ports and stops them on exit, error, Ctrl-C or SIGTERM:
 #   - a small upstream app:  python3 -m http.server
 #   - tollgate serve:        rules written by this script, memory store
 #   - Envoy:                 envoy/front-proxy.yaml as shipped, only its ports substituted

@@ -412,7 +412,7 @@ fn tollgate_image_is_the_local_build_of_this_version() {
             .filter(|c| c["name"].as_str() == Some("tollgate"))
             .map(|c| str_at(&c, &["image"]).to_owned())
             .collect();
-        assert_eq!(images, [image.clone()], "{file}");
+        assert_eq!(images, std::slice::from_ref(&image), "{file}");
     }
     let readme = std::fs::read_to_string(k8s("README.md")).unwrap();
     assert!(
