@@ -43,10 +43,12 @@ impl BucketPolicy {
         Ok(Self { quota, refill })
     }
 
+    /// The bucket's size: the largest burst.
     pub fn capacity(&self) -> u64 {
         self.quota.burst()
     }
 
+    /// How fast tokens come back.
     pub fn refill(&self) -> Rate {
         self.refill
     }
@@ -120,7 +122,10 @@ impl EndpointLimiter {
     /// Gives `endpoint` its own policy (at runtime too; clones of this limiter see it).
     pub fn set_policy(&self, endpoint: &str, policy: BucketPolicy) -> Result<(), DirectError> {
         check_id("endpoint", endpoint)?;
-        self.policies.endpoints.write().insert(endpoint.into(), policy);
+        self.policies
+            .endpoints
+            .write()
+            .insert(endpoint.into(), policy);
         Ok(())
     }
 

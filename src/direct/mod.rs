@@ -30,6 +30,27 @@
 //!   according to [`OnStoreError`]: `Allow` (the default: fail open, as Envoy's
 //!   `failure_mode_deny: false`, so a limiter outage never takes the API down) or `Deny` (fail
 //!   closed). Either way the failure is logged with `tracing::warn!`.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use tollgate::clock::SystemClock;
+//! use tollgate::direct::{InlineLimiter, PerSecondLimiter};
+//! use tollgate::store::memory::MemoryStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tollgate::direct::DirectError> {
+//! // One store for several limiters: their counters never mix.
+//! let store = Arc::new(MemoryStore::new(Arc::new(SystemClock)));
+//! let per_second = PerSecondLimiter::with_store(store.clone());
+//! let inline = InlineLimiter::with_store(store);
+//! assert!(per_second.rate_limit("alice", 1).await);
+//! assert!(inline.allow("alice", 1, Duration::from_secs(1)).await);
+//! let d = inline.try_allow("alice", 1, Duration::from_secs(1)).await?;
+//! assert!(!d.allowed);
+//! # Ok(())
+//! # }
+//! ```
 
 mod endpoint;
 mod inline;
@@ -59,12 +80,32 @@ pub use window::{RateLimiter, WindowLimiter, WindowLimiterBuilder};
 
 /// The longest user, client or endpoint ID accepted, in bytes. Longer IDs are refused rather than
 /// stored: every byte of the ID is part of the counter key, in memory or in Redis.
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::direct::{DirectError, InlineLimiter, MAX_ID_LEN};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let long = "x".repeat(MAX_ID_LEN + 1);
+/// let e = InlineLimiter::new().try_allow(&long, 1, Duration::from_secs(1)).await.unwrap_err();
+/// assert!(matches!(e, DirectError::IdTooLong { .. }));
+/// # }
+/// ```
 pub const MAX_ID_LEN: usize = 4096;
 
 /// How often the default memory store drops expired counters.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// Why a direct call could not be decided. Being over the limit is not an error.
+///
+/// ```
+/// use tollgate::direct::{DirectError, Rate};
+///
+/// let e = Rate::per_second(f64::NAN).unwrap_err();
+/// assert!(matches!(e, DirectError::Rate { .. }) && !e.is_store_error());
+/// assert_eq!(e.to_string(), "invalid rate NaN: not a number");
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum DirectError {
     /// The user, client or endpoint ID is the empty string.
@@ -74,7 +115,7 @@ pub enum DirectError {
     #[error("the {what} is {len} bytes long; at most {MAX_ID_LEN} are accepted")]
     IdTooLong { what: &'static str, len: usize },
     /// The limit, window or capacity cannot make a quota (zero, or a window over 400 days).
-    #[error("invalid limit: {0}")]
+    #[error("invalid quota: {0}")]
     Quota(#[from] QuotaError),
     /// A rate (requests per second) that is NaN, infinite, not positive, or out of range.
     #[error("invalid rate {rate}: {reason}")]
@@ -92,6 +133,15 @@ impl DirectError {
 }
 
 /// What the `bool` calls answer when the store fails (the `try_` calls return the error).
+///
+/// ```
+/// use tollgate::direct::{LeakyLimiter, OnStoreError};
+///
+/// // A payment gateway would rather refuse than let a flood through while Redis is down.
+/// let limiter = LeakyLimiter::new().on_store_error(OnStoreError::Deny);
+/// # let _ = limiter;
+/// assert_eq!(OnStoreError::default(), OnStoreError::Allow);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnStoreError {
     /// Fail open: admit the request.

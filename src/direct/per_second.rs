@@ -176,7 +176,12 @@ impl PerSecondLimiter {
     /// [`rate_limit`](Self::rate_limit) with the whole decision, or why there is none.
     pub async fn try_rate_limit(&self, user_id: &str, limit: u64) -> Result<Decision, DirectError> {
         check_id("user id", user_id)?;
-        let quota = Quota::new(Algorithm::SlidingWindow, limit, Duration::from_secs(1), None)?;
+        let quota = Quota::new(
+            Algorithm::SlidingWindow,
+            limit,
+            Duration::from_secs(1),
+            None,
+        )?;
         self.backend
             .decide(Kind::PerSecond, &quota, &[("user", user_id)])
             .await
@@ -350,7 +355,12 @@ mod tests {
     async fn store_errors_follow_the_policy() {
         let open = PerSecondLimiter::with_store(Arc::new(DownStore));
         assert!(open.rate_limit("u", 5).await);
-        assert!(open.try_rate_limit("u", 5).await.unwrap_err().is_store_error());
+        assert!(
+            open.try_rate_limit("u", 5)
+                .await
+                .unwrap_err()
+                .is_store_error()
+        );
         let closed = open.clone().on_store_error(OnStoreError::Deny);
         assert!(!closed.rate_limit("u", 5).await);
         assert!(!closed.allow("u").await);

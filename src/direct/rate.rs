@@ -65,7 +65,11 @@ impl Rate {
         if per_second <= 0.0 {
             return Err(invalid("the rate must be positive"));
         }
-        match rational(per_second, u128::from(u64::MAX), u128::from(MAX_WINDOW.as_secs())) {
+        match rational(
+            per_second,
+            u128::from(u64::MAX),
+            u128::from(MAX_WINDOW.as_secs()),
+        ) {
             Approx::Found(p, q) => Ok(Self {
                 count: u64::try_from(p).map_err(|_| invalid("more than u64::MAX per second"))?,
                 period: Duration::from_secs(
@@ -77,10 +81,12 @@ impl Rate {
         }
     }
 
+    /// Requests per [`period`](Self::period) (`L`).
     pub fn count(&self) -> u64 {
         self.count
     }
 
+    /// The period over which [`count`](Self::count) requests are allowed (`W`).
     pub fn period(&self) -> Duration {
         self.period
     }

@@ -317,6 +317,9 @@ mod tests {
             .unwrap();
         assert!(l.allow("c").await);
         let sweeper = l.backend.sweeper.as_ref().unwrap();
-        assert!(sweeper.guard.get().is_some(), "sweeper started on first use");
+        assert!(
+            sweeper.guard.get().is_some(),
+            "sweeper started on first use"
+        );
     }
 }
