@@ -75,7 +75,7 @@ pub use endpoint::{BucketPolicy, EndpointLimiter};
 pub use inline::{InlineLimiter, allow};
 pub use leaky::{LeakyLimiter, leaky_bucket};
 pub use per_second::{PerSecondLimiter, UserLimits, rate_limit};
-pub use rate::Rate;
+pub use rate::{MAX_COUNT, Rate};
 pub use window::{RateLimiter, WindowLimiter, WindowLimiterBuilder};
 
 /// The longest user, client or endpoint ID accepted, in bytes. Longer IDs are refused rather than

@@ -5,15 +5,19 @@
 //! `f64`: the first convergent whose quotient rounds back to the same `f64`, else the closest one
 //! whose terms still fit. Decimal rates come out exact (`0.001` is `1 / 1000 s`, `2.5` is `5 / 2 s`,
 //! `1234.5678` is `6172839 / 5000 s`), so a very low rate never truncates to zero; an irrational-ish
-//! rate is within `1 / q²` of the `f64`. Rates run from one per 400 days to `u64::MAX` per second;
-//! NaN, infinite, zero, negative and out-of-range rates are refused.
+//! rate is within `1 / q²` of the `f64`. Rates run from one per 400 days to [`MAX_COUNT`]
+//! (`u32::MAX`) per second; NaN, infinite, zero, negative and out-of-range rates are refused.
 
 use std::time::Duration;
 
 use super::DirectError;
 use crate::algorithm::MAX_WINDOW;
 
-/// `count` requests per `period`, both non-zero, `period ≤ 400 days`.
+/// The largest count of a [`Rate`]: the largest limit any quota takes (Envoy's `uint32`, and the
+/// bound within which the Redis store's arithmetic stays exact).
+pub const MAX_COUNT: u64 = u32::MAX as u64;
+
+/// `count` requests per `period`: `1 ≤ count ≤ MAX_COUNT`, `1 ns ≤ period ≤ 400 days`.
 ///
 /// ```
 /// use std::time::Duration;
@@ -41,6 +45,9 @@ impl Rate {
         if count == 0 {
             return Err(invalid("the count must be at least 1"));
         }
+        if count > MAX_COUNT {
+            return Err(invalid("the count may be at most u32::MAX"));
+        }
         if period.is_zero() {
             return Err(invalid("the period must be at least 1ns"));
         }
@@ -67,16 +74,16 @@ impl Rate {
         }
         match rational(
             per_second,
-            u128::from(u64::MAX),
+            u128::from(MAX_COUNT),
             u128::from(MAX_WINDOW.as_secs()),
         ) {
             Approx::Found(p, q) => Ok(Self {
-                count: u64::try_from(p).map_err(|_| invalid("more than u64::MAX per second"))?,
+                count: u64::try_from(p).map_err(|_| invalid("more than u32::MAX per second"))?,
                 period: Duration::from_secs(
                     u64::try_from(q).map_err(|_| invalid("below one per 400 days"))?,
                 ),
             }),
-            Approx::TooHigh => Err(invalid("more than u64::MAX per second")),
+            Approx::TooHigh => Err(invalid("more than u32::MAX per second")),
             Approx::TooLow => Err(invalid("below one per 400 days")),
         }
     }
@@ -163,12 +170,19 @@ mod tests {
         assert_eq!(pq(1.0 / 3600.0), (1, 3600));
         assert_eq!(pq(1234.5678), (6_172_839, 5000));
         assert_eq!(pq(1e-7), (1, 10_000_000));
-        assert_eq!(pq(1e15), (1_000_000_000_000_000, 1));
+        assert_eq!(pq(1e9), (1_000_000_000, 1));
+        assert_eq!(pq(4_294_967_295.0), (u64::from(u32::MAX), 1));
     }
 
     #[test]
     fn inexact_rates_are_close() {
-        for x in [std::f64::consts::PI, 1.0 / 7.0, 123_456.789_012_345, 7e-6] {
+        for x in [
+            std::f64::consts::PI,
+            1.0 / 7.0,
+            123_456.789_012_345,
+            7e-6,
+            4e8 + 0.5,
+        ] {
             let r = Rate::per_second(x).unwrap();
             let err = (r.per_second_f64() - x).abs() / x;
             assert!(err < 1e-12, "{x}: {r:?} off by {err}");
@@ -187,6 +201,7 @@ mod tests {
             -1.0,
             min / 3.0,
             f64::MIN_POSITIVE,
+            4_294_967_296.0,
             1e20,
             f64::MAX,
         ] {
@@ -194,7 +209,7 @@ mod tests {
             assert!(matches!(e, DirectError::Rate { .. }), "{x}: {e}");
         }
         assert!(Rate::per_second(min * 1.0001).is_ok());
-        assert!(Rate::per_second(1.8e19).is_ok());
+        assert!(Rate::new(MAX_COUNT + 1, Duration::from_secs(1)).is_err());
         assert!(Rate::new(0, Duration::from_secs(1)).is_err());
         assert!(Rate::new(1, Duration::ZERO).is_err());
         assert!(Rate::new(1, MAX_WINDOW + Duration::from_nanos(1)).is_err());

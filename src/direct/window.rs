@@ -272,7 +272,10 @@ mod tests {
                 .limit(u64::MAX)),
             DirectError::Quota(QuotaError::SlidingLogLimitTooLarge(_))
         ));
-        let huge = WindowLimiter::builder().limit(u64::MAX).memory().unwrap();
+        let huge = WindowLimiter::builder()
+            .limit(u64::from(u32::MAX))
+            .memory()
+            .unwrap();
         assert!(huge.allow("c").await);
         assert!(!huge.allow("").await);
     }
