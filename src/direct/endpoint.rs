@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::{Backend, DirectError, Kind, OnStoreError, Rate, check_id};
+use super::{Backend, DirectError, FailMode, Kind, Rate, check_id};
 use crate::algorithm::{Algorithm, Decision, Quota};
 use crate::store::Store;
 
@@ -107,8 +107,8 @@ impl EndpointLimiter {
         }
     }
 
-    /// What [`allow_request`](Self::allow_request) answers when the store fails (default: allow).
-    pub fn on_store_error(mut self, policy: OnStoreError) -> Self {
+    /// What [`allow_request`](Self::allow_request) answers when the store fails (default: [`FailMode::Open`], admit).
+    pub fn fail_mode(mut self, policy: FailMode) -> Self {
         self.backend.set_on_error(policy);
         self
     }
@@ -293,7 +293,7 @@ mod tests {
     async fn store_errors_follow_the_policy() {
         let open = EndpointLimiter::with_store(Arc::new(DownStore), policy(1, 1.0));
         assert!(open.allow_request("u", "/a").await);
-        let closed = open.clone().on_store_error(OnStoreError::Deny);
+        let closed = open.clone().fail_mode(FailMode::Closed);
         assert!(!closed.allow_request("u", "/a").await);
         assert!(
             closed

@@ -10,7 +10,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use super::{Backend, DirectError, Kind, OnStoreError, check_id};
+use super::{Backend, DirectError, FailMode, Kind, check_id};
 use crate::algorithm::{Algorithm, Decision, Quota};
 use crate::store::Store;
 
@@ -67,8 +67,8 @@ impl InlineLimiter {
         self
     }
 
-    /// What [`allow`](Self::allow) answers when the store fails (default: allow).
-    pub fn on_store_error(mut self, policy: OnStoreError) -> Self {
+    /// What [`allow`](Self::allow) answers when the store fails (default: [`FailMode::Open`], admit).
+    pub fn fail_mode(mut self, policy: FailMode) -> Self {
         self.backend.set_on_error(policy);
         self
     }
@@ -233,7 +233,7 @@ mod tests {
     async fn store_errors_follow_the_policy() {
         let open = InlineLimiter::with_store(Arc::new(DownStore));
         assert!(open.allow("u", 1, Duration::from_secs(1)).await);
-        let closed = open.on_store_error(OnStoreError::Deny);
+        let closed = open.fail_mode(FailMode::Closed);
         assert!(!closed.allow("u", 1, Duration::from_secs(1)).await);
         assert!(
             closed

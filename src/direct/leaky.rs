@@ -10,7 +10,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use super::{Backend, DirectError, Kind, OnStoreError, Rate, check_id};
+use super::{Backend, DirectError, FailMode, Kind, Rate, check_id};
 use crate::algorithm::{Algorithm, Decision, Quota};
 use crate::store::Store;
 
@@ -59,8 +59,8 @@ impl LeakyLimiter {
         }
     }
 
-    /// What [`leaky_bucket`](Self::leaky_bucket) answers when the store fails (default: allow).
-    pub fn on_store_error(mut self, policy: OnStoreError) -> Self {
+    /// What [`leaky_bucket`](Self::leaky_bucket) answers when the store fails (default: [`FailMode::Open`], admit).
+    pub fn fail_mode(mut self, policy: FailMode) -> Self {
         self.backend.set_on_error(policy);
         self
     }
@@ -234,7 +234,7 @@ mod tests {
     async fn store_errors_follow_the_policy() {
         let open = LeakyLimiter::with_store(Arc::new(DownStore));
         assert!(open.leaky_bucket("u", 1, 1.0).await);
-        let closed = open.on_store_error(OnStoreError::Deny);
+        let closed = open.fail_mode(FailMode::Closed);
         assert!(!closed.leaky_bucket("u", 1, 1.0).await);
     }
 

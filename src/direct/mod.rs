@@ -27,9 +27,11 @@
 //!   `try_x` returns the error; `x` answers `false` (a zero limit admits nothing, and a caller bug
 //!   should not silently open the gate).
 //! - A store failure (timeout, Redis down): `try_x` returns [`DirectError::Store`]; `x` answers
-//!   according to [`OnStoreError`]: `Allow` (the default: fail open, as Envoy's
-//!   `failure_mode_deny: false`, so a limiter outage never takes the API down) or `Deny` (fail
-//!   closed). Either way the failure is logged with `tracing::warn!`.
+//!   according to [`FailMode`]: `Open` (the default: admit, as Envoy's `failure_mode_deny: false`,
+//!   so a limiter outage never takes the API down) or `Closed` (deny). Either way the failure is
+//!   logged with `tracing::warn!`. A store call takes as long as the store lets it (the Redis store
+//!   has its own timeout); for a circuit breaker and a local fallback at `L / instances` while Redis
+//!   is down, pass the store wrapped by [`crate::store::resilient::protect`].
 //!
 //! ```
 //! use std::sync::Arc;
@@ -120,7 +122,7 @@ pub enum DirectError {
     /// A rate (requests per second) that is NaN, infinite, not positive, or out of range.
     #[error("invalid rate {rate}: {reason}")]
     Rate { rate: f64, reason: &'static str },
-    /// The store failed; see [`OnStoreError`] for what the `bool` calls answer then.
+    /// The store failed; see [`FailMode`] for what the `bool` calls answer then.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -135,20 +137,20 @@ impl DirectError {
 /// What the `bool` calls answer when the store fails (the `try_` calls return the error).
 ///
 /// ```
-/// use tollgate::direct::{LeakyLimiter, OnStoreError};
+/// use tollgate::direct::{LeakyLimiter, FailMode};
 ///
 /// // A payment gateway would rather refuse than let a flood through while Redis is down.
-/// let limiter = LeakyLimiter::new().on_store_error(OnStoreError::Deny);
+/// let limiter = LeakyLimiter::new().fail_mode(FailMode::Closed);
 /// # let _ = limiter;
-/// assert_eq!(OnStoreError::default(), OnStoreError::Allow);
+/// assert_eq!(FailMode::default(), FailMode::Open);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OnStoreError {
+pub enum FailMode {
     /// Fail open: admit the request.
     #[default]
-    Allow,
+    Open,
     /// Fail closed: deny the request.
-    Deny,
+    Closed,
 }
 
 /// Which call a counter belongs to: its key's domain.
@@ -177,7 +179,7 @@ impl Kind {
 #[derive(Clone)]
 pub(crate) struct Backend {
     store: Arc<dyn Store>,
-    on_error: OnStoreError,
+    on_error: FailMode,
     namespace: Arc<str>,
     /// Set for the default memory store only: it is swept by a task started on first use.
     sweeper: Option<Arc<Sweeper>>,
@@ -218,7 +220,7 @@ impl Backend {
         let store = Arc::new(MemoryStore::new(Arc::new(SystemClock)));
         Self {
             store: store.clone(),
-            on_error: OnStoreError::default(),
+            on_error: FailMode::default(),
             namespace: Arc::from(""),
             sweeper: Some(Arc::new(Sweeper {
                 store,
@@ -230,13 +232,13 @@ impl Backend {
     pub(crate) fn new(store: Arc<dyn Store>) -> Self {
         Self {
             store,
-            on_error: OnStoreError::default(),
+            on_error: FailMode::default(),
             namespace: Arc::from(""),
             sweeper: None,
         }
     }
 
-    pub(crate) fn set_on_error(&mut self, policy: OnStoreError) {
+    pub(crate) fn set_on_error(&mut self, policy: FailMode) {
         self.on_error = policy;
     }
 
@@ -273,7 +275,7 @@ impl Backend {
         match result {
             Ok(d) => d.allowed,
             Err(DirectError::Store(e)) => {
-                let allowed = self.on_error == OnStoreError::Allow;
+                let allowed = self.on_error == FailMode::Open;
                 tracing::warn!(call, error = %e, allowed, "rate-limit store failed");
                 allowed
             }

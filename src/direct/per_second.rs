@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::RwLock;
 
-use super::{Backend, DirectError, Kind, OnStoreError, RateLimiter, check_id};
+use super::{Backend, DirectError, FailMode, Kind, RateLimiter, check_id};
 use crate::algorithm::{Algorithm, Decision, Quota, QuotaError};
 use crate::store::Store;
 
@@ -149,8 +149,8 @@ impl PerSecondLimiter {
         self
     }
 
-    /// What the `bool` calls answer when the store fails (default: allow).
-    pub fn on_store_error(mut self, policy: OnStoreError) -> Self {
+    /// What the `bool` calls answer when the store fails (default: [`FailMode::Open`], admit).
+    pub fn fail_mode(mut self, policy: FailMode) -> Self {
         self.backend.set_on_error(policy);
         self
     }
@@ -362,7 +362,7 @@ mod tests {
                 .unwrap_err()
                 .is_store_error()
         );
-        let closed = open.clone().on_store_error(OnStoreError::Deny);
+        let closed = open.clone().fail_mode(FailMode::Closed);
         assert!(!closed.rate_limit("u", 5).await);
         assert!(!closed.allow("u").await);
     }

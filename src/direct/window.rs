@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Backend, DirectError, Kind, OnStoreError, check_id};
+use super::{Backend, DirectError, FailMode, Kind, check_id};
 use crate::algorithm::{Algorithm, Decision, Quota};
 use crate::store::Store;
 
@@ -101,13 +101,13 @@ impl RateLimiter for WindowLimiter {
 ///
 /// ```
 /// use std::time::Duration;
-/// use tollgate::direct::{Algorithm, OnStoreError, WindowLimiter};
+/// use tollgate::direct::{Algorithm, FailMode, WindowLimiter};
 ///
 /// let limiter = WindowLimiter::builder()
 ///     .limit(100)
 ///     .window(Duration::from_secs(60))
 ///     .algorithm(Algorithm::SlidingLog)
-///     .on_store_error(OnStoreError::Deny)
+///     .fail_mode(FailMode::Closed)
 ///     .namespace("public-api")
 ///     .memory()?;
 /// assert_eq!(limiter.quota().limit(), 100);
@@ -119,7 +119,7 @@ pub struct WindowLimiterBuilder {
     limit: u64,
     window: Duration,
     algorithm: Algorithm,
-    on_error: OnStoreError,
+    on_error: FailMode,
     namespace: String,
 }
 
@@ -129,7 +129,7 @@ impl Default for WindowLimiterBuilder {
             limit: 100,
             window: Duration::from_secs(60),
             algorithm: Algorithm::SlidingWindow,
-            on_error: OnStoreError::default(),
+            on_error: FailMode::default(),
             namespace: String::new(),
         }
     }
@@ -155,8 +155,8 @@ impl WindowLimiterBuilder {
         self
     }
 
-    /// What [`allow`](RateLimiter::allow) answers when the store fails (default: allow).
-    pub fn on_store_error(mut self, policy: OnStoreError) -> Self {
+    /// What [`allow`](RateLimiter::allow) answers when the store fails (default: [`FailMode::Open`], admit).
+    pub fn fail_mode(mut self, policy: FailMode) -> Self {
         self.on_error = policy;
         self
     }
@@ -303,7 +303,7 @@ mod tests {
         let b = WindowLimiter::builder();
         let open = b.clone().store(Arc::new(DownStore)).unwrap();
         let closed = b
-            .on_store_error(OnStoreError::Deny)
+            .fail_mode(FailMode::Closed)
             .store(Arc::new(DownStore))
             .unwrap();
         assert!(open.allow("c").await);
