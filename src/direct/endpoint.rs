@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::{Backend, DirectError, FailMode, Kind, Rate, check_id};
+use super::{Backend, DirectError, FailMode, Kind, Rate, check_id, clamp};
 use crate::algorithm::{Algorithm, Decision, Quota};
 use crate::store::Store;
 
@@ -32,13 +32,14 @@ pub struct BucketPolicy {
 }
 
 impl BucketPolicy {
-    /// `capacity` (at least 1) tokens, refilled at `refill`.
+    /// `capacity` (at least 1; above [`MAX_COUNT`](super::MAX_COUNT) taken as it) tokens,
+    /// refilled at `refill`.
     pub fn new(capacity: u64, refill: Rate) -> Result<Self, DirectError> {
         let quota = Quota::new(
             Algorithm::TokenBucket,
             refill.count(),
             refill.period(),
-            Some(capacity),
+            Some(clamp(capacity)),
         )?;
         Ok(Self { quota, refill })
     }
@@ -269,7 +270,8 @@ mod tests {
             BucketPolicy::new(0, Rate::per_second(1.0).unwrap()),
             Err(DirectError::Quota(QuotaError::ZeroBurst))
         ));
-        let max = u64::from(u32::MAX);
+        let max = crate::direct::MAX_COUNT;
+        assert_eq!(policy(u64::MAX, 1.0).capacity(), max);
         let p = policy(max, 1e9);
         assert_eq!(p.refill(), Rate::per_second(1e9).unwrap());
         let huge = EndpointLimiter::with_store(manual().1, p);

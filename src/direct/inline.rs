@@ -10,7 +10,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use super::{Backend, DirectError, FailMode, Kind, check_id};
+use super::{Backend, DirectError, FailMode, Kind, check_id, clamp};
 use crate::algorithm::{Algorithm, Decision, Quota};
 use crate::store::Store;
 
@@ -94,7 +94,7 @@ impl InlineLimiter {
         window: Duration,
     ) -> Result<Decision, DirectError> {
         check_id("user id", user_id)?;
-        let quota = Quota::new(self.algorithm, limit, window, None)?;
+        let quota = Quota::new(self.algorithm, clamp(limit), window, None)?;
         self.backend
             .decide(Kind::Inline, &quota, &[("user", user_id)])
             .await
@@ -191,10 +191,11 @@ mod tests {
         assert!(l.allow("u", 1, Duration::from_nanos(1)).await);
         assert!(l.allow("u", 1, crate::algorithm::MAX_WINDOW).await);
         let d = l
-            .try_allow("u", u64::from(u32::MAX), Duration::from_secs(1))
+            .try_allow("u", u64::MAX, Duration::from_secs(1))
             .await
             .unwrap();
-        assert!(d.allowed && d.remaining == u64::from(u32::MAX) - 1);
+        let max = crate::direct::MAX_COUNT;
+        assert!(d.allowed && d.limit == max && d.remaining == max - 1);
         assert!(l.allow("ユーザー", 1, Duration::from_secs(1)).await);
         assert!(!l.allow("ユーザー", 1, Duration::from_secs(1)).await);
     }

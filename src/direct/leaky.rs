@@ -10,7 +10,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use super::{Backend, DirectError, FailMode, Kind, Rate, check_id};
+use super::{Backend, DirectError, FailMode, Kind, Rate, check_id, clamp};
 use crate::algorithm::{Algorithm, Decision, Quota};
 use crate::store::Store;
 
@@ -103,7 +103,7 @@ impl LeakyLimiter {
             Algorithm::LeakyBucket,
             leak.count(),
             leak.period(),
-            Some(capacity),
+            Some(clamp(capacity)),
         )?;
         self.backend
             .decide(Kind::Leaky, &quota, &[("user", user_id)])
@@ -199,10 +199,10 @@ mod tests {
             l.try_leaky_bucket("", 1, 1.0).await,
             Err(DirectError::EmptyId(_))
         ));
-        let max = u64::from(u32::MAX);
-        let d = l.try_leaky_bucket("u", max, 1e9).await.unwrap();
+        let max = crate::direct::MAX_COUNT;
+        let d = l.try_leaky_bucket("u", u64::MAX, 1e9).await.unwrap();
         assert!(d.allowed);
-        assert_eq!(d.remaining, max - 1);
+        assert_eq!((d.limit, d.remaining), (max, max - 1));
     }
 
     #[tokio::test]

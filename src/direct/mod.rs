@@ -23,6 +23,7 @@
 //!
 //! **Answers.** Each call `x` returns `bool`; `try_x` returns the full [`Decision`] (`remaining`,
 //! `reset_after`) or a [`DirectError`]. Being over the limit is a denial, never an error.
+//! - Limits and capacities above [`MAX_COUNT`] (`u32::MAX`) are taken as `MAX_COUNT`.
 //! - Invalid arguments (an empty or over-long ID, a zero limit, window or capacity, a NaN rate):
 //!   `try_x` returns the error; `x` answers `false` (a zero limit admits nothing, and a caller bug
 //!   should not silently open the gate).
@@ -285,6 +286,12 @@ impl Backend {
             }
         }
     }
+}
+
+/// A limit or capacity above [`MAX_COUNT`] (the largest any quota takes) is taken as `MAX_COUNT`:
+/// a caller passing a huge number means "practically unlimited", never "deny everything".
+pub(crate) fn clamp(n: u64) -> u64 {
+    n.min(MAX_COUNT)
 }
 
 /// Checks an ID: non-empty and at most [`MAX_ID_LEN`] bytes.

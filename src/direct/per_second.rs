@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::RwLock;
 
-use super::{Backend, DirectError, FailMode, Kind, RateLimiter, check_id};
+use super::{Backend, DirectError, FailMode, Kind, RateLimiter, check_id, clamp};
 use crate::algorithm::{Algorithm, Decision, Quota, QuotaError};
 use crate::store::Store;
 
@@ -178,7 +178,7 @@ impl PerSecondLimiter {
         check_id("user id", user_id)?;
         let quota = Quota::new(
             Algorithm::SlidingWindow,
-            limit,
+            clamp(limit),
             Duration::from_secs(1),
             None,
         )?;
@@ -346,10 +346,14 @@ mod tests {
     async fn huge_limits_work() {
         let (_clock, store) = manual();
         let l = PerSecondLimiter::with_store(store);
-        let max = u64::from(u32::MAX);
+        let max = crate::direct::MAX_COUNT;
         let d = l.try_rate_limit("u", max).await.unwrap();
         assert!(d.allowed);
         assert_eq!(d.remaining, max - 1);
+        // Beyond the largest quota: taken as it, so the same counter, never a denial.
+        let d = l.try_rate_limit("u", u64::MAX).await.unwrap();
+        assert!(d.allowed);
+        assert_eq!((d.limit, d.remaining), (max, max - 2));
     }
 
     #[tokio::test]

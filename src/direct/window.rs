@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Backend, DirectError, FailMode, Kind, check_id};
+use super::{Backend, DirectError, FailMode, Kind, check_id, clamp};
 use crate::algorithm::{Algorithm, Decision, Quota};
 use crate::store::Store;
 
@@ -178,7 +178,7 @@ impl WindowLimiterBuilder {
     }
 
     fn build(self, mut backend: Backend) -> Result<WindowLimiter, DirectError> {
-        let quota = Quota::new(self.algorithm, self.limit, self.window, None)?;
+        let quota = Quota::new(self.algorithm, clamp(self.limit), self.window, None)?;
         backend.set_on_error(self.on_error);
         backend.set_namespace(&self.namespace);
         Ok(WindowLimiter { backend, quota })
@@ -272,10 +272,8 @@ mod tests {
                 .limit(u64::MAX)),
             DirectError::Quota(QuotaError::SlidingLogLimitTooLarge(_))
         ));
-        let huge = WindowLimiter::builder()
-            .limit(u64::from(u32::MAX))
-            .memory()
-            .unwrap();
+        let huge = WindowLimiter::builder().limit(u64::MAX).memory().unwrap();
+        assert_eq!(huge.quota().limit(), crate::direct::MAX_COUNT);
         assert!(huge.allow("c").await);
         assert!(!huge.allow("").await);
     }
