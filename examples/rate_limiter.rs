@@ -1,7 +1,8 @@
 //! Seed 001: a `RateLimiter` trait with `allow(client_id)`, configured by limit and window,
 //! shared by many concurrent tasks.
 //!
-//! `cargo run --example rate_limiter`
+//! `cargo run --example rate_limiter` (memory), or with a fleet's Redis:
+//! `REDIS_URL=redis://127.0.0.1:6379 cargo run --example rate_limiter`
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,14 +11,18 @@ use tollgate::direct::{RateLimiter, WindowLimiter};
 
 #[tokio::main]
 async fn main() -> Result<(), tollgate::direct::DirectError> {
-    // 100 requests per minute per client (a Redis-backed limiter would be built the same way,
-    // finished by `.store(redis_store)` instead of `.memory()`).
-    let limiter: Arc<dyn RateLimiter> = Arc::new(
-        WindowLimiter::builder()
-            .limit(100)
-            .window(Duration::from_secs(60))
-            .memory()?,
-    );
+    // 100 requests per minute per client, in Redis if REDIS_URL is set, else in this process.
+    let config = WindowLimiter::builder()
+        .limit(100)
+        .window(Duration::from_secs(60))
+        .namespace("example");
+    let limiter: Arc<dyn RateLimiter> = match std::env::var("REDIS_URL") {
+        Ok(url) => {
+            println!("counting in Redis at {url}");
+            Arc::new(config.redis(&url).await?)
+        }
+        Err(_) => Arc::new(config.memory()?),
+    };
 
     // 16 tasks, 250 requests in all, from two clients.
     let mut tasks = Vec::new();

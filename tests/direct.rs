@@ -10,12 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tollgate::clock::SystemClock;
+use tollgate::direct::FailMode;
 use tollgate::direct::{
     Algorithm, BucketPolicy, EndpointLimiter, InlineLimiter, LeakyLimiter, PerSecondLimiter, Rate,
     RateLimiter, WindowLimiter,
 };
 use tollgate::store::Store;
 use tollgate::store::memory::MemoryStore;
+use tollgate::store::redis::{RedisOptions, RedisStore};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -181,4 +183,67 @@ async fn denials_say_when_to_retry(store: &Arc<dyn Store>, tag: &str) {
 async fn memory_store() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(Arc::new(SystemClock)));
     scenarios(store, "mem").await;
+}
+
+async fn redis(url: String) -> Arc<dyn Store> {
+    let options = RedisOptions {
+        url,
+        pool_size: 4,
+        timeout: Duration::from_secs(2),
+    };
+    Arc::new(RedisStore::connect(options).await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_standalone() {
+    let server = common::RedisServer::start();
+    scenarios(redis(server.url()).await, "standalone").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_cluster() {
+    let cluster = common::RedisCluster::start();
+    scenarios(redis(cluster.cluster_url()).await, "cluster").await;
+}
+
+/// The `redis(url)` constructors: instances built from one URL share counters; a dead server is
+/// answered by the fail mode, and a bad URL or configuration is an error before any call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_constructors_and_fail_modes() {
+    let mut server = common::RedisServer::start();
+    let url = server.url();
+    let build = || WindowLimiter::builder().limit(3).window(MINUTE).redis(&url);
+    let (a, b) = (build().await.unwrap(), build().await.unwrap());
+    assert_eq!(burst(2, async || a.allow("shared").await).await, 2);
+    assert_eq!(burst(5, async || b.allow("shared").await).await, 1);
+
+    let per_second = PerSecondLimiter::redis(&url).await.unwrap();
+    assert!(per_second.rate_limit("u", 1).await);
+    assert!(!per_second.rate_limit("u", 1).await);
+    let leaky = LeakyLimiter::redis(&url).await.unwrap();
+    assert!(leaky.leaky_bucket("u", 1, 0.001).await);
+    assert!(!leaky.leaky_bucket("u", 1, 0.001).await);
+    let inline = InlineLimiter::redis(&url).await.unwrap();
+    assert!(inline.allow("u", 1, MINUTE).await);
+    assert!(!inline.allow("u", 1, MINUTE).await);
+    let policy = BucketPolicy::new(1, Rate::per_second(0.001).unwrap()).unwrap();
+    let endpoint = EndpointLimiter::redis(&url, policy).await.unwrap();
+    assert!(endpoint.allow_request("u", "/a").await);
+    assert!(!endpoint.allow_request("u", "/a").await);
+    assert!(!server.keys().is_empty());
+
+    let open = InlineLimiter::redis(&url).await.unwrap();
+    let closed = InlineLimiter::redis(&url)
+        .await
+        .unwrap()
+        .fail_mode(FailMode::Closed);
+    server.kill();
+    assert!(open.allow("v", 1, MINUTE).await);
+    assert!(open.allow("v", 1, MINUTE).await);
+    assert!(!closed.allow("v", 1, MINUTE).await);
+    let err = closed.try_allow("v", 1, MINUTE).await.unwrap_err();
+    assert!(err.is_store_error(), "{err}");
+
+    assert!(WindowLimiter::builder().limit(0).redis(&url).await.is_err());
+    assert!(InlineLimiter::redis("not a url").await.is_err());
 }

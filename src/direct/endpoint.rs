@@ -93,6 +93,24 @@ impl EndpointLimiter {
         Self::from_backend(Backend::memory(), default)
     }
 
+    /// A limiter on Redis at `url`, shared by every instance that uses the same URL (see
+    /// [`REDIS_TIMEOUT`](super::REDIS_TIMEOUT)).
+    ///
+    /// ```no_run
+    /// use tollgate::direct::{BucketPolicy, EndpointLimiter, Rate};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tollgate::direct::DirectError> {
+    /// let default = BucketPolicy::new(100, Rate::per_second(10.0)?)?;
+    /// let limiter = EndpointLimiter::redis("redis://127.0.0.1:6379", default).await?;
+    /// # let _ = limiter;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn redis(url: &str, default: BucketPolicy) -> Result<Self, DirectError> {
+        Ok(Self::from_backend(Backend::redis(url).await?, default))
+    }
+
     /// A limiter on `store` (shared with other limiters or instances).
     pub fn with_store(store: Arc<dyn Store>, default: BucketPolicy) -> Self {
         Self::from_backend(Backend::new(store), default)

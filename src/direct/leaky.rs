@@ -52,6 +52,23 @@ impl LeakyLimiter {
         }
     }
 
+    /// A limiter on Redis at `url`, shared by every instance that uses the same URL (see
+    /// [`REDIS_TIMEOUT`](super::REDIS_TIMEOUT)).
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tollgate::direct::DirectError> {
+    /// let limiter = tollgate::direct::LeakyLimiter::redis("redis://127.0.0.1:6379").await?;
+    /// # let _ = limiter;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn redis(url: &str) -> Result<Self, DirectError> {
+        Ok(Self {
+            backend: Backend::redis(url).await?,
+        })
+    }
+
     /// A limiter on `store` (shared with other limiters or instances).
     pub fn with_store(store: Arc<dyn Store>) -> Self {
         Self {

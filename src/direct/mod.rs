@@ -9,9 +9,9 @@
 //! | `allow(user_id, limit, window)` | sliding window (any) | [`InlineLimiter`], [`allow`] | 004 |
 //!
 //! Each limiter keeps its counters in an `Arc<dyn Store>`: by default a private
-//! [`MemoryStore`] on the system clock (swept in the background once first used under tokio), or
-//! any store passed to `with_store` / the builder, such as one shared by several limiters or the
-//! Redis store shared by a fleet. The free functions [`rate_limit`], [`leaky_bucket`] and
+//! [`MemoryStore`] on the system clock (swept in the background once first used under tokio), a
+//! [`RedisStore`] shared by a fleet (`redis(url)`), or any store passed to `with_store` / the
+//! builder, such as one shared by several limiters. The free functions [`rate_limit`], [`leaky_bucket`] and
 //! [`allow`] use one process-wide memory limiter each, for the seeds' exact call shapes.
 //!
 //! **Counters.** Every call builds a [`CounterKey`] from a per-call-kind domain
@@ -72,6 +72,7 @@ use crate::algorithm::{Quota, QuotaError};
 use crate::clock::SystemClock;
 use crate::keys::CounterKey;
 use crate::store::memory::MemoryStore;
+use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::{Hit, Store, StoreError};
 
 pub use endpoint::{BucketPolicy, EndpointLimiter};
@@ -96,6 +97,14 @@ pub use window::{RateLimiter, WindowLimiter, WindowLimiterBuilder};
 /// # }
 /// ```
 pub const MAX_ID_LEN: usize = 4096;
+
+/// Connections in the pool that the `redis(url)` constructors open.
+pub const REDIS_POOL_SIZE: usize = 4;
+
+/// The longest one Redis call may take for the `redis(url)` constructors (as `tollgate serve`'s
+/// default `--store-timeout`). For other settings, connect a [`RedisStore`] yourself and pass it to
+/// `with_store`.
+pub const REDIS_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// How often the default memory store drops expired counters.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -237,6 +246,19 @@ impl Backend {
             namespace: Arc::from(""),
             sweeper: None,
         }
+    }
+
+    /// A [`RedisStore`] at `url` (`redis://`, `rediss://`, `redis-cluster://`,
+    /// `redis-sentinel://`) with [`REDIS_POOL_SIZE`] connections and [`REDIS_TIMEOUT`]. A bad URL
+    /// is an error; an unreachable server is not (calls fail until it is up).
+    pub(crate) async fn redis(url: &str) -> Result<Self, DirectError> {
+        let store = RedisStore::connect(RedisOptions {
+            url: url.to_owned(),
+            pool_size: REDIS_POOL_SIZE,
+            timeout: REDIS_TIMEOUT,
+        })
+        .await?;
+        Ok(Self::new(Arc::new(store)))
     }
 
     pub(crate) fn set_on_error(&mut self, policy: FailMode) {

@@ -13,9 +13,9 @@ use std::time::Duration;
 use super::DirectError;
 use crate::algorithm::MAX_WINDOW;
 
-/// The largest count of a [`Rate`]: the largest limit any quota takes (Envoy's `uint32`, and the
-/// bound within which the Redis store's arithmetic stays exact).
-pub const MAX_COUNT: u64 = u32::MAX as u64;
+/// The largest count of a [`Rate`], and the largest limit or capacity the direct calls pass on:
+/// [`MAX_LIMIT`](crate::algorithm::MAX_LIMIT), the largest any quota takes (`u32::MAX`).
+pub const MAX_COUNT: u64 = crate::algorithm::MAX_LIMIT;
 
 /// `count` requests per `period`: `1 ≤ count ≤ MAX_COUNT`, `1 ns ≤ period ≤ 400 days`.
 ///

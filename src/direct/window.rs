@@ -177,8 +177,40 @@ impl WindowLimiterBuilder {
         self.build(Backend::new(store))
     }
 
+    /// A limiter on Redis at `url`, shared by every instance configured alike (see
+    /// [`REDIS_TIMEOUT`](super::REDIS_TIMEOUT)). The configuration is checked before connecting.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use tollgate::direct::WindowLimiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tollgate::direct::DirectError> {
+    /// let limiter = WindowLimiter::builder()
+    ///     .limit(100)
+    ///     .window(Duration::from_secs(60))
+    ///     .redis("redis://127.0.0.1:6379")
+    ///     .await?;
+    /// # let _ = limiter;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn redis(self, url: &str) -> Result<WindowLimiter, DirectError> {
+        self.quota()?;
+        self.build(Backend::redis(url).await?)
+    }
+
+    fn quota(&self) -> Result<Quota, DirectError> {
+        Ok(Quota::new(
+            self.algorithm,
+            clamp(self.limit),
+            self.window,
+            None,
+        )?)
+    }
+
     fn build(self, mut backend: Backend) -> Result<WindowLimiter, DirectError> {
-        let quota = Quota::new(self.algorithm, clamp(self.limit), self.window, None)?;
+        let quota = self.quota()?;
         backend.set_on_error(self.on_error);
         backend.set_namespace(&self.namespace);
         Ok(WindowLimiter { backend, quota })
