@@ -99,11 +99,35 @@ pub use window::{RateLimiter, WindowLimiter, WindowLimiterBuilder};
 pub const MAX_ID_LEN: usize = 4096;
 
 /// Connections in the pool that the `redis(url)` constructors open.
+///
+/// ```
+/// assert_eq!(tollgate::direct::REDIS_POOL_SIZE, 4);
+/// ```
 pub const REDIS_POOL_SIZE: usize = 4;
 
 /// The longest one Redis call may take for the `redis(url)` constructors (as `tollgate serve`'s
 /// default `--store-timeout`). For other settings, connect a [`RedisStore`] yourself and pass it to
-/// `with_store`.
+/// `with_store`:
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use tollgate::direct::PerSecondLimiter;
+/// use tollgate::store::redis::{RedisOptions, RedisStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tollgate::store::StoreError> {
+/// let store = RedisStore::connect(RedisOptions {
+///     url: "redis-cluster://10.0.0.1:6379,10.0.0.2:6379".into(),
+///     pool_size: 16,
+///     timeout: Duration::from_millis(200),
+/// })
+/// .await?;
+/// let limiter = PerSecondLimiter::with_store(Arc::new(store));
+/// # let _ = limiter;
+/// # Ok(())
+/// # }
+/// ```
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// How often the default memory store drops expired counters.
