@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::{Backend, DirectError, FailMode, Kind, Rate, check_id, clamp};
+use super::{Backend, DirectError, Kind, Rate, check_id, clamp};
 use crate::algorithm::{Algorithm, Decision, Quota};
 use crate::store::Store;
 
@@ -126,17 +126,7 @@ impl EndpointLimiter {
         }
     }
 
-    /// What [`allow_request`](Self::allow_request) answers when the store fails (default: [`FailMode::Open`], admit).
-    pub fn fail_mode(mut self, policy: FailMode) -> Self {
-        self.backend.set_on_error(policy);
-        self
-    }
-
-    /// Separates this limiter's counters from other endpoint limiters on the same store.
-    pub fn namespace(mut self, namespace: &str) -> Self {
-        self.backend.set_namespace(namespace);
-        self
-    }
+    super::backend_options!("allow_request");
 
     /// Gives `endpoint` its own policy (at runtime too; clones of this limiter see it).
     pub fn set_policy(&self, endpoint: &str, policy: BucketPolicy) -> Result<(), DirectError> {
@@ -201,6 +191,7 @@ mod tests {
 
     use super::*;
     use crate::algorithm::QuotaError;
+    use crate::direct::FailMode;
     use crate::direct::testkit::{DownStore, admitted_concurrently, manual};
 
     fn policy(capacity: u64, per_second: f64) -> BucketPolicy {

@@ -10,7 +10,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use super::{Backend, DirectError, FailMode, Kind, check_id, clamp};
+use super::{Backend, DirectError, Kind, check_id, clamp};
 use crate::algorithm::{Algorithm, Decision, Quota};
 use crate::store::Store;
 
@@ -85,17 +85,7 @@ impl InlineLimiter {
         self
     }
 
-    /// What [`allow`](Self::allow) answers when the store fails (default: [`FailMode::Open`], admit).
-    pub fn fail_mode(mut self, policy: FailMode) -> Self {
-        self.backend.set_on_error(policy);
-        self
-    }
-
-    /// Separates this limiter's counters from other inline limiters on the same store.
-    pub fn namespace(mut self, namespace: &str) -> Self {
-        self.backend.set_namespace(namespace);
-        self
-    }
+    super::backend_options!("allow");
 
     /// Whether `user_id` may make one more request under `limit` per `window`; see
     /// [`crate::direct`] for what invalid arguments and store errors answer.
@@ -144,6 +134,7 @@ pub async fn allow(user_id: &str, limit: u64, window: Duration) -> bool {
 mod tests {
     use super::*;
     use crate::algorithm::QuotaError;
+    use crate::direct::FailMode;
     use crate::direct::testkit::{DownStore, admitted_concurrently, manual};
 
     #[tokio::test]

@@ -10,7 +10,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use super::{Backend, DirectError, FailMode, Kind, Rate, check_id, clamp};
+use super::{Backend, DirectError, Kind, Rate, check_id, clamp};
 use crate::algorithm::{Algorithm, Decision, Quota};
 use crate::store::Store;
 
@@ -76,17 +76,7 @@ impl LeakyLimiter {
         }
     }
 
-    /// What [`leaky_bucket`](Self::leaky_bucket) answers when the store fails (default: [`FailMode::Open`], admit).
-    pub fn fail_mode(mut self, policy: FailMode) -> Self {
-        self.backend.set_on_error(policy);
-        self
-    }
-
-    /// Separates this limiter's counters from other leaky-bucket limiters on the same store.
-    pub fn namespace(mut self, namespace: &str) -> Self {
-        self.backend.set_namespace(namespace);
-        self
-    }
+    super::backend_options!("leaky_bucket");
 
     /// Whether one more request of `user_id` fits in its bucket of `capacity` draining at
     /// `leak_rate` requests per second; see [`crate::direct`] for what invalid arguments and store
@@ -153,6 +143,7 @@ mod tests {
 
     use super::*;
     use crate::algorithm::QuotaError;
+    use crate::direct::FailMode;
     use crate::direct::testkit::{DownStore, admitted_concurrently, manual};
 
     #[tokio::test]

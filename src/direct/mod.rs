@@ -336,6 +336,25 @@ impl Backend {
 
 /// A limit or capacity above [`MAX_COUNT`] (the largest any quota takes) is taken as `MAX_COUNT`:
 /// a caller passing a huge number means "practically unlimited", never "deny everything".
+/// The two options every limiter over a [`Backend`] shares, as builder methods; `$call` names the
+/// limiter's `bool` call in the docs.
+macro_rules! backend_options {
+    ($call:literal) => {
+        #[doc = concat!("What `", $call, "` answers when the store fails (default: [`FailMode::Open`](crate::direct::FailMode::Open), admit).")]
+        pub fn fail_mode(mut self, policy: crate::direct::FailMode) -> Self {
+            self.backend.set_on_error(policy);
+            self
+        }
+
+        /// Separates this limiter's counters from other limiters of its kind on the same store.
+        pub fn namespace(mut self, namespace: &str) -> Self {
+            self.backend.set_namespace(namespace);
+            self
+        }
+    };
+}
+pub(crate) use backend_options;
+
 pub(crate) fn clamp(n: u64) -> u64 {
     n.min(MAX_COUNT)
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::RwLock;
 
-use super::{Backend, DirectError, FailMode, Kind, RateLimiter, check_id, clamp};
+use super::{Backend, DirectError, Kind, RateLimiter, check_id, clamp};
 use crate::algorithm::{Algorithm, Decision, Quota, QuotaError};
 use crate::store::Store;
 
@@ -164,17 +164,7 @@ impl PerSecondLimiter {
         self
     }
 
-    /// What the `bool` calls answer when the store fails (default: [`FailMode::Open`], admit).
-    pub fn fail_mode(mut self, policy: FailMode) -> Self {
-        self.backend.set_on_error(policy);
-        self
-    }
-
-    /// Separates this limiter's counters from other per-second limiters on the same store.
-    pub fn namespace(mut self, namespace: &str) -> Self {
-        self.backend.set_namespace(namespace);
-        self
-    }
+    super::backend_options!("rate_limit");
 
     /// The per-user limits [`allow`](RateLimiter::allow) reads.
     pub fn limits(&self) -> &Arc<UserLimits> {
@@ -241,6 +231,7 @@ pub async fn rate_limit(user_id: &str, limit: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::direct::FailMode;
     use crate::direct::testkit::{DownStore, admitted_concurrently, manual};
 
     #[tokio::test]
