@@ -141,7 +141,8 @@ pub async fn garbage_json_bodies(tg: &Tollgate) {
     let resp = http::post(&url, "text/plain", "hello").await;
     assert!((400..500).contains(&resp.status), "{resp:?}");
 
-    let ok = json!({"domain": "api", "descriptors": [{"entries": [{"key": "user_id", "value": "gj"}]}]});
+    let ok =
+        json!({"domain": "api", "descriptors": [{"entries": [{"key": "user_id", "value": "gj"}]}]});
     assert_eq!(http::post_json(&url, &ok).await.status, 200);
     let mut c = tg.client().await;
     still_serves(&mut c, "gj2").await;
@@ -224,7 +225,17 @@ pub async fn braces_in_values(tg: &Tollgate) {
     each_value_is_its_own_user(
         &mut c,
         &[
-            "{b}", "b", "{b}x", "x{b}", "{}", "{", "}", "}{", "{{b}}", "{user_id}", "user_id",
+            "{b}",
+            "b",
+            "{b}x",
+            "x{b}",
+            "{}",
+            "{",
+            "}",
+            "}{",
+            "{{b}}",
+            "{user_id}",
+            "user_id",
         ],
     )
     .await;

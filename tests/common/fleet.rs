@@ -170,7 +170,10 @@ pub fn into_window(t: Duration, window: Duration) -> Duration {
 /// Sleeps until the current aligned window has at least `needed` left, starting a new one at
 /// `offset` past its boundary if this one is too far gone. Returns the index of that window.
 pub async fn window_with_room(window: Duration, needed: Duration, offset: Duration) -> u128 {
-    assert!(needed + offset < window, "{needed:?} + {offset:?} ≥ {window:?}");
+    assert!(
+        needed + offset < window,
+        "{needed:?} + {offset:?} ≥ {window:?}"
+    );
     let now = now_since_epoch();
     let into = into_window(now, window);
     if window - into >= needed {
@@ -225,4 +228,57 @@ pub fn assert_no_panic(tg: &Tollgate) {
         "tollgate panicked:\n{}",
         tg.log_tail()
     );
+}
+
+/// Sends `request` and returns its overall code if the store decided it: the answer is not a gRPC
+/// error and the fallback counter did not move. Only meaningful while nothing else sends to `tg`.
+pub async fn decided_by_store(
+    tg: &Tollgate,
+    client: &mut RlsClient,
+    request: RateLimitRequest,
+) -> Option<Code> {
+    let before = fallback_decisions(tg).await;
+    let resp = grpc::try_should_rate_limit(client, request).await.ok()?;
+    (fallback_decisions(tg).await == before).then(|| grpc::overall(&resp))
+}
+
+/// Polls with `canary` (which spends its own quota) until the store decides it; false on timeout.
+pub async fn wait_store_decides(
+    tg: &Tollgate,
+    client: &mut RlsClient,
+    canary: &RateLimitRequest,
+    timeout: Duration,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if decided_by_store(tg, client, canary.clone()).await.is_some() {
+            return true;
+        }
+        tokio::time::sleep(super::POLL_INTERVAL).await;
+    }
+    false
+}
+
+/// Sends `request` `n` times in a row and checks every answer came from the store (the fallback
+/// counter did not move); returns how many were OK.
+pub async fn count_ok_from_store(
+    tg: &Tollgate,
+    client: &mut RlsClient,
+    request: &RateLimitRequest,
+    n: usize,
+) -> usize {
+    let before = fallback_decisions(tg).await;
+    let mut ok = 0;
+    for _ in 0..n {
+        let resp = grpc::should_rate_limit(client, request.clone()).await;
+        if grpc::overall(&resp) == Code::Ok {
+            ok += 1;
+        }
+    }
+    let after = fallback_decisions(tg).await;
+    assert_eq!(
+        after, before,
+        "the fallback decided some of {request:?}: the store was not in charge"
+    );
+    ok
 }
