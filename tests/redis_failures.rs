@@ -345,6 +345,26 @@ async fn killing_a_cluster_master_under_load_loses_no_answer_and_no_count() {
         fleet::count_ok_from_store(&tg0, &mut c0, &user("fresh"), L + 2).await,
         L
     );
+
+    // The dead master restarts from its AOF and rejoins as a replica; nothing changes for tollgate.
+    block_in_place(|| cluster.restart_node(owner));
+    let rejoined = block_in_place(|| {
+        common::wait_until(Duration::from_secs(20), || {
+            cluster.role(owner).as_deref() == Some("slave")
+        })
+    });
+    assert!(
+        rejoined,
+        "node {owner} did not rejoin as a replica\n{}",
+        cluster.describe()
+    );
+    assert!(block_in_place(
+        || cluster.wait_healthy(Duration::from_secs(20))
+    ));
+    assert_eq!(
+        fleet::decided_by_store(&tg1, &mut c1, victim.clone()).await,
+        Some(Code::OverLimit)
+    );
     fleet::assert_no_panic(&tg0);
     fleet::assert_no_panic(&tg1);
 }
