@@ -21,6 +21,8 @@ pub const STORE_UP: &str = "tollgate_store_up";
 pub const FALLBACK_DECISIONS: &str = "tollgate_fallback_decisions_total";
 /// Failed store calls; labels `store`, `error`.
 pub const STORE_ERRORS: &str = "tollgate_store_errors_total";
+/// Denials answered by the local over-limit cache without asking the store.
+pub const LOCAL_CACHE_HITS: &str = "tollgate_local_cache_hits_total";
 
 /// `serve` flags for the Redis store at `url` with a store timeout and an `--on-store-error` policy.
 pub fn redis_args(url: &str, timeout: &str, policy: &str) -> Vec<String> {
@@ -230,19 +232,27 @@ pub fn assert_no_panic(tg: &Tollgate) {
     );
 }
 
+/// Sum of `tollgate_local_cache_hits_total` over every label.
+pub async fn local_cache_hits(tg: &Tollgate) -> f64 {
+    http::prometheus_sum(&metrics(tg).await, LOCAL_CACHE_HITS, &[])
+}
+
 /// Sends `request` and returns its overall code if the store decided it: the answer is not a gRPC
-/// error and the fallback counter did not move. Only meaningful while nothing else sends to `tg`.
+/// error, and neither the fallback nor the local over-limit cache answered (their counters did not
+/// move). Only meaningful while nothing else sends to `tg`.
 pub async fn decided_by_store(
     tg: &Tollgate,
     client: &mut RlsClient,
     request: RateLimitRequest,
 ) -> Option<Code> {
-    let before = fallback_decisions(tg).await;
+    let before = (fallback_decisions(tg).await, local_cache_hits(tg).await);
     let resp = grpc::try_should_rate_limit(client, request).await.ok()?;
-    (fallback_decisions(tg).await == before).then(|| grpc::overall(&resp))
+    let after = (fallback_decisions(tg).await, local_cache_hits(tg).await);
+    (after == before).then(|| grpc::overall(&resp))
 }
 
 /// Polls with `canary` (which spends its own quota) until the store decides it; false on timeout.
+/// The calls also drive the circuit breaker, whose probes ride on requests.
 pub async fn wait_store_decides(
     tg: &Tollgate,
     client: &mut RlsClient,
