@@ -18,18 +18,17 @@ COPY benches ./benches
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin tollgate \
-    && install -D -m 0755 target/release/tollgate /out/tollgate
+    && install -D -m 0755 target/release/tollgate /out/usr/local/bin/tollgate
+# Both runtimes take the same tree: the binary and the example rules.
+COPY config/ /out/etc/tollgate/
 
 # Debian slim: for runtimes without Kubernetes probes (plain Docker, Compose), where a HEALTHCHECK
 # must run inside the image. No curl here either: bash's /dev/tcp sends one GET to /healthcheck.
 FROM debian:bookworm-slim AS slim
 RUN groupadd --system --gid 65532 tollgate \
     && useradd --system --uid 65532 --gid tollgate --no-create-home --shell /usr/sbin/nologin tollgate
-COPY --from=builder /out/tollgate /usr/local/bin/tollgate
-COPY config/ /etc/tollgate/
-ENV TOLLGATE_CONFIG=/etc/tollgate \
-    TOLLGATE_GRPC_ADDR=0.0.0.0:8081 \
-    TOLLGATE_HTTP_ADDR=0.0.0.0:8080
+COPY --from=builder /out/ /
+ENV TOLLGATE_CONFIG=/etc/tollgate
 USER 65532:65532
 EXPOSE 8080 8081
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
@@ -40,11 +39,8 @@ ENTRYPOINT ["/usr/local/bin/tollgate", "serve"]
 # command, so none is declared: in Kubernetes the readiness and liveness probes on /healthcheck
 # (see k8s/) are the health check.
 FROM gcr.io/distroless/cc-debian12:nonroot AS distroless
-COPY --from=builder /out/tollgate /usr/local/bin/tollgate
-COPY config/ /etc/tollgate/
-ENV TOLLGATE_CONFIG=/etc/tollgate \
-    TOLLGATE_GRPC_ADDR=0.0.0.0:8081 \
-    TOLLGATE_HTTP_ADDR=0.0.0.0:8080
+COPY --from=builder /out/ /
+ENV TOLLGATE_CONFIG=/etc/tollgate
 USER 65532:65532
 EXPOSE 8080 8081
 ENTRYPOINT ["/usr/local/bin/tollgate", "serve"]

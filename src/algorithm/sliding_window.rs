@@ -141,7 +141,7 @@ mod tests {
 
     use proptest::prelude::*;
 
-    use super::super::testkit::{BASE, Ratio, Step, quota, run, steps};
+    use super::super::testkit::{BASE, Ratio, cases, quota, run};
     use super::super::{Algorithm, Quota, State as AnyState};
     use crate::clock::NANOS_PER_SEC;
 
@@ -149,17 +149,13 @@ mod tests {
         quota(Algorithm::SlidingWindow, limit, window_ns, None)
     }
 
-    fn cases() -> impl Strategy<Value = (Quota, u64, Vec<Step>)> {
-        let window = prop_oneof![1u64..50, 1_000u64..100_000, Just(3_600 * NANOS_PER_SEC)];
-        (1u64..12, window, 0u64..1_000_000)
-            .prop_flat_map(|(l, w, off)| (Just(sw(l, w)), Just(off), steps(w, l, 80)))
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(1_000))]
 
         #[test]
-        fn admits_exactly_per_the_weighted_estimate((q, offset, ops) in cases()) {
+        fn admits_exactly_per_the_weighted_estimate(
+            (q, offset, ops) in cases(Algorithm::SlidingWindow, 1u64..12, 80)
+        ) {
             let (limit, w) = (q.limit(), q.window_ns());
             let mut counts: HashMap<u64, u64> = HashMap::new();
             let mut admitted: Vec<(u64, u64)> = Vec::new();

@@ -1,10 +1,15 @@
 //! Where counters live. One async trait, one module per backend: [`memory`] keeps state in this
-//! process; the Redis store (a fleet sharing one limit) implements the same trait.
+//! process; the Redis store (a fleet sharing one limit) implements the same trait. Layers wrap any
+//! store in the same trait: [`overlimit`] answers keys known to be over their limit without a round
+//! trip, [`resilient`] bounds every call with a timeout and a circuit breaker and decides by the
+//! `--on-store-error` policy when the store fails.
 //!
 //! A store owns time as well as state: the memory store reads an injected [`Clock`](crate::clock::Clock),
 //! the Redis store reads Redis' own `TIME`, so instances with skewed clocks still agree.
 
 pub mod memory;
+pub mod overlimit;
+pub mod resilient;
 
 use async_trait::async_trait;
 

@@ -1,0 +1,1025 @@
+//! What happens when the store is slow or down: a timeout on every call, a circuit breaker, and the
+//! `--on-store-error` policy.
+//!
+//! Every call to the primary store is bounded by `timeout`. A call that times out or fails is
+//! answered by the policy instead:
+//! - `local` (the default): decided in an in-process [`MemoryStore`], each quota scaled to
+//!   `L / instances` (floor, at least 1; the burst likewise), so a fleet of `N` instances that all
+//!   lost the store still admits about `L` in total (up to `N` when `L < N`). Counters start empty:
+//!   a user already over the limit in the store gets a fresh local share.
+//! - `allow`: admitted, `remaining` = capacity (fail open).
+//! - `deny`: refused, `remaining` 0, `reset_after` = the time until the breaker next probes the
+//!   store (at least the initial backoff).
+//! - `error`: the [`StoreError`] is returned; the gRPC layer answers `UNAVAILABLE` and Envoy's
+//!   `failure_mode_deny` decides.
+//!
+//! The breaker: `closed` (calls go to the store) opens after `failures_to_open` consecutive failures
+//! or a single timeout (a timeout already cost a caller the whole budget). While `open`, calls are
+//! answered by the policy at once, with no timeout waited. Once the backoff has passed, exactly one
+//! call becomes the probe (`half_open`; concurrent calls keep the fallback): success closes the
+//! breaker, failure reopens it with twice the backoff (from `backoff_start`, capped at
+//! `backoff_max`). A probe whose caller goes away reopens the breaker with the next call allowed to
+//! probe. So decisions return to the store by themselves when it recovers. The closed path costs one
+//! atomic load; transitions take a lock, are logged once each and published as gauges.
+//!
+//! Breaker time comes from an injected [`Clock`] (monotonic in production), so tests step it
+//! without sleeping; the timeout is tokio's.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use super::memory::MemoryStore;
+use super::overlimit::{self, OverLimitCache};
+use super::{Hit, Store, StoreError};
+use crate::algorithm::{Decision, Quota};
+use crate::clock::{Clock, MonotonicClock, Nanos};
+use crate::metrics as m;
+
+/// What to answer when the store fails or its circuit is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OnStoreError {
+    /// Decide in this process at L / instances until the store is back.
+    #[default]
+    Local,
+    /// Admit every request.
+    Allow,
+    /// Refuse every request.
+    Deny,
+    /// Answer UNAVAILABLE and let Envoy's failure_mode_deny decide.
+    Error,
+}
+
+impl OnStoreError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnStoreError::Local => "local",
+            OnStoreError::Allow => "allow",
+            OnStoreError::Deny => "deny",
+            OnStoreError::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for OnStoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a store is protected; [`Default`] gives the documented defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResilienceOptions {
+    /// The longest one store call may take.
+    pub timeout: Duration,
+    pub on_error: OnStoreError,
+    /// The fleet size: the `local` policy enforces `L / instances` per instance.
+    pub instances: NonZeroU32,
+    /// Consecutive failures (not timeouts: one suffices) that open the breaker; 0 counts as 1.
+    pub failures_to_open: u32,
+    /// The first open period; each failed probe doubles it.
+    pub backoff_start: Duration,
+    pub backoff_max: Duration,
+    /// The bound on keys in the over-limit cache that [`protect`] puts in front of the store.
+    pub over_limit_cache_entries: usize,
+}
+
+impl Default for ResilienceOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_millis(50),
+            on_error: OnStoreError::Local,
+            instances: NonZeroU32::MIN,
+            failures_to_open: 3,
+            backoff_start: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(5),
+            over_limit_cache_entries: overlimit::DEFAULT_MAX_ENTRIES,
+        }
+    }
+}
+
+/// The production wrapping of a remote store: `ResilientStore(OverLimitCache(primary))`, both on a
+/// [`MonotonicClock`]. Run [`ResilientStore::spawn_sweeper`] beside it so that the local fallback's
+/// counters do not outlive their windows.
+pub fn protect(primary: Arc<dyn Store>, options: &ResilienceOptions) -> Arc<ResilientStore> {
+    let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::new());
+    let cached = OverLimitCache::new(primary, clock.clone(), options.over_limit_cache_entries);
+    Arc::new(ResilientStore::with_clock(Arc::new(cached), options, clock))
+}
+
+/// The circuit breaker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls go to the store.
+    Closed,
+    /// Calls are answered by the policy without touching the store.
+    Open,
+    /// One call is probing the store; the others are answered by the policy.
+    HalfOpen,
+}
+
+/// A store wrapped with a timeout, a circuit breaker and a fallback policy (see the module docs).
+pub struct ResilientStore {
+    primary: Arc<dyn Store>,
+    options: ResilienceOptions,
+    clock: Arc<dyn Clock>,
+    breaker: Breaker,
+    local: Arc<MemoryStore>,
+}
+
+impl fmt::Debug for ResilientStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResilientStore")
+            .field("primary", &self.primary.kind())
+            .field("options", &self.options)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResilientStore {
+    /// Wraps `primary` with breaker time and local counters on a [`MonotonicClock`].
+    pub fn new(primary: Arc<dyn Store>, options: &ResilienceOptions) -> Self {
+        Self::with_clock(primary, options, Arc::new(MonotonicClock::new()))
+    }
+
+    /// Wraps `primary`, reading breaker time and the local fallback's time from `clock`.
+    pub fn with_clock(
+        primary: Arc<dyn Store>,
+        options: &ResilienceOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let breaker = Breaker::new(primary.kind(), options);
+        Self {
+            local: Arc::new(MemoryStore::new(clock.clone())),
+            primary,
+            options: *options,
+            clock,
+            breaker,
+        }
+    }
+
+    pub fn state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    pub fn options(&self) -> &ResilienceOptions {
+        &self.options
+    }
+
+    /// Sweeps the local fallback's expired counters every `every` until `shutdown`; the caller
+    /// owns the task.
+    pub fn spawn_sweeper(
+        &self,
+        every: Duration,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        self.local.spawn_sweeper(every, shutdown)
+    }
+
+    /// Answers `hits` by the policy, after `error` (or with the circuit open when `None`).
+    fn fallback(
+        &self,
+        hits: &[Hit<'_>],
+        error: Option<StoreError>,
+    ) -> Result<Vec<Decision>, StoreError> {
+        let policy = self.options.on_error;
+        metrics::counter!(m::FALLBACK_DECISIONS, "policy" => policy.as_str())
+            .increment(hits.len() as u64);
+        match policy {
+            OnStoreError::Local => {
+                let now = self.clock.now();
+                let n = self.options.instances;
+                Ok(hits
+                    .iter()
+                    .map(|h| {
+                        let quota = scaled_quota(h.quota, n);
+                        self.local.decide_at(
+                            &Hit {
+                                quota: &quota,
+                                ..*h
+                            },
+                            now,
+                        )
+                    })
+                    .collect())
+            }
+            OnStoreError::Allow => Ok(hits
+                .iter()
+                .map(|h| Decision {
+                    allowed: true,
+                    limit: h.quota.burst(),
+                    remaining: h.quota.burst(),
+                    reset_after: Duration::ZERO,
+                    exceeds_capacity: false,
+                })
+                .collect()),
+            OnStoreError::Deny => {
+                let retry = self.breaker.retry_after(self.clock.now());
+                Ok(hits
+                    .iter()
+                    .map(|h| Decision {
+                        allowed: false,
+                        limit: h.quota.burst(),
+                        remaining: 0,
+                        reset_after: retry,
+                        exceeds_capacity: false,
+                    })
+                    .collect())
+            }
+            OnStoreError::Error => Err(error.unwrap_or_else(|| {
+                StoreError::Unavailable(format!(
+                    "{} store circuit open after failures; next probe in {:?}",
+                    self.primary.kind(),
+                    self.breaker.retry_after(self.clock.now())
+                ))
+            })),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for ResilientStore {
+    async fn decide(&self, hits: &[Hit<'_>]) -> Result<Vec<Decision>, StoreError> {
+        let pass = self.breaker.pass(self.clock.now());
+        if pass == Pass::Skip {
+            return self.fallback(hits, None);
+        }
+        let mut attempt = Attempt {
+            breaker: &self.breaker,
+            clock: &*self.clock,
+            probe: pass == Pass::Probe,
+            settled: false,
+        };
+        let result = tokio::time::timeout(self.options.timeout, self.primary.decide(hits)).await;
+        attempt.settled = true;
+        let error = match result {
+            Ok(Ok(decisions)) => {
+                self.breaker.succeeded(pass);
+                return Ok(decisions);
+            }
+            Ok(Err(e)) => e,
+            Err(_elapsed) => StoreError::Timeout(self.options.timeout),
+        };
+        self.breaker.failed(pass, &error, self.clock.now());
+        self.fallback(hits, Some(error))
+    }
+
+    fn kind(&self) -> &'static str {
+        self.primary.kind()
+    }
+}
+
+/// `quota` with its limit and burst divided by `instances` (floor, at least 1): one instance's share
+/// of a fleet-wide limit.
+pub fn scaled_quota(quota: &Quota, instances: NonZeroU32) -> Quota {
+    let n = u64::from(instances.get());
+    if n == 1 {
+        return *quota;
+    }
+    let share = |v: u64| (v / n).max(1);
+    let burst = quota.algorithm().uses_burst().then(|| share(quota.burst()));
+    // A smaller limit and burst of a valid quota are valid; should that ever change, the unscaled
+    // quota is the safe answer.
+    Quota::new(
+        quota.algorithm(),
+        share(quota.limit()),
+        quota.window(),
+        burst,
+    )
+    .unwrap_or(*quota)
+}
+
+fn error_kind(e: &StoreError) -> &'static str {
+    match e {
+        StoreError::Timeout(_) => m::STORE_ERROR_TIMEOUT,
+        StoreError::Unavailable(_) => m::STORE_ERROR_UNAVAILABLE,
+        StoreError::Protocol(_) => m::STORE_ERROR_PROTOCOL,
+    }
+}
+
+fn nanos(d: Duration) -> Nanos {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+const CLOSED: u8 = 0;
+const OPEN: u8 = 1;
+const HALF_OPEN: u8 = 2;
+
+/// What the breaker lets one call do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Call the store (closed).
+    Call,
+    /// Call the store as the one probe (half-open).
+    Probe,
+    /// Do not call the store.
+    Skip,
+}
+
+struct Breaker {
+    store: &'static str,
+    policy: OnStoreError,
+    threshold: u32,
+    start: Duration,
+    max: Duration,
+    state: AtomicU8,
+    failures: AtomicU32,
+    /// While open, when the next probe may go (written before `state` becomes `OPEN`).
+    open_until: AtomicU64,
+    /// The current open period. Transitions happen under this lock; nothing is awaited under it.
+    backoff: Mutex<Duration>,
+}
+
+impl Breaker {
+    fn new(store: &'static str, options: &ResilienceOptions) -> Self {
+        let breaker = Self {
+            store,
+            policy: options.on_error,
+            threshold: options.failures_to_open.max(1),
+            start: options.backoff_start,
+            max: options.backoff_max.max(options.backoff_start),
+            state: AtomicU8::new(CLOSED),
+            failures: AtomicU32::new(0),
+            open_until: AtomicU64::new(0),
+            backoff: Mutex::new(options.backoff_start),
+        };
+        breaker.publish(BreakerState::Closed);
+        breaker
+    }
+
+    fn state(&self) -> BreakerState {
+        match self.state.load(Ordering::Acquire) {
+            CLOSED => BreakerState::Closed,
+            OPEN => BreakerState::Open,
+            _ => BreakerState::HalfOpen,
+        }
+    }
+
+    fn pass(&self, now: Nanos) -> Pass {
+        match self.state.load(Ordering::Acquire) {
+            CLOSED => Pass::Call,
+            OPEN if now >= self.open_until.load(Ordering::Acquire) => {
+                if self
+                    .state
+                    .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    tracing::info!(store = self.store, "store circuit half-open: probing");
+                    self.publish(BreakerState::HalfOpen);
+                    Pass::Probe
+                } else {
+                    Pass::Skip
+                }
+            }
+            _ => Pass::Skip,
+        }
+    }
+
+    fn succeeded(&self, pass: Pass) {
+        if pass == Pass::Probe {
+            let mut backoff = self.backoff.lock();
+            *backoff = self.start;
+            self.failures.store(0, Ordering::Relaxed);
+            self.state.store(CLOSED, Ordering::Release);
+            tracing::info!(store = self.store, "store recovered: circuit closed");
+            self.publish(BreakerState::Closed);
+        } else if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn failed(&self, pass: Pass, error: &StoreError, now: Nanos) {
+        metrics::counter!(m::STORE_ERRORS, "store" => self.store, "error" => error_kind(error))
+            .increment(1);
+        match pass {
+            Pass::Probe => {
+                let mut backoff = self.backoff.lock();
+                *backoff = backoff.saturating_mul(2).min(self.max);
+                self.open_until
+                    .store(now.saturating_add(nanos(*backoff)), Ordering::Release);
+                self.state.store(OPEN, Ordering::Release);
+                tracing::warn!(
+                    store = self.store,
+                    %error,
+                    retry_in = ?*backoff,
+                    "store probe failed: circuit open again"
+                );
+                self.publish(BreakerState::Open);
+            }
+            Pass::Call => {
+                let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if !matches!(error, StoreError::Timeout(_)) && failures < self.threshold {
+                    return;
+                }
+                let mut backoff = self.backoff.lock();
+                if self.state.load(Ordering::Acquire) != CLOSED {
+                    return;
+                }
+                *backoff = self.start;
+                self.failures.store(0, Ordering::Relaxed);
+                self.open_until
+                    .store(now.saturating_add(nanos(self.start)), Ordering::Release);
+                self.state.store(OPEN, Ordering::Release);
+                tracing::warn!(
+                    store = self.store,
+                    %error,
+                    failures,
+                    policy = %self.policy,
+                    retry_in = ?self.start,
+                    "store failing: circuit open, deciding by --on-store-error"
+                );
+                self.publish(BreakerState::Open);
+            }
+            Pass::Skip => {}
+        }
+    }
+
+    /// The probe's caller went away before it finished: open again, with the next call probing.
+    fn abandon(&self, now: Nanos) {
+        let _backoff = self.backoff.lock();
+        if self.state.load(Ordering::Acquire) == HALF_OPEN {
+            self.open_until.store(now, Ordering::Release);
+            self.state.store(OPEN, Ordering::Release);
+            tracing::debug!(store = self.store, "store probe cancelled");
+            self.publish(BreakerState::Open);
+        }
+    }
+
+    /// When a refused caller may sensibly retry: when the next probe may go, at least `start`.
+    fn retry_after(&self, now: Nanos) -> Duration {
+        let until = self.open_until.load(Ordering::Acquire);
+        Duration::from_nanos(until.saturating_sub(now)).max(self.start)
+    }
+
+    fn publish(&self, state: BreakerState) {
+        let up = if state == BreakerState::Closed {
+            1.0
+        } else {
+            0.0
+        };
+        metrics::gauge!(m::STORE_UP, "store" => self.store).set(up);
+        for (s, label) in [
+            (BreakerState::Closed, m::BREAKER_CLOSED),
+            (BreakerState::Open, m::BREAKER_OPEN),
+            (BreakerState::HalfOpen, m::BREAKER_HALF_OPEN),
+        ] {
+            let value = if s == state { 1.0 } else { 0.0 };
+            metrics::gauge!(m::STORE_BREAKER_STATE, "store" => self.store, "state" => label)
+                .set(value);
+        }
+    }
+}
+
+/// One call through the breaker; a probe dropped before it settles (its caller went away) reopens
+/// the breaker instead of leaving it half-open for ever.
+struct Attempt<'a> {
+    breaker: &'a Breaker,
+    clock: &'a dyn Clock,
+    probe: bool,
+    settled: bool,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if self.probe && !self.settled {
+            self.breaker.abandon(self.clock.now());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::algorithm::Algorithm;
+    use crate::clock::{ManualClock, NANOS_PER_SEC};
+    use crate::keys::CounterKey;
+
+    const START: Nanos = 1_700_000_000 * NANOS_PER_SEC;
+    /// What the scripted store reports as `remaining`, so its answers tell from the fallback's.
+    const FROM_PRIMARY: u64 = 4242;
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Script {
+        Answer,
+        Unavailable,
+        Protocol,
+        /// Never answers.
+        Hang,
+        /// Answers once the test adds a permit to the gate.
+        Gate,
+    }
+
+    /// A store that does what the test tells it to, and counts its calls.
+    struct Scripted {
+        script: parking_lot::Mutex<Script>,
+        calls: AtomicUsize,
+        gate: Semaphore,
+    }
+
+    impl Scripted {
+        fn new(script: Script) -> Arc<Self> {
+            Arc::new(Self {
+                script: parking_lot::Mutex::new(script),
+                calls: AtomicUsize::new(0),
+                gate: Semaphore::new(0),
+            })
+        }
+
+        fn set(&self, script: Script) {
+            *self.script.lock() = script;
+        }
+
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait]
+    impl Store for Scripted {
+        async fn decide(&self, hits: &[Hit<'_>]) -> Result<Vec<Decision>, StoreError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let script = *self.script.lock();
+            match script {
+                Script::Answer => {}
+                Script::Unavailable => return Err(StoreError::Unavailable("down".into())),
+                Script::Protocol => return Err(StoreError::Protocol("garbled".into())),
+                Script::Hang => std::future::pending::<()>().await,
+                Script::Gate => self.gate.acquire().await.map(|p| p.forget()).unwrap(),
+            }
+            Ok(hits
+                .iter()
+                .map(|h| Decision {
+                    allowed: true,
+                    limit: h.quota.burst(),
+                    remaining: FROM_PRIMARY,
+                    reset_after: Duration::ZERO,
+                    exceeds_capacity: false,
+                })
+                .collect())
+        }
+
+        fn kind(&self) -> &'static str {
+            "scripted"
+        }
+    }
+
+    fn options(on_error: OnStoreError) -> ResilienceOptions {
+        ResilienceOptions {
+            on_error,
+            ..ResilienceOptions::default()
+        }
+    }
+
+    fn resilient(
+        primary: &Arc<Scripted>,
+        options: ResilienceOptions,
+        clock: &ManualClock,
+    ) -> ResilientStore {
+        ResilientStore::with_clock(primary.clone(), &options, Arc::new(clock.clone()))
+    }
+
+    fn quota(limit: u64) -> Quota {
+        Quota::new(
+            Algorithm::FixedWindow,
+            limit,
+            Duration::from_secs(3600),
+            None,
+        )
+        .unwrap()
+    }
+
+    fn key(q: &Quota, user: &str) -> CounterKey {
+        CounterKey::new("test", q, [("user", user)])
+    }
+
+    async fn one(
+        store: &ResilientStore,
+        q: &Quota,
+        k: &CounterKey,
+    ) -> Result<Decision, StoreError> {
+        let hits = [Hit {
+            key: k,
+            quota: q,
+            hits: 1,
+        }];
+        store.decide(&hits).await.map(|d| d[0])
+    }
+
+    #[tokio::test]
+    async fn a_hanging_store_is_cut_off_at_the_timeout() {
+        let primary = Scripted::new(Script::Hang);
+        let clock = ManualClock::new(START);
+        let store = resilient(&primary, options(OnStoreError::Allow), &clock);
+        let (q, k) = (quota(10), key(&quota(10), "a"));
+        let started = std::time::Instant::now();
+        let d = one(&store, &q, &k).await.unwrap();
+        let took = started.elapsed();
+        assert!(d.allowed);
+        assert!(took >= Duration::from_millis(50), "{took:?}");
+        assert!(took < Duration::from_millis(300), "{took:?}");
+        assert_eq!(
+            store.state(),
+            BreakerState::Open,
+            "one timeout opens the breaker"
+        );
+
+        // Open: answered at once, without waiting for the timeout again.
+        let started = std::time::Instant::now();
+        for _ in 0..10 {
+            assert!(one(&store, &q, &k).await.unwrap().allowed);
+        }
+        assert!(started.elapsed() < Duration::from_millis(50));
+        assert_eq!(primary.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn each_policy_answers_a_failure() {
+        let q = Quota::new(Algorithm::TokenBucket, 10, Duration::from_secs(10), Some(8)).unwrap();
+        let k = key(&q, "a");
+        let clock = ManualClock::new(START);
+
+        let primary = Scripted::new(Script::Unavailable);
+        let allow = resilient(&primary, options(OnStoreError::Allow), &clock);
+        let d = one(&allow, &q, &k).await.unwrap();
+        assert_eq!(
+            d,
+            Decision {
+                allowed: true,
+                limit: 8,
+                remaining: 8,
+                reset_after: Duration::ZERO,
+                exceeds_capacity: false
+            }
+        );
+
+        let deny = resilient(&primary, options(OnStoreError::Deny), &clock);
+        let d = one(&deny, &q, &k).await.unwrap();
+        assert_eq!(
+            d,
+            Decision {
+                allowed: false,
+                limit: 8,
+                remaining: 0,
+                reset_after: Duration::from_millis(250),
+                exceeds_capacity: false
+            }
+        );
+
+        let error = resilient(&primary, options(OnStoreError::Error), &clock);
+        assert!(matches!(
+            one(&error, &q, &k).await,
+            Err(StoreError::Unavailable(_))
+        ));
+
+        let local = resilient(&primary, options(OnStoreError::Local), &clock);
+        let d = one(&local, &q, &k).await.unwrap();
+        assert!(d.allowed);
+        assert_eq!(
+            (d.limit, d.remaining),
+            (8, 7),
+            "decided by the local bucket"
+        );
+
+        // A protocol error is a failure like any other.
+        primary.set(Script::Protocol);
+        assert!(matches!(
+            one(&error, &q, &k).await,
+            Err(StoreError::Protocol(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_deny_policy_retries_when_the_breaker_next_probes() {
+        let primary = Scripted::new(Script::Unavailable);
+        let clock = ManualClock::new(START);
+        let store = resilient(&primary, options(OnStoreError::Deny), &clock);
+        let (q, k) = (quota(10), key(&quota(10), "a"));
+        for _ in 0..3 {
+            one(&store, &q, &k).await.unwrap();
+        }
+        assert_eq!(store.state(), BreakerState::Open);
+        // 150ms until the probe, but never less than the first backoff.
+        clock.advance(Duration::from_millis(100));
+        assert_eq!(
+            one(&store, &q, &k).await.unwrap().reset_after,
+            Duration::from_millis(250)
+        );
+
+        // After a failed probe the breaker waits 500ms: the retry time says so.
+        clock.advance(Duration::from_millis(150));
+        one(&store, &q, &k).await.unwrap();
+        clock.advance(Duration::from_millis(100));
+        assert_eq!(
+            one(&store, &q, &k).await.unwrap().reset_after,
+            Duration::from_millis(400)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_local_policy_enforces_a_share_of_the_limit() {
+        let primary = Scripted::new(Script::Unavailable);
+        let clock = ManualClock::new(START);
+        let options = ResilienceOptions {
+            instances: NonZeroU32::new(4).unwrap(),
+            ..options(OnStoreError::Local)
+        };
+        let store = resilient(&primary, options, &clock);
+        let (q, k) = (quota(100), key(&quota(100), "a"));
+        let mut admitted = 0;
+        for _ in 0..40 {
+            let d = one(&store, &q, &k).await.unwrap();
+            assert_eq!(d.limit, 25);
+            admitted += usize::from(d.allowed);
+        }
+        assert_eq!(admitted, 25);
+        assert_eq!(
+            primary.calls(),
+            3,
+            "the breaker opened after three failures"
+        );
+    }
+
+    #[test]
+    fn quotas_scale_to_a_share_of_at_least_one() {
+        let n = |i| NonZeroU32::new(i).unwrap();
+        let w = Duration::from_secs(60);
+        let fixed = Quota::new(Algorithm::FixedWindow, 100, w, None).unwrap();
+        assert_eq!(scaled_quota(&fixed, n(1)), fixed);
+        assert_eq!(scaled_quota(&fixed, n(3)).limit(), 33);
+        assert_eq!(scaled_quota(&fixed, n(3)).window(), w);
+        assert_eq!(scaled_quota(&fixed, n(1000)).limit(), 1);
+        let bucket = Quota::new(Algorithm::TokenBucket, 100, w, Some(10)).unwrap();
+        let share = scaled_quota(&bucket, n(3));
+        assert_eq!(
+            (share.limit(), share.burst(), share.algorithm()),
+            (33, 3, Algorithm::TokenBucket)
+        );
+        assert_eq!(scaled_quota(&bucket, n(50)).burst(), 1);
+        for algorithm in Algorithm::ALL {
+            let q = Quota::new(algorithm, 7, w, None).unwrap();
+            let s = scaled_quota(&q, n(2));
+            assert_eq!((s.limit(), s.burst(), s.algorithm()), (3, 3, algorithm));
+        }
+    }
+
+    #[tokio::test]
+    async fn the_breaker_opens_stops_calling_probes_and_closes() {
+        let primary = Scripted::new(Script::Unavailable);
+        let clock = ManualClock::new(START);
+        let store = resilient(&primary, options(OnStoreError::Allow), &clock);
+        let (q, k) = (quota(10), key(&quota(10), "a"));
+
+        for _ in 0..2 {
+            one(&store, &q, &k).await.unwrap();
+        }
+        assert_eq!(
+            store.state(),
+            BreakerState::Closed,
+            "two failures are not enough"
+        );
+        one(&store, &q, &k).await.unwrap();
+        assert_eq!(store.state(), BreakerState::Open);
+        assert_eq!(primary.calls(), 3);
+
+        primary.set(Script::Answer);
+        clock.advance(Duration::from_millis(249));
+        for _ in 0..10 {
+            assert_ne!(one(&store, &q, &k).await.unwrap().remaining, FROM_PRIMARY);
+        }
+        assert_eq!(primary.calls(), 3, "open: the store is left alone");
+
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(
+            one(&store, &q, &k).await.unwrap().remaining,
+            FROM_PRIMARY,
+            "the probe"
+        );
+        assert_eq!(store.state(), BreakerState::Closed);
+        assert_eq!(one(&store, &q, &k).await.unwrap().remaining, FROM_PRIMARY);
+        assert_eq!(primary.calls(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_success_resets_the_failure_count() {
+        let primary = Scripted::new(Script::Unavailable);
+        let clock = ManualClock::new(START);
+        let store = resilient(&primary, options(OnStoreError::Allow), &clock);
+        let (q, k) = (quota(10), key(&quota(10), "a"));
+        for _ in 0..5 {
+            primary.set(Script::Unavailable);
+            one(&store, &q, &k).await.unwrap();
+            one(&store, &q, &k).await.unwrap();
+            primary.set(Script::Answer);
+            one(&store, &q, &k).await.unwrap();
+        }
+        assert_eq!(
+            store.state(),
+            BreakerState::Closed,
+            "failures were never consecutive"
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_probes_double_the_backoff_up_to_the_cap() {
+        let primary = Scripted::new(Script::Unavailable);
+        let clock = ManualClock::new(START);
+        let store = resilient(&primary, options(OnStoreError::Allow), &clock);
+        let (q, k) = (quota(10), key(&quota(10), "a"));
+        for _ in 0..3 {
+            one(&store, &q, &k).await.unwrap();
+        }
+        let mut calls = primary.calls();
+        for backoff_ms in [250, 500, 1000, 2000, 4000, 5000, 5000] {
+            clock.advance(Duration::from_millis(backoff_ms - 1));
+            one(&store, &q, &k).await.unwrap();
+            assert_eq!(primary.calls(), calls, "no probe before {backoff_ms}ms");
+            clock.advance(Duration::from_millis(1));
+            one(&store, &q, &k).await.unwrap();
+            calls += 1;
+            assert_eq!(primary.calls(), calls, "a probe at {backoff_ms}ms");
+            assert_eq!(store.state(), BreakerState::Open);
+        }
+
+        // Recovery resets the backoff: the next outage starts again at 250ms.
+        primary.set(Script::Answer);
+        clock.advance(Duration::from_secs(5));
+        one(&store, &q, &k).await.unwrap();
+        assert_eq!(store.state(), BreakerState::Closed);
+        primary.set(Script::Unavailable);
+        for _ in 0..3 {
+            one(&store, &q, &k).await.unwrap();
+        }
+        clock.advance(Duration::from_millis(250));
+        let before = primary.calls();
+        one(&store, &q, &k).await.unwrap();
+        assert_eq!(primary.calls(), before + 1);
+    }
+
+    #[tokio::test]
+    async fn only_one_call_probes_while_the_others_keep_the_fallback() {
+        let primary = Scripted::new(Script::Unavailable);
+        let clock = ManualClock::new(START);
+        let options = ResilienceOptions {
+            timeout: Duration::from_secs(30),
+            ..options(OnStoreError::Allow)
+        };
+        let store = Arc::new(resilient(&primary, options, &clock));
+        let (q, k) = (quota(10), key(&quota(10), "a"));
+        for _ in 0..3 {
+            one(&store, &q, &k).await.unwrap();
+        }
+        primary.set(Script::Gate);
+        clock.advance(Duration::from_millis(250));
+
+        let probe = tokio::spawn({
+            let (store, q, k) = (store.clone(), q, k.clone());
+            async move { one(&store, &q, &k).await.unwrap() }
+        });
+        while primary.calls() < 4 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(store.state(), BreakerState::HalfOpen);
+        for _ in 0..5 {
+            let d = one(&store, &q, &k).await.unwrap();
+            assert!(d.allowed);
+            assert_ne!(d.remaining, FROM_PRIMARY);
+        }
+        assert_eq!(primary.calls(), 4, "no second probe");
+
+        primary.gate.add_permits(1);
+        assert_eq!(probe.await.unwrap().remaining, FROM_PRIMARY);
+        assert_eq!(store.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_probe_lets_the_next_call_probe() {
+        let primary = Scripted::new(Script::Unavailable);
+        let clock = ManualClock::new(START);
+        let options = ResilienceOptions {
+            timeout: Duration::from_secs(30),
+            ..options(OnStoreError::Allow)
+        };
+        let store = resilient(&primary, options, &clock);
+        let (q, k) = (quota(10), key(&quota(10), "a"));
+        for _ in 0..3 {
+            one(&store, &q, &k).await.unwrap();
+        }
+        primary.set(Script::Hang);
+        clock.advance(Duration::from_millis(250));
+        let gave_up = tokio::time::timeout(Duration::from_millis(5), one(&store, &q, &k)).await;
+        assert!(gave_up.is_err());
+        assert_eq!(store.state(), BreakerState::Open);
+
+        primary.set(Script::Answer);
+        assert_eq!(one(&store, &q, &k).await.unwrap().remaining, FROM_PRIMARY);
+        assert_eq!(store.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_store_recovers_by_itself() {
+        let primary = Scripted::new(Script::Hang);
+        let clock = ManualClock::new(START);
+        let store = resilient(&primary, options(OnStoreError::Local), &clock);
+        let (q, k) = (quota(10), key(&quota(10), "a"));
+        let started = tokio::time::Instant::now();
+        assert!(one(&store, &q, &k).await.unwrap().allowed);
+        assert_eq!(started.elapsed(), Duration::from_millis(50));
+        assert_eq!(store.state(), BreakerState::Open);
+
+        primary.set(Script::Answer);
+        clock.advance(Duration::from_millis(250));
+        assert_eq!(one(&store, &q, &k).await.unwrap().remaining, FROM_PRIMARY);
+        assert_eq!(store.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn failures_fallbacks_and_state_are_in_metrics() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let primary = Scripted::new(Script::Unavailable);
+        let clock = ManualClock::new(START);
+        let store = resilient(&primary, options(OnStoreError::Deny), &clock);
+        let (q, k) = (quota(10), key(&quota(10), "a"));
+        let text = handle.render();
+        assert!(
+            text.contains(r#"tollgate_store_up{store="scripted"} 1"#),
+            "{text}"
+        );
+
+        runtime.block_on(async {
+            for _ in 0..5 {
+                one(&store, &q, &k).await.unwrap();
+            }
+        });
+        let text = handle.render();
+        for line in [
+            r#"tollgate_store_errors_total{store="scripted",error="unavailable"} 3"#,
+            r#"tollgate_fallback_decisions_total{policy="deny"} 5"#,
+            r#"tollgate_store_up{store="scripted"} 0"#,
+            r#"tollgate_store_breaker_state{store="scripted",state="open"} 1"#,
+            r#"tollgate_store_breaker_state{store="scripted",state="closed"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+
+        primary.set(Script::Hang);
+        clock.advance(Duration::from_millis(250));
+        runtime.block_on(one(&store, &q, &k)).unwrap();
+        primary.set(Script::Answer);
+        clock.advance(Duration::from_millis(500));
+        runtime.block_on(one(&store, &q, &k)).unwrap();
+        let text = handle.render();
+        for line in [
+            r#"tollgate_store_errors_total{store="scripted",error="timeout"} 1"#,
+            r#"tollgate_store_up{store="scripted"} 1"#,
+            r#"tollgate_store_breaker_state{store="scripted",state="closed"} 1"#,
+            r#"tollgate_store_breaker_state{store="scripted",state="half_open"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn protect_puts_the_cache_inside_the_breaker() {
+        let primary = Scripted::new(Script::Answer);
+        let store: Arc<dyn Store> = protect(primary.clone(), &ResilienceOptions::default());
+        assert_eq!(store.kind(), "scripted");
+        let (q, k) = (quota(10), key(&quota(10), "a"));
+        let d = store
+            .decide(&[Hit {
+                key: &k,
+                quota: &q,
+                hits: 1,
+            }])
+            .await
+            .unwrap();
+        assert_eq!(d[0].remaining, FROM_PRIMARY);
+        assert_eq!(primary.calls(), 1);
+    }
+
+    #[test]
+    fn policies_have_their_flag_names() {
+        use clap::ValueEnum;
+        for p in OnStoreError::value_variants() {
+            assert_eq!(p.to_possible_value().unwrap().get_name(), p.as_str());
+        }
+        assert_eq!(OnStoreError::default(), OnStoreError::Local);
+    }
+}
