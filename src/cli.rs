@@ -60,6 +60,13 @@ pub struct ServeArgs {
     /// How long in-flight calls may take to finish once the ports close.
     #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// The Redis server for `--store redis`: `redis://[user:pass@]host:port[/db]`, `rediss://…` (TLS),
+    /// `redis-cluster://h1:p1,h2:p2`, `redis-sentinel://h1:p1,h2:p2[/db]?sentinelServiceName=NAME`.
+    #[arg(long, env = "TOLLGATE_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Connections to Redis (each pipelines many requests).
+    #[arg(long, env = "TOLLGATE_REDIS_POOL_SIZE", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub redis_pool_size: u16,
     /// How often the memory store drops counters whose windows have passed.
     #[arg(long, env = "TOLLGATE_SWEEP_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub sweep_interval: Duration,
@@ -94,6 +101,8 @@ impl ServeArgs {
 pub enum StoreKind {
     /// In this process: one instance, no dependencies.
     Memory,
+    /// In Redis (standalone, Sentinel or Cluster): a fleet of instances shares every limit.
+    Redis,
 }
 
 #[derive(Debug, Args)]
@@ -197,6 +206,30 @@ mod tests {
         assert_eq!(args.grpc_addr.port(), 8081);
         assert_eq!(args.http_addr.port(), 8080);
         assert_eq!(args.store, StoreKind::Memory);
+        assert_eq!(args.redis_pool_size, 4);
+        assert_eq!(args.redis_url, None);
+    }
+
+    #[test]
+    fn redis_store_flags() {
+        let cli = Cli::try_parse_from([
+            "tollgate",
+            "serve",
+            "--store",
+            "redis",
+            "--redis-url",
+            "redis-cluster://a:1,b:2",
+            "--redis-pool-size",
+            "8",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve expected")
+        };
+        assert_eq!(args.store, StoreKind::Redis);
+        assert_eq!(args.redis_url.as_deref(), Some("redis-cluster://a:1,b:2"));
+        assert_eq!(args.redis_pool_size, 8);
+        assert!(Cli::try_parse_from(["tollgate", "serve", "--redis-pool-size", "0"]).is_err());
     }
 
     #[test]

@@ -16,6 +16,8 @@ use crate::reload::LiveRules;
 use crate::server::{self, ServeOptions};
 use crate::store::Store;
 use crate::store::memory::MemoryStore;
+use crate::store::redis::{RedisOptions, RedisStore};
+use crate::store::resilient;
 
 pub fn init_logging(log: &LogArgs) -> Result<()> {
     let filter = EnvFilter::try_new(&log.log_level)
@@ -105,16 +107,33 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 
     let shutdown = CancellationToken::new();
     let tasks = tokio_util::task::TaskTracker::new();
-    let store: Arc<dyn Store> = match args.store {
+    // Both stores keep expiring state in memory (the Redis one for its fallback and cache).
+    let (store, sweeper): (Arc<dyn Store>, _) = match args.store {
         StoreKind::Memory => {
             let store = Arc::new(MemoryStore::new(Arc::new(SystemClock)));
             let sweeper = store.spawn_sweeper(args.sweep_interval, shutdown.clone());
-            tasks.spawn(async move {
-                let _ = sweeper.await;
-            });
-            store
+            (store, sweeper)
+        }
+        StoreKind::Redis => {
+            let url = args
+                .redis_url
+                .clone()
+                .context("--store redis needs --redis-url (or TOLLGATE_REDIS_URL)")?;
+            let resilience = args.resilience();
+            let options = RedisOptions {
+                url,
+                pool_size: usize::from(args.redis_pool_size),
+                timeout: resilience.timeout,
+            };
+            let redis = Arc::new(RedisStore::connect(options).await.context("--redis-url")?);
+            let store = resilient::protect(redis, &resilience);
+            let sweeper = store.spawn_sweeper(args.sweep_interval, shutdown.clone());
+            (store, sweeper)
         }
     };
+    tasks.spawn(async move {
+        let _ = sweeper.await;
+    });
     if args.config.is_some() {
         let watcher = rules.watch(shutdown.clone());
         tasks.spawn(async move {

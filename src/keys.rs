@@ -5,6 +5,13 @@
 //! value a client sends (separators, braces, empty strings) can make two different descriptors
 //! produce the same key. The fingerprint means a rule whose quota did not change keeps its counters
 //! across a reload, and a changed quota starts afresh instead of misreading old state.
+//!
+//! In Redis a key is `tg:{H}` followed by the key's bytes, where `H` is the 16 lowercase hex digits of
+//! the key's xxh3-64 hash. Redis Cluster hashes only the first `{…}` of a name into a slot, so the slot
+//! follows the hash of the whole key: counters spread evenly over the slots, and a client's value,
+//! which comes after the hash tag, can neither choose the slot nor close the tag early. The full bytes
+//! after it keep the name injective even if two keys' hashes collided. xxh3 is specified and seedless
+//! here, so every process and every release computes the same name.
 
 use std::fmt;
 
@@ -38,7 +45,22 @@ impl CounterKey {
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
+
+    /// The key's name in Redis: `tg:{<xxh3 hex>}` then the key's bytes (see the module docs).
+    pub fn redis_key(&self) -> Vec<u8> {
+        let hash = xxhash_rust::xxh3::xxh3_64(&self.0);
+        let mut name = Vec::with_capacity(REDIS_PREFIX.len() + 18 + self.0.len());
+        name.extend_from_slice(REDIS_PREFIX);
+        name.push(b'{');
+        name.extend_from_slice(format!("{hash:016x}").as_bytes());
+        name.push(b'}');
+        name.extend_from_slice(&self.0);
+        name
+    }
 }
+
+/// What every tollgate key in Redis starts with.
+pub const REDIS_PREFIX: &[u8] = b"tg:";
 
 fn put(buf: &mut Vec<u8>, field: &[u8]) {
     buf.extend_from_slice(&(field.len() as u32).to_le_bytes());
@@ -74,6 +96,31 @@ mod tests {
         assert_ne!(a, c);
         assert_ne!(b, c);
     }
+
+    #[test]
+    fn redis_names_carry_the_hash_tag_before_any_client_byte() {
+        let k = CounterKey::new("d", &q(), [("user", "}{evil}")]);
+        let name = k.redis_key();
+        let tag = &name[3..21];
+        assert_eq!(&name[..3], b"tg:");
+        assert_eq!((tag[0], tag[17]), (b'{', b'}'));
+        assert!(tag[1..17].iter().all(u8::is_ascii_hexdigit));
+        assert_eq!(&name[21..], k.as_bytes());
+    }
+
+    #[test]
+    fn redis_names_are_stable_across_releases() {
+        // A fleet mixing releases must agree on every name: this value may never change.
+        let k = CounterKey::new("api", &q(), [("user_id", "alice")]);
+        let name = k.redis_key();
+        assert_eq!(
+            String::from_utf8_lossy(&name[..21]),
+            format!("tg:{{{:016x}}}", xxhash_rust::xxh3::xxh3_64(k.as_bytes()))
+        );
+        assert_eq!(&name[..21], STABLE_NAME_PREFIX.as_bytes());
+    }
+
+    const STABLE_NAME_PREFIX: &str = "tg:{f0c737215b916301}";
 
     #[test]
     fn quota_is_part_of_the_key() {

@@ -401,3 +401,22 @@ fn dockerfile_passes_hadolint() {
         assert!(dockerfile.contains(needle), "Dockerfile lacks {needle}");
     }
 }
+
+#[test]
+fn tollgate_image_is_the_local_build_of_this_version() {
+    let image = format!("tollgate:{}", env!("CARGO_PKG_VERSION"));
+    for file in ["deployment.yaml", "sidecar.yaml"] {
+        let images: Vec<String> = pod_specs(file)
+            .iter()
+            .flat_map(|(_, pod)| pod["containers"].as_sequence().unwrap().clone())
+            .filter(|c| c["name"].as_str() == Some("tollgate"))
+            .map(|c| str_at(&c, &["image"]).to_owned())
+            .collect();
+        assert_eq!(images, std::slice::from_ref(&image), "{file}");
+    }
+    let readme = std::fs::read_to_string(k8s("README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("docker build -t {image} .")),
+        "k8s/README.md does not say how to build {image}"
+    );
+}

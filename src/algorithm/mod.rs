@@ -35,6 +35,11 @@ use crate::clock::Nanos;
 /// The largest limit a `sliding_log` rule may have: its state holds up to `L` timestamps per key.
 pub const MAX_SLIDING_LOG_LIMIT: u64 = 100_000;
 
+/// The largest limit or burst of any rule: Envoy's `requests_per_unit` is a `uint32`, and the Redis
+/// store computes in doubles, whose products of two such counts and a window stay exact through its
+/// wide-integer helper only up to this bound.
+pub const MAX_LIMIT: u64 = u32::MAX as u64;
+
 /// The longest window any rule may have (a little over a year, enough for `unit: year`).
 pub const MAX_WINDOW: Duration = Duration::from_secs(400 * 24 * 3600);
 
@@ -108,6 +113,8 @@ pub enum QuotaError {
         "sliding_log keeps one timestamp per hit, so its limit may be at most {MAX_SLIDING_LOG_LIMIT}, not {0}"
     )]
     SlidingLogLimitTooLarge(u64),
+    #[error("the {field} may be at most {MAX_LIMIT}, not {value}")]
+    LimitTooLarge { field: &'static str, value: u64 },
     #[error(
         "unknown algorithm `{0}` (expected sliding_window, fixed_window, sliding_log, token_bucket or leaky_bucket)"
     )]
@@ -144,12 +151,24 @@ impl Quota {
         if algorithm == Algorithm::SlidingLog && limit > MAX_SLIDING_LOG_LIMIT {
             return Err(QuotaError::SlidingLogLimitTooLarge(limit));
         }
+        if limit > MAX_LIMIT {
+            return Err(QuotaError::LimitTooLarge {
+                field: "limit",
+                value: limit,
+            });
+        }
         let burst = match burst {
             None => limit,
             Some(_) if !algorithm.uses_burst() => {
                 return Err(QuotaError::BurstNotApplicable(algorithm));
             }
             Some(0) => return Err(QuotaError::ZeroBurst),
+            Some(b) if b > MAX_LIMIT => {
+                return Err(QuotaError::LimitTooLarge {
+                    field: "burst",
+                    value: b,
+                });
+            }
             Some(b) => b,
         };
         Ok(Self {
@@ -533,8 +552,8 @@ mod tests {
             Just(1u64),
             1u64..1_000,
             Just(1_000_000_000),
-            Just(u64::MAX),
-            any::<u64>()
+            Just(MAX_LIMIT),
+            1..=MAX_LIMIT
         ];
         let window = prop_oneof![
             Just(1u64),

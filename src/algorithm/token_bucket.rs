@@ -113,7 +113,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::super::testkit::{BASE, Ratio, cases, quota, run};
-    use super::super::{Algorithm, MAX_WINDOW, Quota, State as AnyState};
+    use super::super::{Algorithm, MAX_LIMIT, MAX_WINDOW, Quota, State as AnyState};
     use crate::clock::NANOS_PER_SEC;
 
     fn tb(limit: u64, window_ns: u64, burst: Option<u64>) -> Quota {
@@ -208,13 +208,15 @@ mod tests {
 
     #[test]
     fn enormous_bursts_and_hits_do_not_overflow() {
-        let q = Quota::new(Algorithm::TokenBucket, 1, MAX_WINDOW, Some(u64::MAX)).unwrap();
+        let burst = MAX_LIMIT;
+        let q = Quota::new(Algorithm::TokenBucket, 1, MAX_WINDOW, Some(burst)).unwrap();
         let mut s = AnyState::Empty;
-        assert!(q.decide(&mut s, BASE, u64::from(u32::MAX)).allowed);
-        let d = q.decide(&mut s, BASE, u64::MAX);
+        assert!(q.decide(&mut s, BASE, burst - 1).allowed);
+        let d = q.decide(&mut s, BASE, burst);
         assert!(!d.allowed && !d.exceeds_capacity);
-        assert_eq!(d.remaining, u64::MAX - u64::from(u32::MAX));
+        assert_eq!(d.remaining, 1);
         assert_eq!(d.reset_after, Duration::from_nanos(u64::MAX));
+        assert!(q.decide(&mut s, BASE, u64::MAX).exceeds_capacity);
         assert_eq!(q.expires_at(&s), u64::MAX);
         assert!(q.decide(&mut s, u64::MAX, 1).allowed);
     }

@@ -325,6 +325,8 @@ impl Builder {
                     QuotaError::ZeroWindow | QuotaError::WindowTooLong if unit.is_some() => "unit",
                     QuotaError::ZeroWindow | QuotaError::WindowTooLong => "window",
                     QuotaError::ZeroBurst | QuotaError::BurstNotApplicable(_) => "burst",
+                    QuotaError::LimitTooLarge { field: "burst", .. } => "burst",
+                    QuotaError::LimitTooLarge { .. } => "requests_per_unit",
                     QuotaError::UnknownAlgorithm(_) => "algorithm",
                 };
                 self.problem(at.field(field), e.to_string());

@@ -174,6 +174,16 @@ fn bad_requests_per_unit() {
             QuotaError::SlidingLogLimitTooLarge(200_000)
         )
     );
+    assert_eq!(
+        rl_error("      unit: second\n      requests_per_unit: 4294967296\n"),
+        format!(
+            "t.yaml:6:26: {}",
+            QuotaError::LimitTooLarge {
+                field: "limit",
+                value: 1 << 32
+            }
+        )
+    );
 }
 
 #[test]
@@ -214,6 +224,18 @@ fn burst_only_for_buckets() {
             "      unit: second\n      requests_per_unit: 5\n      algorithm: token_bucket\n      burst: 0\n"
         ),
         format!("t.yaml:8:14: {}", QuotaError::ZeroBurst)
+    );
+    assert_eq!(
+        rl_error(
+            "      unit: second\n      requests_per_unit: 5\n      algorithm: token_bucket\n      burst: 4294967296\n"
+        ),
+        format!(
+            "t.yaml:8:14: {}",
+            QuotaError::LimitTooLarge {
+                field: "burst",
+                value: 1 << 32
+            }
+        )
     );
 }
 

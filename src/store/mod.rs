@@ -1,5 +1,5 @@
 //! Where counters live. One async trait, one module per backend: [`memory`] keeps state in this
-//! process; the Redis store (a fleet sharing one limit) implements the same trait. Layers wrap any
+//! process; [`redis`] (a fleet sharing one limit) implements the same trait. Layers wrap any
 //! store in the same trait: [`overlimit`] answers keys known to be over their limit without a round
 //! trip, [`resilient`] bounds every call with a timeout and a circuit breaker and decides by the
 //! `--on-store-error` policy when the store fails.
@@ -9,6 +9,7 @@
 
 pub mod memory;
 pub mod overlimit;
+pub mod redis;
 pub mod resilient;
 
 use async_trait::async_trait;
@@ -33,6 +34,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("store protocol error: {0}")]
     Protocol(String),
+    /// The store cannot be set up as configured (e.g. a malformed Redis URL).
+    #[error("store misconfigured: {0}")]
+    Config(String),
 }
 
 #[async_trait]

@@ -300,7 +300,7 @@ fn error_kind(e: &StoreError) -> &'static str {
     match e {
         StoreError::Timeout(_) => m::STORE_ERROR_TIMEOUT,
         StoreError::Unavailable(_) => m::STORE_ERROR_UNAVAILABLE,
-        StoreError::Protocol(_) => m::STORE_ERROR_PROTOCOL,
+        StoreError::Protocol(_) | StoreError::Config(_) => m::STORE_ERROR_PROTOCOL,
     }
 }
 

@@ -1,0 +1,427 @@
+-- tollgate: decides every counter in KEYS in one atomic step. All KEYS share one cluster slot.
+--
+-- KEYS[i]  counter i (`tg:{hash}key`, see src/keys.rs).
+-- ARGV     six per counter, in KEYS order:
+--            algorithm (1 sliding_window, 2 fixed_window, 3 sliding_log, 4 token_bucket, 5 leaky_bucket),
+--            limit L, window W in microseconds, burst B, hits n (at most capacity + 1),
+--            time in microseconds since the epoch, or "" to read Redis' TIME.
+-- Reply    four integers per counter: allowed (0/1), remaining, and reset_after in microseconds as
+--          hi, lo (hi * 2^32 + lo), saturated at 2^64 - 1.
+--
+-- The math is src/algorithm/ in microseconds, decision for decision. Lua numbers are doubles, exact
+-- below 2^53; times (< 2^53 us until the year 2255), windows (< 2^45 us) and counts (< 2^32) are, but
+-- products such as prev * (W - e), B * W or L * elapsed reach 2^85, so those go through the wide
+-- integers below: five limbs of 24 bits, multiplied exactly (each partial product < 2^48), compared,
+-- added, subtracted, and divided by a number below 2^45 eight bits at a time (remainder * 256 + digit
+-- stays below 2^53), with the double quotient of each step corrected by exact comparison.
+--
+-- State per algorithm (each key's TTL is set when it is written, to the moment its state becomes
+-- equivalent to a fresh one, so an idle user leaves nothing; a denial writes nothing):
+--   fixed_window    string "start count"
+--   sliding_window  string "last prev cur"
+--   token/leaky     string "last hi lo", the level scaled by W being hi * 2^48 + lo
+--   sliding_log     sorted set: one member per run of hits, scored by its time, named
+--                   "cumulative:count" (cumulative hits through this run, and the run's own count),
+--                   so the hits in any suffix are one subtraction and every search is by rank or
+--                   score: O(log L) per admission, O(log^2 L) for the retry time of a denial.
+-- A state met at or after its expiry (possible with an overridden time, whose TTLs get a grace
+-- period since the test's clock is not Redis') is deleted and treated as fresh, as the memory store
+-- does, so the decisions stay the same.
+
+local R = 16777216 -- 2^24, the limb base
+local NL = 5
+local TWO32 = 4294967296
+local MAX_TTL_MS = 70368744177664 -- 2^46 ms, about 2200 years
+local GRACE_MS = 60000
+local REBASE_AT = 1125899906842624 -- 2^50
+local fmod = math.fmod
+local floor = math.floor
+
+local function wide(x)
+  local a = fmod(x, R)
+  x = (x - a) / R
+  local b = fmod(x, R)
+  x = (x - b) / R
+  return {a, b, x, 0, 0}
+end
+
+local function as_wide(x)
+  if type(x) == 'table' then return x end
+  return wide(x)
+end
+
+local function norm(r)
+  local c = 0
+  for k = 1, NL do
+    local v = r[k] + c
+    local lo = fmod(v, R)
+    r[k] = lo
+    c = (v - lo) / R
+  end
+  return r
+end
+
+local function mul(x, y)
+  local a, b = wide(x), wide(y)
+  local r = {0, 0, 0, 0, 0}
+  for i = 1, 3 do
+    for j = 1, 3 do
+      local k = i + j - 1
+      r[k] = r[k] + a[i] * b[j]
+    end
+  end
+  return norm(r)
+end
+
+local function add(a, b)
+  local r = {}
+  for k = 1, NL do r[k] = a[k] + b[k] end
+  return norm(r)
+end
+
+local function cmp(a, b)
+  for k = NL, 1, -1 do
+    if a[k] ~= b[k] then
+      if a[k] < b[k] then return -1 end
+      return 1
+    end
+  end
+  return 0
+end
+
+-- a - b, or zero when b is larger.
+local function sat_sub(a, b)
+  if cmp(a, b) <= 0 then return {0, 0, 0, 0, 0} end
+  local r, borrow = {}, 0
+  for k = 1, NL do
+    local v = a[k] - b[k] - borrow
+    if v < 0 then
+      v = v + R
+      borrow = 1
+    else
+      borrow = 0
+    end
+    r[k] = v
+  end
+  return r
+end
+
+local function is_zero(a)
+  return a[1] == 0 and a[2] == 0 and a[3] == 0 and a[4] == 0 and a[5] == 0
+end
+
+local DIGIT = {65536, 256, 1}
+
+-- floor(a / c) and a mod c, for 0 < c < 2^45.
+local function divmod(a, c)
+  local q, r = {0, 0, 0, 0, 0}, 0
+  for k = NL, 1, -1 do
+    local limb, qk = a[k], 0
+    for s = 1, 3 do
+      local v = r * 256 + fmod(floor(limb / DIGIT[s]), 256)
+      local qd = floor(v / c)
+      r = v - qd * c
+      if r < 0 then
+        qd, r = qd - 1, r + c
+      elseif r >= c then
+        qd, r = qd + 1, r - c
+      end
+      qk = qk * 256 + qd
+    end
+    q[k] = qk
+  end
+  return q, r
+end
+
+local function ceil_div(a, c)
+  local q, r = divmod(a, c)
+  if r > 0 then q = add(q, wide(1)) end
+  return q
+end
+
+-- The value as a plain number, or nil at 2^53 and above.
+local function plain(a)
+  if a[4] ~= 0 or a[5] ~= 0 or a[3] >= 32 then return nil end
+  return a[1] + a[2] * R + a[3] * R * R
+end
+
+-- hi, lo with hi * 2^32 + lo = a, saturated at 2^64 - 1.
+local function split64(a)
+  if a[5] ~= 0 or a[4] ~= 0 or a[3] >= 65536 then return TWO32 - 1, TWO32 - 1 end
+  local l = fmod(a[2], 256)
+  return (a[2] - l) / 256 + a[3] * 65536, a[1] + l * R
+end
+
+local function from_hl(hi, lo)
+  local a = fmod(lo, R)
+  local c = fmod(hi, R)
+  local d = (hi - c) / R
+  local e = fmod(d, R)
+  return {a, (lo - a) / R, c, e, (d - e) / R}
+end
+
+local function to_hl(a)
+  return a[3] + a[4] * R + a[5] * R * R, a[1] + a[2] * R
+end
+
+local function num(x)
+  return string.format('%.0f', x)
+end
+
+-- Milliseconds from now until `at` (rounded up, at least 1), plus the grace of an overridden time.
+local function ttl_ms(at, now, grace)
+  local q, r = divmod(sat_sub(as_wide(at), wide(now)), 1000)
+  local ms = plain(q) or MAX_TTL_MS
+  if r > 0 then ms = ms + 1 end
+  return num(math.max(1, math.min(ms, MAX_TTL_MS)) + grace)
+end
+
+local function fixed_window(key, L, W, n, now, grace)
+  local s_start, s_count = 0, 0
+  local v = redis.call('GET', key)
+  if v then
+    local a, b = string.match(v, '^(%d+) (%d+)$')
+    if a then s_start, s_count = tonumber(a), tonumber(b) end
+    if s_count == 0 or s_start + W <= now then
+      redis.call('DEL', key)
+      s_start, s_count = 0, 0
+    end
+  end
+  local t = math.max(now, s_start)
+  local start = t - fmod(t, W)
+  local used = 0
+  if start == s_start then used = s_count end
+  local stop = start + W
+  local function restored(count)
+    if count == 0 then return 0 end
+    return stop
+  end
+  local free = math.max(L - used, 0)
+  if n > L then return 0, free, restored(used) end
+  if n == 0 then
+    if free > 0 then return 1, free, restored(used) end
+    return 0, free, stop
+  end
+  if n > free then return 0, free, stop end
+  redis.call('SET', key, num(start) .. ' ' .. num(used + n), 'PX', ttl_ms(stop, now, grace))
+  return 1, free - n, stop
+end
+
+local function sliding_window(key, L, W, n, now, grace)
+  local last, s_prev, s_cur = 0, 0, 0
+  local v = redis.call('GET', key)
+  if v then
+    local a, b, c = string.match(v, '^(%d+) (%d+) (%d+)$')
+    if a then last, s_prev, s_cur = tonumber(a), tonumber(b), tonumber(c) end
+    local ls = last - fmod(last, W)
+    local expires = 0
+    if s_cur > 0 then
+      expires = ls + 2 * W
+    elseif s_prev > 0 then
+      expires = ls + W
+    end
+    if expires <= now then
+      redis.call('DEL', key)
+      last, s_prev, s_cur = 0, 0, 0
+    end
+  end
+  local t = math.max(now, last)
+  local start = t - fmod(t, W)
+  local last_start = last - fmod(last, W)
+  local prev, cur = 0, 0
+  if start == last_start then
+    prev, cur = s_prev, s_cur
+  elseif start - last_start == W then
+    prev = s_cur
+  end
+  local e = t - start
+  -- The previous window's weight, ceil(prev * (W - e) / W): then n hits fit iff n <= L - cur - weight.
+  local weight = 0
+  if prev > 0 then
+    local q, r = divmod(mul(prev, W - e), W)
+    weight = plain(q)
+    if r > 0 then weight = weight + 1 end
+  end
+  local function free(c) return math.max(L - c - weight, 0) end
+  local function restored(c)
+    if c > 0 then return start + 2 * W end
+    if prev > 0 then return start + W end
+    return 0
+  end
+  -- When k <= L hits first fit: within this window where prev * (W - e') <= (L - cur - k) * W,
+  -- else within the next one, where cur has become the previous count.
+  local function fits_at(k)
+    if prev > 0 and cur + k <= L and L - cur - k < prev then
+      local slack = plain((divmod(mul(L - cur - k, W), prev)))
+      return start + math.max(W - slack, e)
+    end
+    local slack = W
+    if cur > 0 and L - k < cur then slack = plain((divmod(mul(L - k, W), cur))) end
+    return start + W + (W - slack)
+  end
+  if n > L then return 0, free(cur), restored(cur) end
+  if n == 0 then
+    if free(cur) >= 1 then return 1, free(cur), restored(cur) end
+    return 0, free(cur), fits_at(1)
+  end
+  if n > free(cur) then return 0, free(cur), fits_at(n) end
+  cur = cur + n
+  local value = num(t) .. ' ' .. num(prev) .. ' ' .. num(cur)
+  redis.call('SET', key, value, 'PX', ttl_ms(restored(cur), now, grace))
+  return 1, free(cur), restored(cur)
+end
+
+-- token_bucket and leaky_bucket: the level, scaled by W, rises by W per hit and drains by L per us;
+-- n hits fit iff level + n * W <= B * W.
+local function meter(key, L, W, B, n, now, grace)
+  local last, level = 0, wide(0)
+  local v = redis.call('GET', key)
+  if v then
+    local a, hi, lo = string.match(v, '^(%d+) (%d+) (%d+)$')
+    if a then last, level = tonumber(a), from_hl(tonumber(hi), tonumber(lo)) end
+    if cmp(add(wide(last), ceil_div(level, L)), wide(now)) <= 0 then
+      redis.call('DEL', key)
+      last, level = 0, wide(0)
+    end
+  end
+  local capacity = mul(B, W)
+  local t = math.max(now, last)
+  level = sat_sub(level, mul(L, t - last))
+  local function empty_at(lv)
+    if is_zero(lv) then return 0 end
+    return add(wide(t), ceil_div(lv, L))
+  end
+  local function fits_at(need) return empty_at(sat_sub(add(level, need), capacity)) end
+  local function free(lv) return plain((divmod(sat_sub(capacity, lv), W))) end
+  if n > B then return 0, free(level), empty_at(level) end
+  if n == 0 then
+    local w = wide(W)
+    if cmp(add(level, w), capacity) <= 0 then return 1, free(level), empty_at(level) end
+    return 0, free(level), fits_at(w)
+  end
+  local need = mul(n, W)
+  if cmp(add(level, need), capacity) > 0 then return 0, free(level), fits_at(need) end
+  level = add(level, need)
+  local at = empty_at(level)
+  local hi, lo = to_hl(level)
+  redis.call('SET', key, num(t) .. ' ' .. num(hi) .. ' ' .. num(lo), 'PX', ttl_ms(at, now, grace))
+  return 1, free(level), at
+end
+
+local function run_of(member)
+  local c, k = string.match(member, '^(%d+):(%d+)$')
+  return tonumber(c), tonumber(k)
+end
+
+-- Keeps cumulative counts small: rewrites every run relative to the hits before the first one.
+local function rebase(key)
+  local all = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+  local c0, k0 = run_of(all[1])
+  local base = c0 - k0
+  redis.call('DEL', key)
+  for i = 1, #all, 2 do
+    local c, k = run_of(all[i])
+    redis.call('ZADD', key, all[i + 1], num(c - base) .. ':' .. num(k))
+  end
+end
+
+local function sliding_log(key, L, W, n, now, grace)
+  local count = redis.call('ZCARD', key)
+  local newest, total, last_member = nil, 0, nil
+  if count > 0 then
+    local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+    last_member, newest = last[1], tonumber(last[2])
+    total = run_of(last_member)
+    if newest + W <= now then
+      redis.call('DEL', key)
+      count, newest, total, last_member = 0, nil, 0, nil
+    end
+  end
+  local t = math.max(now, newest or 0)
+  local first, before = 0, total
+  if count > 0 then
+    first = redis.call('ZCOUNT', key, '-inf', num(t - W))
+    if first < count then
+      local c, k = run_of(redis.call('ZRANGE', key, first, first)[1])
+      before = c - k
+    end
+  end
+  local live = total - before
+  local free = math.max(L - live, 0)
+  local function restored(lv, at)
+    if lv == 0 then return 0 end
+    return at + W
+  end
+  -- When enough of the oldest runs have expired for k <= L hits to fit.
+  local function fits_at(k)
+    local target = before + live - (L - k)
+    local lo, hi = first, count - 1
+    while lo < hi do
+      local mid = floor((lo + hi) / 2)
+      if run_of(redis.call('ZRANGE', key, mid, mid)[1]) < target then
+        lo = mid + 1
+      else
+        hi = mid
+      end
+    end
+    return tonumber(redis.call('ZRANGE', key, lo, lo, 'WITHSCORES')[2]) + W
+  end
+  if n > L then return 0, free, restored(live, newest or 0) end
+  if n == 0 and free > 0 then return 1, free, restored(live, newest or 0) end
+  if n == 0 then return 0, free, fits_at(1) end
+  if n > free then return 0, free, fits_at(n) end
+  if count > 0 and first >= count then
+    redis.call('DEL', key)
+    total, last_member = 0, nil
+  elseif first > 0 then
+    redis.call('ZREMRANGEBYRANK', key, 0, first - 1)
+  end
+  total = total + n
+  if last_member and newest == t then
+    local _, k = run_of(last_member)
+    redis.call('ZREM', key, last_member)
+    redis.call('ZADD', key, num(t), num(total) .. ':' .. num(k + n))
+  else
+    redis.call('ZADD', key, num(t), num(total) .. ':' .. num(n))
+  end
+  if total > REBASE_AT then rebase(key) end
+  redis.call('PEXPIRE', key, ttl_ms(t + W, now, grace))
+  return 1, free - n, t + W
+end
+
+local clock
+local function now_of(arg)
+  if arg ~= '' then return tonumber(arg), GRACE_MS end
+  if not clock then
+    local time = redis.call('TIME')
+    clock = tonumber(time[1]) * 1000000 + tonumber(time[2])
+  end
+  return clock, 0
+end
+
+local out = {}
+for i = 1, #KEYS do
+  local j = (i - 1) * 6
+  local algorithm = tonumber(ARGV[j + 1])
+  local L, W, B, n = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4]), tonumber(ARGV[j + 5])
+  local now, grace = now_of(ARGV[j + 6])
+  local key = KEYS[i]
+  local allowed, remaining, at
+  if algorithm == 1 then
+    allowed, remaining, at = sliding_window(key, L, W, n, now, grace)
+  elseif algorithm == 2 then
+    allowed, remaining, at = fixed_window(key, L, W, n, now, grace)
+  elseif algorithm == 3 then
+    allowed, remaining, at = sliding_log(key, L, W, n, now, grace)
+  elseif algorithm == 4 or algorithm == 5 then
+    allowed, remaining, at = meter(key, L, W, B, n, now, grace)
+  else
+    return redis.error_reply('tollgate: unknown algorithm ' .. tostring(ARGV[j + 1]))
+  end
+  local hi, lo = split64(sat_sub(as_wide(at), wide(now)))
+  out[#out + 1] = allowed
+  out[#out + 1] = remaining
+  out[#out + 1] = hi
+  out[#out + 1] = lo
+end
+return out

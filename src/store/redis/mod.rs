@@ -1,0 +1,535 @@
+//! The Redis store: counters shared by a fleet, in standalone Redis, Sentinel or Cluster.
+//!
+//! Every decision runs server-side in one Lua script, [`decide.lua`](SCRIPT), which holds the same
+//! math as [`crate::algorithm`] in microseconds (its header documents the state layout and how it
+//! stays exact in Lua's doubles). The script reads the time from Redis' own `TIME`, so instances with
+//! skewed clocks agree; a window that is not a whole number of microseconds is rounded up to one, and
+//! `reset_after` comes back rounded up to the microsecond.
+//!
+//! In a Cluster, a request's hits are grouped by slot (the hash tag of
+//! [`CounterKey::redis_key`](crate::keys::CounterKey::redis_key)); each slot's counters are decided
+//! atomically by one `EVALSHA`, and all slots concurrently, so a
+//! request costs one round trip whatever its descriptors. A single server (or Sentinel's master)
+//! takes all of a request's counters in one `EVALSHA`. `EVALSHA` is sent as a pipelined custom command
+//! (fred sends its own `evalsha` unpipelined); a `NOSCRIPT` reply (after a restart, a failover or a
+//! `SCRIPT FLUSH`) is answered by one `EVAL` of the script body, which also caches it again.
+//!
+//! Connections: a pool of fred clients, each pipelining and following `MOVED`/`ASK`, reconnecting by
+//! itself with exponential backoff (100 ms to 5 s) and logging each change of its connection state.
+//! Commands fail fast while a client is disconnected and never take longer than the configured
+//! timeout, so a caller gets an error instead of a queue; the fallback policy is the caller's. An
+//! in-flight decision is not retried on a new connection, since the script may already have run.
+//! Redis being down at start is not an error: the store answers errors until it is up.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::prelude::{
+    Builder, ClientLike, Config, EventInterface, LuaInterface, Options, Pool, ReconnectPolicy,
+    TcpConfig, Value,
+};
+use fred::types::config::UnresponsiveConfig;
+use fred::types::{ClusterHash, CustomCommand};
+
+use super::{Hit, Store, StoreError};
+use crate::algorithm::{Algorithm, Decision};
+use crate::clock::Clock;
+
+/// The decision script; see its header for KEYS, ARGV, the reply and the state of each algorithm.
+pub const SCRIPT: &str = include_str!("decide.lua");
+
+/// The URL schemes fred understands (without the Unix socket forms, which are not built in).
+const SCHEMES: [&str; 12] = [
+    "redis",
+    "rediss",
+    "redis-cluster",
+    "rediss-cluster",
+    "redis-sentinel",
+    "rediss-sentinel",
+    "valkey",
+    "valkeys",
+    "valkey-cluster",
+    "valkeys-cluster",
+    "valkey-sentinel",
+    "valkeys-sentinel",
+];
+
+/// How long `connect` waits for a first connection before it returns a store that is still
+/// connecting.
+const STARTUP_WAIT: Duration = Duration::from_secs(2);
+/// TCP connect (and TLS handshake) timeout, and the timeout of fred's own AUTH/SELECT/CLUSTER calls.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A connection with a command unanswered this long is closed and reconnected (a frozen server).
+const UNRESPONSIVE_AFTER: Duration = Duration::from_secs(2);
+const RECONNECT_MIN_MS: u32 = 100;
+const RECONNECT_MAX_MS: u32 = 5_000;
+/// Values per counter in the script's ARGV and in its reply.
+const ARGS_PER_COUNTER: usize = 6;
+const REPLY_PER_COUNTER: usize = 4;
+
+/// How to reach Redis.
+#[derive(Clone)]
+pub struct RedisOptions {
+    /// `redis://[user:pass@]host:port[/db]`, `rediss://…` (TLS), `redis-cluster://h1:p1,h2:p2`,
+    /// `redis-sentinel://h1:p1,h2:p2[/db]?sentinelServiceName=NAME`, or any other form of fred's
+    /// `Config::from_url` (extra hosts may also be given as `?node=h:p`).
+    pub url: String,
+    /// Connections (each one pipelines many requests).
+    pub pool_size: usize,
+    /// The longest any command may take.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("url", &redact(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Counters in Redis. See the module docs.
+pub struct RedisStore {
+    pool: Pool,
+    /// A Cluster needs one script call per slot; a single server takes all counters in one.
+    clustered: bool,
+    sha: String,
+    timeout: Duration,
+    clock: Option<Arc<dyn Clock>>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("pool_size", &self.pool.size())
+            .field("timeout", &self.timeout)
+            .field("clock_override", &self.clock.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Parses the URL (a bad one is an error), starts the pool and waits briefly for a first
+    /// connection. If Redis is not reachable yet, the store is returned anyway and reconnects in
+    /// the background; its decisions fail until then.
+    pub async fn connect(options: RedisOptions) -> Result<RedisStore, StoreError> {
+        let invalid = |why: &str| {
+            StoreError::Config(format!(
+                "invalid Redis URL `{}`: {why}",
+                redact(&options.url)
+            ))
+        };
+        let scheme = options.url.split_once("://").map_or("", |(s, _)| s);
+        if !SCHEMES.contains(&scheme) {
+            return Err(invalid(&format!(
+                "the scheme must be one of {}",
+                SCHEMES.join(", ")
+            )));
+        }
+        let mut config =
+            Config::from_url(&normalize_url(&options.url)).map_err(|e| invalid(e.details()))?;
+        // Retry the first connection like any later one instead of failing `connect`.
+        config.fail_fast = false;
+        let clustered = config.server.is_clustered();
+        let timeout = options.timeout;
+        let pool = Builder::from_config(config)
+            .with_connection_config(|c| {
+                c.connection_timeout = CONNECT_TIMEOUT;
+                c.internal_command_timeout = CONNECT_TIMEOUT;
+                c.max_command_attempts = 1;
+                c.tcp = TcpConfig {
+                    nodelay: Some(true),
+                    ..TcpConfig::default()
+                };
+                c.unresponsive = UnresponsiveConfig {
+                    max_timeout: Some(UNRESPONSIVE_AFTER),
+                    interval: Duration::from_millis(500),
+                };
+            })
+            .with_performance_config(|p| p.default_command_timeout = timeout)
+            .set_policy(ReconnectPolicy::new_exponential(
+                0,
+                RECONNECT_MIN_MS,
+                RECONNECT_MAX_MS,
+                2,
+            ))
+            .build_pool(options.pool_size.max(1))
+            .map_err(|e| StoreError::Config(format!("Redis client: {}", e.details())))?;
+        for (i, client) in pool.clients().iter().enumerate() {
+            log_state_changes(client, i);
+        }
+        drop(pool.connect_pool());
+
+        let store = RedisStore {
+            sha: fred::util::sha1_hash(SCRIPT),
+            pool,
+            clustered,
+            timeout,
+            clock: None,
+        };
+        match tokio::time::timeout(STARTUP_WAIT, store.pool.wait_for_connect()).await {
+            Ok(Ok(())) => {
+                let client = store.pool.next();
+                let loaded = if clustered {
+                    client.script_load_cluster::<String, _>(SCRIPT).await
+                } else {
+                    client.script_load::<String, _>(SCRIPT).await
+                };
+                if let Err(e) = loaded {
+                    tracing::warn!(error = %e, "could not preload the Redis script; it loads on first use");
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Redis is not reachable yet; decisions fail until it is")
+            }
+            Err(_) => tracing::warn!(
+                wait = ?STARTUP_WAIT,
+                "Redis is not reachable yet; decisions fail until it is"
+            ),
+        }
+        Ok(store)
+    }
+
+    /// Decides with `clock`'s time instead of Redis' `TIME`. For conformance tests only: a fleet
+    /// must share Redis' clock, and production never calls this. Keys written under an overridden
+    /// time keep a minute of grace on their TTL, since the test's clock does not run with Redis'.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    async fn run_group(&self, group: Group) -> Result<Vec<i64>, StoreError> {
+        let options = Options {
+            timeout: Some(self.timeout),
+            fail_fast: true,
+            max_attempts: Some(1),
+            ..Options::default()
+        };
+        let client = self.pool.next_connected().with_options(&options);
+        let n = group.keys.len();
+        let command = |name: &'static str| {
+            CustomCommand::new_static(name, ClusterHash::Custom(group.slot), false)
+        };
+        let mut args: Vec<Value> = Vec::with_capacity(2 + n + group.argv.len());
+        args.push(Value::from(self.sha.as_str()));
+        args.push(Value::Integer(n as i64));
+        args.extend(group.keys.iter().map(|k| Value::Bytes(k.clone().into())));
+        args.extend(group.argv.iter().cloned());
+        let reply = match client
+            .custom::<Value, Value>(command("EVALSHA"), args.clone())
+            .await
+        {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                tracing::debug!(
+                    "Redis lost the script (restart, failover or SCRIPT FLUSH); sending it again"
+                );
+                args[0] = Value::from(SCRIPT);
+                client.custom::<Value, Value>(command("EVAL"), args).await
+            }
+            other => other,
+        }
+        .map_err(|e| store_error(&e, self.timeout))?;
+        let values: Vec<i64> = reply
+            .convert()
+            .map_err(|e| StoreError::Protocol(format!("unexpected script reply: {e}")))?;
+        if values.len() != n * REPLY_PER_COUNTER {
+            return Err(StoreError::Protocol(format!(
+                "the script answered {} values for {n} counters",
+                values.len()
+            )));
+        }
+        Ok(values)
+    }
+
+    async fn decide_all(&self, hits: &[Hit<'_>]) -> Result<Vec<Decision>, StoreError> {
+        let now_us = self.clock.as_ref().map(|c| c.now() / 1_000);
+        let mut groups: Vec<Group> = Vec::new();
+        for (i, hit) in hits.iter().enumerate() {
+            let key = hit.key.redis_key();
+            let slot = if self.clustered {
+                fred::util::redis_keyslot(&key)
+            } else {
+                0
+            };
+            let group = match groups.iter().position(|g| g.slot == slot) {
+                Some(g) => &mut groups[g],
+                None => {
+                    groups.push(Group {
+                        slot,
+                        ..Group::default()
+                    });
+                    let last = groups.len() - 1;
+                    &mut groups[last]
+                }
+            };
+            group.index.push(i);
+            group.keys.push(key);
+            let q = hit.quota;
+            let code: i64 = match q.algorithm() {
+                Algorithm::SlidingWindow => 1,
+                Algorithm::FixedWindow => 2,
+                Algorithm::SlidingLog => 3,
+                Algorithm::TokenBucket => 4,
+                Algorithm::LeakyBucket => 5,
+            };
+            // More than the capacity never fits: capacity + 1 decides the same and stays small.
+            let sent = hit.hits.min(q.burst() + 1);
+            group.argv.extend([
+                Value::Integer(code),
+                Value::Integer(int(q.limit())),
+                Value::Integer(int(q.window_ns().div_ceil(1_000))),
+                Value::Integer(int(q.burst())),
+                Value::Integer(int(sent)),
+                match now_us {
+                    Some(t) => Value::Integer(int(t)),
+                    None => Value::from(""),
+                },
+            ]);
+        }
+        debug_assert!(
+            groups
+                .iter()
+                .all(|g| g.argv.len() == g.keys.len() * ARGS_PER_COUNTER)
+        );
+
+        let mut replies: Vec<(Vec<usize>, Vec<i64>)> = Vec::with_capacity(groups.len());
+        if groups.len() == 1 {
+            let group = groups.remove(0);
+            let index = group.index.clone();
+            replies.push((index, self.run_group(group).await?));
+        } else {
+            let futures = groups.into_iter().map(|group| {
+                let index = group.index.clone();
+                async move { self.run_group(group).await.map(|r| (index, r)) }
+            });
+            for reply in join_all(futures).await {
+                replies.push(reply?);
+            }
+        }
+
+        let mut decisions: Vec<Option<Decision>> = vec![None; hits.len()];
+        for (index, values) in replies {
+            for (&i, v) in index.iter().zip(values.chunks_exact(REPLY_PER_COUNTER)) {
+                let hit = &hits[i];
+                let capacity = hit.quota.burst();
+                let reset_us =
+                    (u64::try_from(v[2]).unwrap_or(0) << 32) | u64::try_from(v[3]).unwrap_or(0);
+                decisions[i] = Some(Decision {
+                    allowed: v[0] == 1,
+                    limit: capacity,
+                    remaining: u64::try_from(v[1]).unwrap_or(0),
+                    reset_after: Duration::from_nanos(reset_us.saturating_mul(1_000)),
+                    exceeds_capacity: hit.hits > capacity,
+                });
+            }
+        }
+        decisions
+            .into_iter()
+            .map(|d| d.ok_or_else(|| StoreError::Protocol("a counter got no decision".into())))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn decide(&self, hits: &[Hit<'_>]) -> Result<Vec<Decision>, StoreError> {
+        if hits.is_empty() {
+            return Ok(Vec::new());
+        }
+        // fred applies the timeout per command; this bounds the whole request as a safety net.
+        tokio::time::timeout(self.timeout, self.decide_all(hits))
+            .await
+            .map_err(|_| StoreError::Timeout(self.timeout))?
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let pool = self.pool.clone();
+            runtime.spawn(async move {
+                let _ = pool.quit().await;
+            });
+        }
+    }
+}
+
+/// The counters of one cluster slot, for one `EVALSHA`.
+#[derive(Default)]
+struct Group {
+    slot: u16,
+    /// Positions of these counters in the request.
+    index: Vec<usize>,
+    keys: Vec<Vec<u8>>,
+    argv: Vec<Value>,
+}
+
+/// Runs every future concurrently on this task and returns their outputs in order.
+async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut done: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (slot, out) in pending.iter_mut().zip(done.iter_mut()) {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *out = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => all = false,
+                }
+            }
+        }
+        if all {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    done.into_iter().flatten().collect()
+}
+
+/// Quota values are at most `u32::MAX` (and times below 2^63 µs), so they fit an `i64`.
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn store_error(e: &fred::error::Error, timeout: Duration) -> StoreError {
+    use fred::error::ErrorKind;
+    let busy = [
+        "CLUSTERDOWN",
+        "LOADING",
+        "READONLY",
+        "TRYAGAIN",
+        "MASTERDOWN",
+        "BUSY",
+    ];
+    match e.kind() {
+        ErrorKind::Timeout => StoreError::Timeout(timeout),
+        ErrorKind::IO
+        | ErrorKind::Canceled
+        | ErrorKind::Cluster
+        | ErrorKind::Routing
+        | ErrorKind::Backpressure
+        | ErrorKind::Sentinel
+        | ErrorKind::Tls
+        | ErrorKind::Auth => StoreError::Unavailable(e.to_string()),
+        _ if busy.iter().any(|p| e.details().starts_with(p)) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Protocol(e.to_string()),
+    }
+}
+
+/// Logs when a pooled connection is lost (once, not at every retry) and when it is back.
+fn log_state_changes(client: &fred::prelude::Client, index: usize) {
+    let up = Arc::new(AtomicBool::new(false));
+    let on_error = up.clone();
+    client.on_error(move |(error, server)| {
+        let was_up = on_error.swap(false, Ordering::Relaxed);
+        let server = server.map(|s| s.to_string()).unwrap_or_default();
+        if was_up {
+            tracing::warn!(connection = index, %server, %error, "Redis connection lost; reconnecting");
+        } else {
+            tracing::debug!(connection = index, %server, %error, "Redis still unreachable");
+        }
+        async { Ok(()) }
+    });
+    client.on_reconnect(move |server| {
+        if !up.swap(true, Ordering::Relaxed) {
+            tracing::info!(connection = index, %server, "Redis connected");
+        }
+        async { Ok(()) }
+    });
+    client.on_unresponsive(move |server| {
+        tracing::warn!(connection = index, %server, "Redis connection unresponsive; reconnecting");
+        async { Ok(()) }
+    });
+}
+
+/// Rewrites the product's `scheme://h1:p1,h2:p2/…` into fred's `scheme://h1:p1/…?node=h2:p2`.
+fn normalize_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((user, hosts)) => (format!("{user}@"), hosts),
+        None => (String::new(), authority),
+    };
+    if !hosts.contains(',') {
+        return url.to_owned();
+    }
+    let mut hosts = hosts.split(',').filter(|h| !h.is_empty());
+    let first = hosts.next().unwrap_or_default();
+    let (path, query) = tail.split_once('?').unwrap_or((tail, ""));
+    let mut params: Vec<String> = Vec::new();
+    if !query.is_empty() {
+        params.push(query.to_owned());
+    }
+    params.extend(hosts.map(|h| format!("node={h}")));
+    format!("{scheme}://{userinfo}{first}{path}?{}", params.join("&"))
+}
+
+/// The URL with any password replaced by `***`, for logs and errors.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..end].rsplit_once('@') {
+        Some((user, hosts)) => {
+            let user = user.split_once(':').map_or(user, |(u, _)| u);
+            format!("{scheme}://{user}:***@{hosts}{}", &rest[end..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comma_separated_hosts_become_fred_nodes() {
+        assert_eq!(
+            normalize_url("redis-cluster://a:1,b:2,c:3"),
+            "redis-cluster://a:1?node=b:2&node=c:3"
+        );
+        assert_eq!(
+            normalize_url("redis-sentinel://u:p@a:1,b:2/3?sentinelServiceName=m"),
+            "redis-sentinel://u:p@a:1/3?sentinelServiceName=m&node=b:2"
+        );
+        assert_eq!(normalize_url("redis://a:1/2"), "redis://a:1/2");
+        for url in [
+            "redis-cluster://a:1?node=b:2&node=c:3",
+            "redis-sentinel://u:p@a:1/3?sentinelServiceName=m&node=b:2",
+            "rediss://u:p@h:6380/1",
+        ] {
+            assert!(Config::from_url(url).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(redact("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact("redis://:secret@h:1"), "redis://:***@h:1");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+        let options = RedisOptions {
+            url: "rediss://u:secret@h:1".into(),
+            pool_size: 1,
+            timeout: Duration::from_millis(1),
+        };
+        assert!(!format!("{options:?}").contains("secret"));
+    }
+}

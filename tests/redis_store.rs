@@ -1,0 +1,596 @@
+//! The Redis store against real servers with Redis' own `TIME` (no clock override): limits hold,
+//! keys expire, keys spread over the Cluster's slots and cannot be steered by client values, a
+//! flushed script reloads by itself, a request costs one `EVALSHA` per slot, the URL forms work, and
+//! the memory each algorithm keeps per active key (printed; run with `--no-capture` to read it).
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use tollgate::algorithm::{Algorithm, Quota};
+use tollgate::keys::CounterKey;
+use tollgate::store::redis::{RedisOptions, RedisStore};
+use tollgate::store::{Hit, Store, StoreError};
+
+use common::{RedisCluster, RedisServer, wait_until_async};
+use fred::prelude::Value;
+
+async fn connect(url: String) -> RedisStore {
+    try_connect(url).await.unwrap()
+}
+
+async fn try_connect(url: String) -> Result<RedisStore, StoreError> {
+    RedisStore::connect(RedisOptions {
+        url,
+        pool_size: 2,
+        timeout: Duration::from_secs(2),
+    })
+    .await
+}
+
+/// A plain fred client for inspecting binary key names, which redis-cli arguments cannot carry.
+async fn raw_client(url: &str) -> fred::prelude::Client {
+    use fred::prelude::{Builder, ClientLike, Config};
+    let client = Builder::from_config(Config::from_url(url).unwrap())
+        .build()
+        .unwrap();
+    client.init().await.unwrap();
+    client
+}
+
+/// `command args…` on a single server, binary-safe.
+async fn raw(client: &fred::prelude::Client, command: &'static str, args: Vec<Value>) -> Value {
+    use fred::prelude::ClientLike;
+    use fred::types::{ClusterHash, CustomCommand};
+    let command = CustomCommand::new_static(command, ClusterHash::FirstKey, false);
+    client.custom(command, args).await.unwrap()
+}
+
+async fn raw_keys(client: &fred::prelude::Client) -> Vec<Vec<u8>> {
+    let keys = raw(client, "KEYS", vec![Value::from("*")]).await;
+    keys.into_array()
+        .into_iter()
+        .map(|k| k.as_bytes().unwrap().to_vec())
+        .collect()
+}
+
+async fn raw_int(client: &fred::prelude::Client, command: &'static str, key: &[u8]) -> i64 {
+    let mut args = vec![Value::Bytes(key.to_vec().into())];
+    if command == "MEMORY" {
+        args = vec![
+            Value::from("USAGE"),
+            args.remove(0),
+            Value::from("SAMPLES"),
+            Value::from(0),
+        ];
+    }
+    raw(client, command, args).await.as_i64().unwrap()
+}
+
+fn quota(algorithm: Algorithm, limit: u64, window: Duration) -> Quota {
+    Quota::new(algorithm, limit, window, None).unwrap()
+}
+
+async fn allowed(store: &RedisStore, key: &CounterKey, quota: &Quota, hits: u64) -> bool {
+    let hit = Hit { key, quota, hits };
+    store.decide(&[hit]).await.unwrap()[0].allowed
+}
+
+/// Sum of a `cmdstat_<command>:calls=N` line of `INFO commandstats`.
+fn calls(info: &str, command: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn limits_hold_with_redis_time() {
+    let server = RedisServer::start();
+    let store = connect(server.url()).await;
+    assert_eq!(store.kind(), "redis");
+    for algorithm in Algorithm::ALL {
+        let q = quota(algorithm, 5, Duration::from_secs(60));
+        let key = CounterKey::new("limits", &q, [("user", "alice")]);
+        for i in 0..5 {
+            assert!(allowed(&store, &key, &q, 1).await, "{algorithm} hit {i}");
+        }
+        let hit = Hit {
+            key: &key,
+            quota: &q,
+            hits: 1,
+        };
+        let d = store.decide(&[hit]).await.unwrap()[0];
+        assert!(!d.allowed, "{algorithm}: a sixth hit passed");
+        assert_eq!((d.limit, d.remaining), (5, 0));
+        assert!(d.reset_after > Duration::ZERO && d.reset_after <= Duration::from_secs(120));
+        // Another user has its own counter.
+        let other = CounterKey::new("limits", &q, [("user", "bob")]);
+        assert!(allowed(&store, &other, &q, 5).await, "{algorithm}");
+    }
+}
+
+#[tokio::test]
+async fn every_key_has_a_ttl_and_vanishes_after_its_window() {
+    let server = RedisServer::start();
+    let store = connect(server.url()).await;
+    let window = Duration::from_millis(300);
+    for algorithm in Algorithm::ALL {
+        let q = quota(algorithm, 3, window);
+        let key = CounterKey::new("ttl", &q, [("user", "alice")]);
+        assert!(allowed(&store, &key, &q, 2).await);
+        assert!(allowed(&store, &key, &q, 1).await);
+        // A denial and a probe write nothing new.
+        assert!(!allowed(&store, &key, &q, 1).await);
+        assert!(!allowed(&store, &key, &q, 0).await);
+        // A denied first hit leaves nothing behind.
+        let never = CounterKey::new("ttl", &q, [("user", "greedy")]);
+        assert!(!allowed(&store, &never, &q, 4).await);
+    }
+    let raw = raw_client(&server.url()).await;
+    let keys = raw_keys(&raw).await;
+    assert_eq!(keys.len(), Algorithm::ALL.len(), "{keys:?}");
+    for key in &keys {
+        let ttl = raw_int(&raw, "PTTL", key).await;
+        // At most two windows (sliding_window's previous window still weighs in the next one).
+        assert!(ttl > 0 && ttl <= 600, "{key:?}: PTTL {ttl}");
+    }
+    let gone = wait_until_async(Duration::from_secs(5), || async {
+        raw_keys(&raw).await.is_empty()
+    })
+    .await;
+    assert!(gone, "keys left behind: {:?}", raw_keys(&raw).await);
+}
+
+#[test]
+fn names_spread_evenly_over_the_slots() {
+    let q = quota(Algorithm::FixedWindow, 1, Duration::from_secs(1));
+    let mut per_slot = vec![0u32; 16_384];
+    let n = 16_384 * 20;
+    for i in 0..n {
+        let user = i.to_string();
+        let key = CounterKey::new("spread", &q, [("user", user.as_str())]);
+        per_slot[usize::from(fred::util::redis_keyslot(&key.redis_key()))] += 1;
+    }
+    // 20 expected per slot: a Poisson(20) over 16384 slots stays within 0..=50 with overwhelming odds.
+    let (min, max) = (
+        per_slot.iter().min().unwrap(),
+        per_slot.iter().max().unwrap(),
+    );
+    assert!(*min >= 1 && *max <= 50, "slot counts from {min} to {max}");
+}
+
+#[tokio::test]
+async fn keys_spread_over_the_cluster_masters() {
+    let cluster = RedisCluster::start();
+    let store = connect(cluster.cluster_url()).await;
+    let q = quota(Algorithm::FixedWindow, 1, Duration::from_secs(60));
+    let users: Vec<String> = (0..3_000).map(|i| format!("user{i}")).collect();
+    for chunk in users.chunks(100) {
+        let keys: Vec<CounterKey> = chunk
+            .iter()
+            .map(|u| CounterKey::new("spread", &q, [("user", u.as_str())]))
+            .collect();
+        let hits: Vec<Hit> = keys
+            .iter()
+            .map(|key| Hit {
+                key,
+                quota: &q,
+                hits: 1,
+            })
+            .collect();
+        let decisions = store.decide(&hits).await.unwrap();
+        assert!(decisions.iter().all(|d| d.allowed));
+    }
+    let masters = cluster.masters();
+    let sizes: Vec<u64> = masters
+        .iter()
+        .map(|&i| cluster.cli(i, &["DBSIZE"]).parse().unwrap())
+        .collect();
+    assert_eq!(sizes.iter().sum::<u64>(), 3_000, "{sizes:?}");
+    // About a third each (the slot ranges are 5461/5462/5461 wide): within ±15 %.
+    assert!(
+        sizes.iter().all(|&s| (850..=1150).contains(&s)),
+        "{sizes:?}"
+    );
+}
+
+#[tokio::test]
+async fn client_values_neither_collide_nor_pick_the_slot() {
+    let cluster = RedisCluster::start();
+    let store = connect(cluster.cluster_url()).await;
+    let q = quota(Algorithm::SlidingWindow, 1, Duration::from_secs(60));
+    let tricky: Vec<Vec<(&str, &str)>> = vec![
+        vec![("user", "{a}")],
+        vec![("user", "{a}b")],
+        vec![("user", "}")],
+        vec![("user", "{")],
+        vec![("user", "")],
+        vec![("", "")],
+        vec![("user", "a"), ("path", "b")],
+        vec![("user", "a_path"), ("", "b")],
+        vec![("user", "a:b"), ("c", "")],
+        vec![("user", "a"), ("b:c", "")],
+        vec![("{user}", "x")],
+        vec![("user", "{tg:}")],
+    ];
+    let keys: Vec<CounterKey> = tricky
+        .iter()
+        .map(|parts| CounterKey::new("tricky", &q, parts.iter().copied()))
+        .collect();
+    let names: HashSet<Vec<u8>> = keys.iter().map(CounterKey::redis_key).collect();
+    assert_eq!(names.len(), keys.len(), "two descriptors share a name");
+    for key in &keys {
+        let name = key.redis_key();
+        // The slot is the hash tag's, whatever the value: the first `{…}` is tollgate's.
+        let tag = &name[4..20];
+        assert_eq!(name[3], b'{');
+        assert_eq!(name[20], b'}');
+        assert_eq!(
+            fred::util::redis_keyslot(&name),
+            fred::util::redis_keyslot(tag)
+        );
+    }
+    // Each counter is its own: one hit each is admitted, a second is not.
+    for key in &keys {
+        assert!(allowed(&store, key, &q, 1).await, "{key:?}");
+    }
+    for key in &keys {
+        assert!(!allowed(&store, key, &q, 1).await, "{key:?}");
+    }
+    // Values that all start with the same `{tag}` still land on many different slots.
+    let slots: HashSet<u16> = (0..64)
+        .map(|i| {
+            let v = format!("{{same}}{i}");
+            let key = CounterKey::new("tricky", &q, [("user", v.as_str())]);
+            fred::util::redis_keyslot(&key.redis_key())
+        })
+        .collect();
+    assert!(slots.len() > 50, "{} slots", slots.len());
+}
+
+#[tokio::test]
+async fn a_flushed_script_reloads_transparently() {
+    let server = RedisServer::start();
+    let store = connect(server.url()).await;
+    let q = quota(Algorithm::TokenBucket, 3, Duration::from_secs(60));
+    let key = CounterKey::new("noscript", &q, [("user", "a")]);
+    assert!(allowed(&store, &key, &q, 1).await);
+    server.cli(&["SCRIPT", "FLUSH"]);
+    assert!(allowed(&store, &key, &q, 1).await);
+    assert!(allowed(&store, &key, &q, 1).await);
+    assert!(!allowed(&store, &key, &q, 1).await);
+    let info = server.cli(&["INFO", "commandstats"]);
+    assert!(calls(&info, "eval") >= 1, "{info}");
+
+    let cluster = RedisCluster::start();
+    let store = connect(cluster.cluster_url()).await;
+    assert!(allowed(&store, &key, &q, 1).await);
+    for i in cluster.masters() {
+        cluster.cli(i, &["SCRIPT", "FLUSH"]);
+    }
+    assert!(allowed(&store, &key, &q, 2).await);
+    assert!(!allowed(&store, &key, &q, 1).await);
+}
+
+#[tokio::test]
+async fn one_evalsha_per_slot() {
+    let cluster = RedisCluster::start();
+    let store = connect(cluster.cluster_url()).await;
+    let q = quota(Algorithm::FixedWindow, 10, Duration::from_secs(60));
+    let mut keys: Vec<CounterKey> = (0..12)
+        .map(|i| CounterKey::new("batch", &q, [("user", i.to_string().as_str())]))
+        .collect();
+    // The same counter twice in one request shares its slot's call (and counts twice).
+    keys.push(keys[0].clone());
+    let slots: HashSet<u16> = keys
+        .iter()
+        .map(|k| fred::util::redis_keyslot(&k.redis_key()))
+        .collect();
+    let hits: Vec<Hit> = keys
+        .iter()
+        .map(|key| Hit {
+            key,
+            quota: &q,
+            hits: 1,
+        })
+        .collect();
+    // Warm up (the script is loaded at connect; a first call must not count a NOSCRIPT retry).
+    store.decide(&hits[..1]).await.unwrap();
+    let masters = cluster.masters();
+    for &i in &masters {
+        cluster.cli(i, &["CONFIG", "RESETSTAT"]);
+    }
+    let decisions = store.decide(&hits).await.unwrap();
+    assert_eq!(decisions.len(), keys.len());
+    assert_eq!(decisions[0].remaining, 8);
+    assert_eq!(decisions[12].remaining, 7);
+    assert!(decisions[1..12].iter().all(|d| d.remaining == 9));
+    let (mut evalsha, mut eval) = (0, 0);
+    for &i in &masters {
+        let info = cluster.cli(i, &["INFO", "commandstats"]);
+        evalsha += calls(&info, "evalsha");
+        eval += calls(&info, "eval");
+    }
+    assert_eq!((evalsha, eval), (slots.len() as u64, 0));
+
+    // A single server takes the whole request in one call.
+    let server = RedisServer::start();
+    let store = connect(server.url()).await;
+    store.decide(&hits[..1]).await.unwrap();
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    store.decide(&hits).await.unwrap();
+    let info = server.cli(&["INFO", "commandstats"]);
+    assert_eq!(calls(&info, "evalsha"), 1, "{info}");
+}
+
+#[tokio::test]
+async fn url_forms() {
+    // AUTH with a password (set after start, so that the harness could PING), and a database number.
+    let server = RedisServer::start();
+    server.cli(&["CONFIG", "SET", "requirepass", "s3cret"]);
+    let url = format!("redis://:s3cret@{}/2", server.addr());
+    let store = connect(url).await;
+    let q = quota(Algorithm::FixedWindow, 1, Duration::from_secs(60));
+    let key = CounterKey::new("url", &q, [("user", "a")]);
+    assert!(allowed(&store, &key, &q, 1).await);
+    let keys = server.cli(&["-a", "s3cret", "--no-auth-warning", "-n", "2", "DBSIZE"]);
+    assert_eq!(keys, "1");
+
+    // A wrong password connects nowhere: decisions fail, quickly, and say why.
+    let wrong = try_connect(format!("redis://:nope@{}", server.addr()))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let hit = Hit {
+        key: &key,
+        quota: &q,
+        hits: 1,
+    };
+    assert!(wrong.decide(&[hit]).await.is_err());
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // The product's cluster form lists nodes with commas.
+    let cluster = RedisCluster::start();
+    let store = connect(cluster.cluster_url()).await;
+    assert!(allowed(&store, &key, &q, 1).await);
+    assert!(!allowed(&store, &key, &q, 1).await);
+
+    for bad in [
+        "http://127.0.0.1:6379",
+        "redis://127.0.0.1:notaport",
+        "redis-sentinel://127.0.0.1:26379/0",
+        "not a url",
+    ] {
+        match try_connect(bad.to_string()).await {
+            Err(StoreError::Config(message)) => {
+                assert!(message.contains("invalid Redis URL"), "{bad}: {message}")
+            }
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+    match try_connect("redis://:hunter2@127.0.0.1:notaport".into()).await {
+        Err(e) => assert!(!e.to_string().contains("hunter2"), "{e}"),
+        Ok(_) => panic!("a bad port was accepted"),
+    }
+}
+
+#[tokio::test]
+async fn redis_down_at_start_fails_fast_then_recovers() {
+    let mut server = RedisServer::start();
+    server.kill();
+    let store = connect(server.url()).await;
+    let q = quota(Algorithm::FixedWindow, 5, Duration::from_secs(60));
+    let key = CounterKey::new("down", &q, [("user", "a")]);
+    let hit = Hit {
+        key: &key,
+        quota: &q,
+        hits: 1,
+    };
+    let started = Instant::now();
+    assert!(store.decide(&[hit]).await.is_err());
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if store.decide(&[hit]).await.is_ok_and(|d| d[0].allowed) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery after Redis came up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And when it dies again, errors come back instead of a queue.
+    server.kill();
+    let started = Instant::now();
+    let mut failed = false;
+    while started.elapsed() < Duration::from_secs(5) {
+        if store.decide(&[hit]).await.is_err() {
+            failed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(failed, "decisions kept succeeding with Redis dead");
+}
+
+#[tokio::test]
+async fn memory_per_active_key() {
+    let server = RedisServer::start();
+    let store = connect(server.url()).await;
+    let raw = raw_client(&server.url()).await;
+    let mut figures = BTreeMap::new();
+    for algorithm in Algorithm::ALL {
+        let q = quota(algorithm, 1_000, Duration::from_secs(3_600));
+        let key = CounterKey::new("api", &q, [("user_id", "user-123456")]);
+        assert!(allowed(&store, &key, &q, 1).await);
+        let name = key.redis_key();
+        let bytes = raw_int(&raw, "MEMORY", &name).await;
+        figures.insert(algorithm.as_str().to_string(), bytes);
+        if algorithm == Algorithm::SlidingLog {
+            // One run per admission at a distinct time: a busy log.
+            for _ in 0..99 {
+                assert!(allowed(&store, &key, &q, 1).await);
+                tokio::time::sleep(Duration::from_micros(50)).await;
+            }
+            let runs = raw_int(&raw, "ZCARD", &name).await;
+            let bytes = raw_int(&raw, "MEMORY", &name).await;
+            figures.insert(format!("sliding_log ({runs} runs)"), bytes);
+        }
+    }
+    println!(
+        "Redis memory per active key (MEMORY USAGE, key name {} bytes):",
+        {
+            let q = quota(Algorithm::FixedWindow, 1_000, Duration::from_secs(3_600));
+            CounterKey::new("api", &q, [("user_id", "user-123456")])
+                .redis_key()
+                .len()
+        }
+    );
+    for (what, bytes) in &figures {
+        println!("  {what:<24} {bytes} bytes");
+    }
+    assert!(
+        figures.values().all(|&b| b > 0 && b < 16_384),
+        "{figures:?}"
+    );
+}
+
+const FLEET_RULES: &str = "\
+domain: api
+descriptors:
+  - key: user_id
+    rate_limit:
+      unit: minute
+      requests_per_unit: 4
+";
+
+#[tokio::test]
+async fn serve_with_redis_shares_limits_across_a_fleet() {
+    use common::Tollgate;
+    use common::grpc::{self, Code};
+    let server = RedisServer::start();
+    let url = server.url();
+    let flags = ["--store", "redis", "--redis-url", url.as_str()];
+    let (_a_dir, a) = Tollgate::with_rules(FLEET_RULES, &flags);
+    let (_b_dir, b) = Tollgate::with_rules(FLEET_RULES, &flags);
+    let (mut a, mut b) = (a.client().await, b.client().await);
+    let mut codes = Vec::new();
+    for i in 0..6 {
+        let client = if i % 2 == 0 { &mut a } else { &mut b };
+        codes.push(grpc::check(client, "api", &[("user_id", "alice")]).await);
+    }
+    assert_eq!(
+        codes,
+        [
+            Code::Ok,
+            Code::Ok,
+            Code::Ok,
+            Code::Ok,
+            Code::OverLimit,
+            Code::OverLimit
+        ]
+    );
+}
+
+#[tokio::test]
+async fn serve_with_redis_needs_a_good_url_but_not_a_live_server() {
+    use common::Tollgate;
+    use common::grpc::{self, Code};
+    use common::tollgate::run;
+    let out = run(&[
+        "serve",
+        "--store",
+        "redis",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("--redis-url"), "{}", out.stderr);
+    let out = run(&[
+        "serve",
+        "--store",
+        "redis",
+        "--redis-url",
+        "http://h:1",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("invalid Redis URL"), "{}", out.stderr);
+    // Redis down at start: tollgate serves (healthy) and answers errors until Redis is up.
+    let mut server = RedisServer::start();
+    let url = server.url();
+    server.kill();
+    let (_dir, tollgate) = Tollgate::with_rules(
+        FLEET_RULES,
+        &["--store", "redis", "--redis-url", url.as_str()],
+    );
+    let mut client = tollgate.client().await;
+    let request = || grpc::rls_request("api", &[&[("user_id", "alice")]]);
+    // While Redis is down the default policy (local) answers.
+    let answer = grpc::try_should_rate_limit(&mut client, request()).await;
+    assert!(answer.is_ok_and(|r| grpc::overall(&r) == Code::Ok));
+    server.restart();
+    // Calls let the breaker probe Redis; once it closes, decisions (and keys) are Redis'.
+    let recovered = wait_until_async(Duration::from_secs(15), || {
+        let mut client = client.clone();
+        let server = &server;
+        async move {
+            grpc::try_should_rate_limit(&mut client, request())
+                .await
+                .is_ok_and(|r| grpc::overall(&r) == Code::Ok)
+                && server.cli(&["DBSIZE"]) != "0"
+        }
+    })
+    .await;
+    assert!(
+        recovered,
+        "the decisions did not reach Redis after it came up"
+    );
+    assert_eq!(
+        grpc::check(&mut client, "api", &[("user_id", "alice")]).await,
+        Code::Ok
+    );
+}
+
+#[tokio::test]
+async fn a_cluster_failover_is_followed() {
+    let mut cluster = RedisCluster::start();
+    let store = connect(cluster.cluster_url()).await;
+    let q = quota(Algorithm::FixedWindow, 1_000, Duration::from_secs(600));
+    let key = CounterKey::new("failover", &q, [("user", "a")]);
+    assert!(allowed(&store, &key, &q, 1).await);
+    let name = key.redis_key();
+    let tag = String::from_utf8(name[3..21].to_vec()).unwrap();
+    let master = cluster.master_for_key(&tag);
+    cluster.kill_node(master);
+    assert!(
+        cluster.wait_healthy(Duration::from_secs(30)),
+        "{}",
+        cluster.describe()
+    );
+    let hit = Hit {
+        key: &key,
+        quota: &q,
+        hits: 1,
+    };
+    let recovered = wait_until_async(Duration::from_secs(20), || async {
+        store.decide(&[hit]).await.is_ok_and(|d| d[0].allowed)
+    })
+    .await;
+    assert!(
+        recovered,
+        "no decision after the failover\n{}",
+        cluster.describe()
+    );
+}

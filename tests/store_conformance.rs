@@ -1,0 +1,308 @@
+//! One conformance suite over every store: the same sequences of hits, at the same (fake) times,
+//! decided by the memory store and by the Redis store's Lua script (`with_clock`), on a standalone
+//! Redis and on a 6-node Cluster, must give identical decisions: allowed, remaining, exceeds_capacity
+//! exactly, and reset_after to the microsecond (the Redis store rounds it up to one).
+//!
+//! Scripted sequences cover every algorithm with windows from 1 ms to a year, limits 1, 3, 1e9 and
+//! u32::MAX (sliding_log up to its cap), bursts, hits of 0, 1, many, more than the capacity and
+//! u64::MAX, backward clock steps and long gaps; a proptest then draws random quotas and sequences.
+//! Every step decides two counters (another user besides) in one call, so the script's batching over
+//! one or several slots is exercised too. Times are whole microseconds.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
+use tollgate::algorithm::{
+    Algorithm, Decision, MAX_LIMIT, MAX_SLIDING_LOG_LIMIT, MAX_WINDOW, Quota,
+};
+use tollgate::clock::ManualClock;
+use tollgate::keys::CounterKey;
+use tollgate::store::memory::MemoryStore;
+use tollgate::store::redis::{RedisOptions, RedisStore};
+use tollgate::store::{Hit, Store};
+
+use common::{RedisCluster, RedisServer};
+
+const US: u64 = 1_000;
+const MS: u64 = 1_000_000;
+const SEC: u64 = 1_000_000_000;
+const HOUR: u64 = 3_600 * SEC;
+const YEAR: u64 = 365 * 24 * HOUR;
+/// A start time far from the epoch, in whole microseconds.
+const START: u64 = 1_700_000_000_123_456 * US;
+
+/// Move the clock by `dt` microseconds (negative: backwards), then ask for `hits`.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    dt_us: i64,
+    hits: u64,
+}
+
+struct Backends {
+    clock: ManualClock,
+    memory: MemoryStore,
+    redis: Vec<(&'static str, RedisStore)>,
+}
+
+static CASE: AtomicU64 = AtomicU64::new(0);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn connect(url: String, clock: &ManualClock) -> RedisStore {
+    RedisStore::connect(RedisOptions {
+        url,
+        pool_size: 2,
+        timeout: Duration::from_secs(5),
+    })
+    .await
+    .unwrap()
+    .with_clock(Arc::new(clock.clone()))
+}
+
+async fn backends(server: &RedisServer, cluster: &RedisCluster) -> Backends {
+    let clock = ManualClock::new(START);
+    Backends {
+        memory: MemoryStore::new(Arc::new(clock.clone())),
+        redis: vec![
+            ("standalone", connect(server.url(), &clock).await),
+            ("cluster", connect(cluster.cluster_url(), &clock).await),
+        ],
+        clock,
+    }
+}
+
+/// Decisions as the Redis store can report them: reset_after rounded up to the microsecond.
+fn normalized(d: &Decision) -> (bool, u64, u64, bool, u128) {
+    (
+        d.allowed,
+        d.limit,
+        d.remaining,
+        d.exceeds_capacity,
+        d.reset_after.as_nanos().div_ceil(1_000),
+    )
+}
+
+/// Runs `steps` on fresh counters of `quota` in every backend; Err describes the first difference.
+async fn compare(b: &Backends, quota: &Quota, steps: &[Step]) -> Result<(), String> {
+    let case = CASE.fetch_add(1, Ordering::Relaxed);
+    let domain = format!("case{case}");
+    let key = CounterKey::new(&domain, quota, [("user", "a")]);
+    let other = CounterKey::new(&domain, quota, [("user", "b")]);
+    let mut now = START;
+    b.clock.set(now);
+    for (i, step) in steps.iter().enumerate() {
+        now = now.saturating_add_signed(step.dt_us.saturating_mul(1_000));
+        b.clock.set(now);
+        let hits = [
+            Hit {
+                key: &key,
+                quota,
+                hits: step.hits,
+            },
+            Hit {
+                key: &other,
+                quota,
+                hits: 1,
+            },
+        ];
+        let expected = b.memory.decide(&hits).await.unwrap();
+        for (name, store) in &b.redis {
+            let got = store
+                .decide(&hits)
+                .await
+                .map_err(|e| format!("{name}: {e}"))?;
+            for (e, g) in expected.iter().zip(&got) {
+                if normalized(e) != normalized(g) {
+                    return Err(format!(
+                        "{name} differs at step {i} ({step:?}, t = {now} ns) of {quota:?}\n\
+                         memory: {e:?}\nredis:  {g:?}\nsteps: {steps:?}"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A sequence probing the edges of a quota of capacity `cap` and window `w_us`.
+fn scripted_steps(cap: u64, w_us: i64) -> Vec<Step> {
+    let step = |dt_us: i64, hits: u64| Step { dt_us, hits };
+    vec![
+        step(0, 0),
+        step(0, 1),
+        step(0, 0),
+        step(0, cap),
+        step(0, cap + 1),
+        step(0, u64::MAX),
+        step(w_us / 3, 1),
+        step(0, cap / 2 + 1),
+        step(-(w_us / 2) - 1, 1),
+        step(0, 0),
+        step(w_us, 2),
+        step(w_us - 1, 1),
+        step(1, 1),
+        step(-5 * w_us - 7, 1),
+        step(10 * w_us, 1),
+        step(0, cap),
+        step(1, 1),
+        step(w_us / 2, u64::from(u32::MAX)),
+        step(w_us / 4 + 1, cap.saturating_sub(1).max(1)),
+        step(100 * w_us, 0),
+        step(3 * w_us / 2, 3),
+        step(w_us / 7 + 1, cap),
+        step(2 * w_us, cap),
+        step(1, 0),
+    ]
+}
+
+fn scripted_quotas() -> Vec<Quota> {
+    let windows = [MS, SEC, HOUR, YEAR];
+    let mut quotas = Vec::new();
+    for algorithm in Algorithm::ALL {
+        let limits: &[u64] = if algorithm == Algorithm::SlidingLog {
+            &[1, 3, 1_000, MAX_SLIDING_LOG_LIMIT]
+        } else {
+            &[1, 3, 1_000_000_000, MAX_LIMIT]
+        };
+        for &w in &windows {
+            for &limit in limits {
+                let mut bursts = vec![None];
+                if algorithm.uses_burst() {
+                    bursts.extend([Some(1), Some((limit * 2).min(MAX_LIMIT)), Some(MAX_LIMIT)]);
+                }
+                for burst in bursts {
+                    quotas.push(
+                        Quota::new(algorithm, limit, Duration::from_nanos(w), burst).unwrap(),
+                    );
+                }
+            }
+        }
+    }
+    quotas
+}
+
+#[test]
+fn scripted_sequences_agree_on_standalone_and_cluster() {
+    let server = RedisServer::start();
+    let cluster = RedisCluster::start();
+    let rt = runtime();
+    let b = rt.block_on(backends(&server, &cluster));
+    let quotas = scripted_quotas();
+    let mut failures = Vec::new();
+    for quota in &quotas {
+        let w_us = i64::try_from(quota.window_ns() / US).unwrap();
+        let steps = scripted_steps(quota.burst(), w_us);
+        if let Err(e) = rt.block_on(compare(&b, quota, &steps)) {
+            failures.push(e);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} quotas differ; the first:\n{}",
+        failures.len(),
+        quotas.len(),
+        failures[0]
+    );
+}
+
+#[test]
+fn a_window_that_is_not_whole_microseconds_rounds_up() {
+    // 1500 ns counts as 2 us in Redis; memory with a 2 us window decides the same.
+    let server = RedisServer::start();
+    let rt = runtime();
+    rt.block_on(async {
+        let clock = ManualClock::new(START);
+        let redis = connect(server.url(), &clock).await;
+        let odd = Quota::new(Algorithm::FixedWindow, 1, Duration::from_nanos(1_500), None).unwrap();
+        let key = CounterKey::new("odd", &odd, [("user", "a")]);
+        let hit = |hits| Hit {
+            key: &key,
+            quota: &odd,
+            hits,
+        };
+        assert!(redis.decide(&[hit(1)]).await.unwrap()[0].allowed);
+        let d = redis.decide(&[hit(1)]).await.unwrap()[0];
+        assert!(!d.allowed);
+        let at = START.div_ceil(2 * US) * 2 * US + 2 * US;
+        assert_eq!(d.reset_after, Duration::from_nanos(at - START));
+    });
+}
+
+fn quota_strategy() -> impl Strategy<Value = Quota> {
+    let algorithm = prop::sample::select(Algorithm::ALL.to_vec());
+    let window_us = prop_oneof![
+        1u64..50,
+        1_000u64..100_000,
+        Just(1_000_000u64),
+        Just(3_600_000_000u64),
+        1u64..=(MAX_WINDOW.as_nanos() as u64 / US),
+    ];
+    let limit = prop_oneof![
+        1u64..12,
+        Just(1_000_000_000),
+        Just(MAX_LIMIT),
+        1..=MAX_LIMIT
+    ];
+    let burst = prop::option::of(prop_oneof![1u64..15, Just(MAX_LIMIT), 1..=MAX_LIMIT]);
+    (algorithm, window_us, limit, burst).prop_map(|(a, w, l, b)| {
+        let l = if a == Algorithm::SlidingLog {
+            l.min(MAX_SLIDING_LOG_LIMIT)
+        } else {
+            l
+        };
+        Quota::new(a, l, Duration::from_micros(w), b.filter(|_| a.uses_burst())).unwrap()
+    })
+}
+
+fn steps_strategy(quota: &Quota) -> impl Strategy<Value = Vec<Step>> + use<> {
+    let w = i64::try_from(quota.window_ns() / US).unwrap();
+    let cap = quota.burst();
+    let dt = prop_oneof![
+        2 => Just(0i64),
+        6 => 0..=(w / 4).max(1),
+        3 => 0..=2 * w,
+        1 => 0..=5 * w,
+        1 => -w..0,
+    ];
+    let hits = prop_oneof![
+        3 => Just(1u64),
+        1 => Just(0u64),
+        4 => 0..=cap + 1,
+        1 => prop_oneof![Just(u64::from(u32::MAX)), Just(u64::MAX), Just(cap)],
+    ];
+    prop::collection::vec(
+        (dt, hits).prop_map(|(dt_us, hits)| Step { dt_us, hits }),
+        1..25,
+    )
+}
+
+#[test]
+fn random_sequences_agree_on_standalone_and_cluster() {
+    let server = RedisServer::start();
+    let cluster = RedisCluster::start();
+    let rt = runtime();
+    let b = rt.block_on(backends(&server, &cluster));
+    let strategy = quota_strategy().prop_flat_map(|q| (Just(q), steps_strategy(&q)));
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 48,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&strategy, |(quota, steps)| {
+            rt.block_on(compare(&b, &quota, &steps))
+                .map_err(TestCaseError::fail)
+        })
+        .unwrap();
+}
