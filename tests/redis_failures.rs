@@ -13,6 +13,8 @@
 //!   and counts from before the outage are still there.
 //! - A tollgate started while Redis is down is healthy, serves by its policy, and picks Redis up
 //!   when it appears.
+//! - A frozen Redis (SIGSTOP: it accepts nothing and refuses nothing) costs a caller at most the
+//!   timeout, the breaker opens, and decisions return to Redis after SIGCONT.
 //!
 //! "Redis decides" is checked, not assumed: the fallback-decisions counter must not move.
 
@@ -507,5 +509,56 @@ async fn tollgate_started_while_redis_is_down_serves_locally_then_uses_redis() {
         L
     );
     assert!(!redis.keys().is_empty());
+    fleet::assert_no_panic(&tg);
+}
+
+/// A Redis that hangs (SIGSTOP: connections stay open, nothing answers) is the case the store
+/// timeout exists for: a dead one refuses connections at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_costs_callers_at_most_the_timeout() {
+    let mut redis = block_in_place(RedisServer::start);
+    let (_rules, tg) = block_in_place(|| {
+        start_on_redis(
+            RULES,
+            &redis.url(),
+            STORE_TIMEOUT,
+            "local",
+            &["--instances", INSTANCES],
+        )
+    });
+    let mut c = tg.client().await;
+    assert_eq!(
+        fleet::count_ok_from_store(&tg, &mut c, &user("warm"), 1).await,
+        1
+    );
+
+    redis.send_signal("STOP");
+    let pool = vec![c.clone(), tg.client().await];
+    let load = Load::start(&pool, 4);
+    assert!(
+        fleet::wait_store_up(&tg, 0.0, Duration::from_secs(10)).await,
+        "the breaker never opened on a frozen Redis\n{}",
+        tg.log_tail()
+    );
+    // Long enough for several probes, each costing one caller the timeout.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let frozen = load.finish().await;
+    assert!(frozen.errors.is_empty(), "{:?}", frozen.errors);
+    assert_timely("against a frozen Redis", &frozen);
+    assert!(fleet::store_errors(&tg).await > 0.0);
+    let out = send_n(&mut c, &user("frozen"), 8).await;
+    assert_eq!(out.ok, LOCAL_SHARE, "{out:?}");
+
+    redis.send_signal("CONT");
+    assert!(
+        fleet::wait_store_decides(&tg, &mut c, &user("canary"), Duration::from_secs(30)).await,
+        "Redis never decided again\n{}",
+        tg.log_tail()
+    );
+    assert_eq!(fleet::store_up(&tg).await, Some(1.0));
+    assert_eq!(
+        fleet::count_ok_from_store(&tg, &mut c, &user("thawed"), L + 2).await,
+        L
+    );
     fleet::assert_no_panic(&tg);
 }
