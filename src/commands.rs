@@ -20,10 +20,17 @@ use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::resilient;
 
 pub fn init_logging(log: &LogArgs) -> Result<()> {
-    let filter = EnvFilter::try_new(&log.log_level)
-        .with_context(|| format!("bad --log-level `{}`", log.log_level))?;
+    // envoyproxy/ratelimit's LOG_LEVEL says `warning`; as a filter that would name a target.
+    let level = match log.log_level.as_str() {
+        "warning" | "WARNING" => "warn",
+        other => other,
+    };
+    let filter = EnvFilter::try_new(level).with_context(|| format!("bad --log-level `{level}`"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // A log write that fails (stderr a closed pipe) must not become a panic in the task that
+        // was logging, e.g. the one that turns SIGTERM into a drain.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match log.log_format {
@@ -155,13 +162,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let http = TcpListener::bind(args.http_addr)
         .await
         .with_context(|| format!("binding HTTP on {}", args.http_addr))?;
+    tasks.spawn(stop_on_signal(shutdown.clone())?);
     tracing::info!(
         grpc = %grpc.local_addr()?,
         http = %http.local_addr()?,
         store = limiter.store_kind(),
         "tollgate serving"
     );
-    tasks.spawn(stop_on_signal(shutdown.clone()));
     tasks.close();
 
     let options = ServeOptions {
@@ -183,19 +190,19 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     result.context("serving")
 }
 
-async fn stop_on_signal(shutdown: CancellationToken) {
+/// Listens for SIGTERM and SIGINT from the moment it returns (before "serving" is logged, so a
+/// supervisor that signals right after that line gets a drain, not the default kill), and cancels
+/// `shutdown` on the first.
+fn stop_on_signal(shutdown: CancellationToken) -> Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot listen for SIGTERM/SIGINT");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        () = shutdown.cancelled() => {}
-    }
-    shutdown.cancel();
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            () = shutdown.cancelled() => {}
+        }
+        shutdown.cancel();
+    })
 }

@@ -7,6 +7,8 @@
 //! - [`keys`]: the injective encoding of counter keys.
 //! - [`store`]: where counters live; [`store::memory`] is embedded.
 //! - [`limiter`]: a request's descriptors → rules → store → per-descriptor statuses.
+//! - [`direct`]: the seeds' per-user calls (`rate_limit`, `allow`, `allow_request`, leaky bucket),
+//!   without rule files.
 //! - [`grpc`]: Envoy's `RateLimitService` v3 translated onto the limiter.
 //! - [`http`]: the admin port (`/healthcheck`, `/metrics`, `/rlconfig`, `/json`, `/check`).
 //! - [`metrics`]: metric names, descriptions and recording helpers.
@@ -20,6 +22,7 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod direct;
 pub mod grpc;
 pub mod http;
 pub mod keys;

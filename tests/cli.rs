@@ -91,3 +91,47 @@ fn top_level_help_mentions_env_vars() {
     assert!(out.success(), "{out:?}");
     assert!(out.stdout.contains("TOLLGATE_"), "{}", out.stdout);
 }
+
+/// Logs written to a reader that went away (`tollgate serve 2>&1 | head -1`) must not keep SIGTERM
+/// from draining: the write error once panicked the task that turns the signal into a shutdown.
+#[test]
+fn sigterm_drains_when_stderr_is_a_closed_pipe() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let ports = common::free_ports(2);
+    let mut child = Command::new(tollgate::binary())
+        .args(["serve", "--grpc-addr"])
+        .arg(format!("127.0.0.1:{}", ports[0]))
+        .arg("--http-addr")
+        .arg(format!("127.0.0.1:{}", ports[1]))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    assert!(first.contains("tollgate serving"), "{first}");
+    drop(stderr);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tollgate ignored SIGTERM with its stderr closed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit:?}");
+}

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Envoy, Tollgate};
+use common::{Envoy, RedisCluster, Tollgate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SHIPPED: [&str; 2] = ["front-proxy.yaml", "sidecar.yaml"];
@@ -92,13 +92,24 @@ impl Stack {
     }
 
     async fn start_file(file: &str, user_limit: u32, with_tollgate: bool, deny: bool) -> Stack {
+        Self::build(file, user_limit, with_tollgate.then_some(&[][..]), deny).await
+    }
+
+    /// The front proxy before a tollgate started with `tollgate_args`, failing open.
+    async fn start_with(tollgate_args: &[&str], user_limit: u32) -> Stack {
+        Self::build("front-proxy.yaml", user_limit, Some(tollgate_args), false).await
+    }
+
+    /// `tollgate`: the extra arguments of the tollgate to start, or `None` for none.
+    async fn build(file: &str, user_limit: u32, tollgate: Option<&[&str]>, deny: bool) -> Stack {
         let rules_dir = tempfile::tempdir().unwrap();
         let rules = rules_dir.path().join("rules.yaml");
         std::fs::write(&rules, self::rules(user_limit)).unwrap();
-        let tollgate = with_tollgate.then(|| {
+        let tollgate = tollgate.map(|args| {
             Tollgate::builder()
                 .arg("--config")
                 .arg(rules.to_str().unwrap())
+                .args(args)
                 .start()
         });
         let ports = common::free_ports(4);
@@ -106,6 +117,7 @@ impl Stack {
         let app = upstream().await;
         let yaml = shipped(file, [ports[0], ports[1], app, rls], deny);
         let envoy = tokio::task::block_in_place(|| Envoy::start(&yaml, ports[0]));
+        away_from_a_minute_boundary().await;
         Stack {
             _envoy: envoy,
             tollgate,
@@ -126,6 +138,19 @@ impl Stack {
 
     async fn status(&self, user: &str) -> u16 {
         self.get(Some(user)).await.status().as_u16()
+    }
+}
+
+/// The rules count per clock minute: a test that starts in a minute's last seconds waits for the
+/// next one, so no window rolls over between its requests.
+async fn away_from_a_minute_boundary() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let into_minute = Duration::from_millis((now.as_millis() % 60_000) as u64);
+    if into_minute > Duration::from_secs(50) {
+        tokio::time::sleep(Duration::from_secs(60) - into_minute + Duration::from_millis(100))
+            .await;
     }
 }
 
@@ -266,4 +291,43 @@ async fn tollgate_stopped_mid_traffic() {
         refused,
         "fail-closed Envoy still passes traffic with tollgate stopped"
     );
+}
+
+/// A fleet: two Envoys, each with its own tollgate, both tollgates on one Redis Cluster. Requests
+/// alternate between the Envoys, and the user still gets exactly one limit's worth in total.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_envoys_two_tollgates_one_redis_cluster_share_one_limit() {
+    let cluster = tokio::task::block_in_place(RedisCluster::start);
+    let url = cluster.cluster_url();
+    let args = ["--store", "redis", "--redis-url", url.as_str()];
+    let (a, b) = (
+        Stack::start_with(&args, 4).await,
+        Stack::start_with(&args, 4).await,
+    );
+    away_from_a_minute_boundary().await;
+    let mut passed = 0;
+    for i in 0..10 {
+        let stack = if i % 2 == 0 { &a } else { &b };
+        match stack.status("henry").await {
+            200 => passed += 1,
+            429 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(passed, 4, "the two Envoys did not share one limit");
+    assert_eq!(a.status("henry").await, 429);
+    assert_eq!(b.status("henry").await, 429);
+    assert_eq!(b.status("ivy").await, 200);
+    assert_eq!(a.status("ivy").await, 200);
+    // The counters are the Cluster's: no store error was answered by the fallback.
+    for stack in [&a, &b] {
+        let metrics = common::http::get(&format!(
+            "{}/metrics",
+            stack.tollgate.as_ref().unwrap().http_url()
+        ))
+        .await;
+        let fallback =
+            common::http::prometheus_sum(&metrics.body, "tollgate_fallback_decisions_total", &[]);
+        assert_eq!(fallback, 0.0, "a decision came from the fallback");
+    }
 }

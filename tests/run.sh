@@ -144,6 +144,9 @@ install_tools() {
     command -v redis-server >/dev/null || packages+=(redis-server)
     command -v redis-cli >/dev/null || packages+=(redis-tools)
     command -v faketime >/dev/null || packages+=(faketime)
+    # examples/envoy-demo.sh (run by tests/envoy_demo.rs) uses curl and python3's http.server.
+    command -v curl >/dev/null || packages+=(curl)
+    command -v python3 >/dev/null || packages+=(python3)
 
     local envoy need_envoy=0
     envoy="$(find_tool envoy "${ENVOY_BIN:-}" --version)"
@@ -275,6 +278,7 @@ if step tests run_tests; then :; fi
 SUMMARY[-1]="$(sed 's/ *$//' <<<"${SUMMARY[-1]}")  $(test_counts)"
 # nextest does not run doctests; plain `cargo test` above already did.
 if ((USE_NEXTEST)); then step doctests cargo test --doc || true; fi
+step rustdoc env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps || true
 # Bench targets only (`--benches` would rerun the lib's unit tests). Without `--bench`, criterion
 # runs each benchmark once as a test: the benches compile and do not rot.
 METADATA="$(cargo metadata --no-deps --format-version 1)"

@@ -2,7 +2,7 @@
 //! request of `n` hits is admitted iff it fits (`level + n ≤ B`), and then adds `n` to the level.
 //!
 //! This "leaky bucket as a meter" decides exactly like `token_bucket` with `level = B − tokens`, so
-//! both run the same exact integer meter ([`token_bucket::decide_meter`]): the level is scaled by `W`,
+//! both run the same exact integer meter (`token_bucket::decide_meter`): the level is scaled by `W`,
 //! a hit adds `W`, each nanosecond drains `L`, all in `u128`, so fractional rates such as 0.001/s
 //! (`L = 1`, `W = 1000 s`) drain exactly one hit after exactly 1000 s. `remaining` is the free space
 //! `⌊B − level⌋`; `reset_after`, when allowed, is the time until the bucket is empty.

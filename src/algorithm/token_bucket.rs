@@ -9,7 +9,7 @@
 //! full again, and the state equivalent to a fresh one, at `last + ⌈debt / L⌉`.
 //!
 //! `leaky_bucket` is the same meter read the other way round (its level is this debt), and shares
-//! [`decide_meter`].
+//! `decide_meter`.
 
 use super::{Decision, Quota, ceil_div, exceeds_capacity, until};
 use crate::clock::Nanos;
