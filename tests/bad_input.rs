@@ -1,152 +1,83 @@
 //! Bad input never crashes the service: every malformed request gets a clear gRPC status or an HTTP
-//! 4xx, and the server keeps answering valid requests afterwards. Bad rule files are refused by
-//! `serve` and `check` with `file:line:column`.
+//! 4xx, odd values (unicode, braces, separators, 64 KiB) are users like any other, and the server
+//! keeps answering valid requests afterwards. Bad rule files are refused by `serve` and `check` with
+//! `file:line:column`. The request cases live in `common::bad_input`, shared with the Redis store's
+//! tests/redis_bad_input.rs.
 
 mod common;
 
 use common::Tollgate;
-use common::grpc::{self, Code, RlsClient, RlsRequest};
-use common::http;
+use common::bad_input as cases;
 use common::tollgate;
-use serde_json::json;
-
-const RULES: &str = r#"
-domain: api
-descriptors:
-  - key: user_id
-    rate_limit:
-      algorithm: fixed_window
-      unit: minute
-      requests_per_unit: 5
-"#;
 
 fn start() -> (tempfile::TempDir, Tollgate) {
-    Tollgate::with_rules(RULES, &[])
-}
-
-/// A fresh user is within limit: the server is alive and deciding.
-async fn still_serves(c: &mut RlsClient, user: &str) {
-    assert_eq!(grpc::check(c, "api", &[("user_id", user)]).await, Code::Ok);
-}
-
-async fn expect_invalid(c: &mut RlsClient, req: impl Into<grpc::RateLimitRequest>) -> String {
-    match grpc::try_should_rate_limit(c, req).await {
-        Err(status) => {
-            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-            status.message().to_string()
-        }
-        Ok(resp) => panic!("expected INVALID_ARGUMENT, got {resp:?}"),
-    }
+    Tollgate::with_rules(cases::RULES, &[])
 }
 
 #[tokio::test]
 async fn empty_domain_is_invalid_argument() {
     let (_dir, tg) = start();
-    let mut c = tg.client().await;
-    expect_invalid(&mut c, grpc::rls_request("", &[&[("user_id", "a")]])).await;
-    still_serves(&mut c, "a").await;
+    cases::empty_domain(&tg).await;
 }
 
 #[tokio::test]
 async fn no_descriptors_is_invalid_argument() {
     let (_dir, tg) = start();
-    let mut c = tg.client().await;
-    expect_invalid(&mut c, RlsRequest::new("api")).await;
-    still_serves(&mut c, "a").await;
+    cases::no_descriptors(&tg).await;
 }
 
 #[tokio::test]
 async fn entry_with_empty_key_is_invalid_argument() {
     let (_dir, tg) = start();
-    let mut c = tg.client().await;
-    expect_invalid(&mut c, grpc::rls_request("api", &[&[("", "x")]])).await;
-    still_serves(&mut c, "a").await;
+    cases::entry_with_empty_key(&tg).await;
 }
 
 #[tokio::test]
 async fn ten_thousand_descriptors_are_refused_with_the_maximum() {
     let (_dir, tg) = start();
-    let mut c = tg.client().await;
-    let users: Vec<String> = (0..10_000).map(|i| format!("u{i}")).collect();
-    let mut req = RlsRequest::new("api");
-    for u in &users {
-        req = req.entries(&[("user_id", u)]);
-    }
-    let msg = expect_invalid(&mut c, req).await;
-    assert!(msg.contains("1024") && msg.contains("at most"), "{msg}");
-    // None of them was counted.
-    still_serves(&mut c, "u0").await;
+    cases::ten_thousand_descriptors(&tg).await;
 }
 
 #[tokio::test]
 async fn a_64_kib_value_gets_a_normal_decision() {
     let (_dir, tg) = start();
-    let mut c = tg.client().await;
-    let big = "v".repeat(64 * 1024);
-    assert_eq!(
-        grpc::count_ok(&mut c, "api", &[("user_id", &big)], 7).await,
-        5
-    );
-    still_serves(&mut c, "a").await;
+    cases::value_of_64_kib(&tg).await;
 }
 
 #[tokio::test]
 async fn huge_hits_addend_is_over_limit_never_a_panic() {
     let (_dir, tg) = start();
-    let mut c = tg.client().await;
-    let resp = grpc::should_rate_limit(
-        &mut c,
-        RlsRequest::new("api")
-            .hits_addend(u32::MAX)
-            .entries(&[("user_id", "greedy")]),
-    )
-    .await;
-    assert_eq!(grpc::overall(&resp), Code::OverLimit);
-    // The refusal spent nothing: the same user still has the full quota.
-    let resp = grpc::should_rate_limit(
-        &mut c,
-        grpc::rls_request("api", &[&[("user_id", "greedy")]]),
-    )
-    .await;
-    assert_eq!(grpc::overall(&resp), Code::Ok);
-    assert_eq!(resp.statuses[0].limit_remaining, 4);
+    cases::huge_hits_addend(&tg).await;
 }
 
 #[tokio::test]
 async fn garbage_json_bodies_are_400_with_an_error() {
     let (_dir, tg) = start();
-    let url = format!("{}/json", tg.http_url());
-    let bodies = [
-        "this is not json".to_string(),
-        String::new(),
-        json!({"domain": 5, "descriptors": []}).to_string(),
-        json!({"domain": "api", "descriptors": "user_id"}).to_string(),
-        json!({"domain": "api", "descriptors": [{"entries": [{"key": "user_id", "value": "a"}]}], "bogus": 1}).to_string(),
-        json!({"domain": "api", "descriptors": [{"entries": [{"key": "user_id", "value": "a", "extra": true}]}]}).to_string(),
-        json!({"domain": "api", "descriptors": [{"entries": [{"key": "user_id", "value": "a"}]}], "hitsAddend": "lots"}).to_string(),
-        json!({"domain": "api", "descriptors": [{"entries": [{"key": "user_id", "value": "a"}]}], "hitsAddend": -1}).to_string(),
-        json!({"domain": "", "descriptors": [{"entries": [{"key": "user_id", "value": "a"}]}]}).to_string(),
-        json!({"domain": "api", "descriptors": []}).to_string(),
-        "[1, 2, 3]".to_string(),
-        "{\"domain\": \"api\", ".to_string(),
-    ];
-    for body in bodies {
-        let resp = http::post(&url, "application/json", body.clone()).await;
-        assert_eq!(resp.status, 400, "body {body:?} → {}", resp.body);
-        assert!(
-            resp.json()["error"].is_string(),
-            "body {body:?} → {}",
-            resp.body
-        );
-    }
-    let resp = http::post(&url, "text/plain", "hello").await;
-    assert!((400..500).contains(&resp.status), "{resp:?}");
+    cases::garbage_json_bodies(&tg).await;
+}
 
-    let ok =
-        json!({"domain": "api", "descriptors": [{"entries": [{"key": "user_id", "value": "a"}]}]});
-    assert_eq!(http::post_json(&url, &ok).await.status, 200);
-    let mut c = tg.client().await;
-    still_serves(&mut c, "b").await;
+#[tokio::test]
+async fn huge_descriptor_hits_and_odd_overrides_never_crash() {
+    let (_dir, tg) = start();
+    cases::huge_descriptor_hits_and_odd_overrides(&tg).await;
+}
+
+#[tokio::test]
+async fn unicode_values_are_distinct_users() {
+    let (_dir, tg) = start();
+    cases::unicode_values(&tg).await;
+}
+
+#[tokio::test]
+async fn braces_in_values_are_distinct_users() {
+    let (_dir, tg) = start();
+    cases::braces_in_values(&tg).await;
+}
+
+#[tokio::test]
+async fn separators_in_values_never_merge_descriptors() {
+    let (_dir, tg) = start();
+    cases::separators_in_values(&tg).await;
 }
 
 /// Rule files each broken in one way.
@@ -221,47 +152,4 @@ fn bad_rule_files_stop_serve_and_fail_check_with_location() {
             out.stderr
         );
     }
-}
-
-#[tokio::test]
-async fn huge_descriptor_hits_and_odd_overrides_never_crash() {
-    use common::grpc::{DescriptorExt, Unit};
-    let (_dir, tg) = start();
-    let mut c = tg.client().await;
-    let resp = grpc::should_rate_limit(
-        &mut c,
-        RlsRequest::new("api").descriptor(grpc::descriptor(&[("user_id", "x")]).hits(u64::MAX)),
-    )
-    .await;
-    assert_eq!(grpc::overall(&resp), Code::OverLimit);
-    // An override of 0 admits nothing; one with an unknown unit is refused.
-    let resp = grpc::should_rate_limit(
-        &mut c,
-        RlsRequest::new("api")
-            .descriptor(grpc::descriptor(&[("user_id", "y")]).limit(0, Unit::Hour)),
-    )
-    .await;
-    assert_eq!(grpc::overall(&resp), Code::OverLimit);
-    let mut odd = grpc::descriptor(&[("user_id", "z")]).limit(5, Unit::Hour);
-    if let Some(l) = odd.limit.as_mut() {
-        l.unit = 99;
-    }
-    expect_invalid(&mut c, RlsRequest::new("api").descriptor(odd)).await;
-    still_serves(&mut c, "x2").await;
-
-    let url = format!("{}/json", tg.http_url());
-    let body = json!({
-        "domain": "api",
-        "hitsAddend": "18446744073709551615",
-        "descriptors": [{"entries": [{"key": "user_id", "value": "j"}]}]
-    });
-    let resp = http::post_json(&url, &body).await;
-    assert_eq!(resp.status, 429, "{}", resp.body);
-    let body = json!({
-        "domain": "api",
-        "descriptors": [{"entries": [{"key": "user_id", "value": "j"}], "limit": {"requestsPerUnit": 5, "unit": "FORTNIGHT"}}]
-    });
-    let resp = http::post_json(&url, &body).await;
-    assert_eq!(resp.status, 400, "{}", resp.body);
-    still_serves(&mut c, "j").await;
 }

@@ -278,3 +278,28 @@ static_resources:
     assert_eq!(stats.status, 200);
     assert!(envoy.stop().success(), "{}", envoy.log());
 }
+
+#[test]
+fn redis_cluster_syncs_replicas_and_restarts_whole_with_its_aof() {
+    let mut cluster = RedisCluster::start();
+    for k in 0..10 {
+        cluster.cli_cluster(&["SET", &format!("kept-{k}"), "v"]);
+    }
+    let owner = cluster.master_for_key("kept-0");
+    assert!(cluster.wait_replicated(owner, Duration::from_secs(5)));
+    assert_eq!(
+        cluster.keyslot("{tag}a"),
+        cluster.keyslot("tag"),
+        "hash tags pick the slot"
+    );
+
+    cluster.stop_all();
+    assert!(cluster.try_cli(0, &["PING"]).is_err());
+    assert!(
+        cluster.restart_all(Duration::from_secs(30)),
+        "cluster did not come back\n{}",
+        cluster.describe()
+    );
+    assert_eq!(cluster.keys().len(), 10);
+    assert_eq!(cluster.cli_cluster(&["GET", "kept-9"]), "v");
+}

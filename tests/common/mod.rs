@@ -12,7 +12,9 @@
 //! a message pointing at `tests/run.sh`, which installs them. Nothing is ever skipped.
 #![allow(dead_code, unused_imports)]
 
+pub mod bad_input;
 pub mod envoy;
+pub mod fleet;
 pub mod grpc;
 pub mod http;
 pub mod process;

@@ -528,6 +528,55 @@ impl RedisCluster {
         }
     }
 
+    /// Starts every node again (after [`stop_all`](Self::stop_all) or kills) on its ports and
+    /// directory; false if the cluster is not healthy again within `timeout`.
+    pub fn restart_all(&mut self, timeout: Duration) -> bool {
+        for node in &mut self.nodes {
+            node.restart();
+        }
+        self.wait_healthy(timeout)
+    }
+
+    /// Waits until every replica of master `i` has acknowledged the replication stream up to the
+    /// master's offset at the time of the call (replication is asynchronous: a write acknowledged
+    /// to a client may not have reached the replica yet). False on timeout.
+    pub fn wait_replicated(&self, i: usize, timeout: Duration) -> bool {
+        let info = self.cli(i, &["INFO", "replication"]);
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let target = field("master_repl_offset").expect("master_repl_offset in INFO");
+        assert!(
+            field("connected_slaves").unwrap_or(0) > 0,
+            "node {i} has no replica\n{info}"
+        );
+        wait_until(timeout, || {
+            let Ok(now) = self.try_cli(i, &["INFO", "replication"]) else {
+                return false;
+            };
+            let offsets: Vec<u64> = now
+                .lines()
+                .filter(|l| l.starts_with("slave") && l.contains("offset="))
+                .filter_map(|l| {
+                    l.split(',')
+                        .find_map(|kv| kv.strip_prefix("offset="))
+                        .and_then(|v| v.trim().parse().ok())
+                })
+                .collect();
+            !offsets.is_empty() && offsets.iter().all(|&o| o >= target)
+        })
+    }
+
+    /// The slot of `key` (`CLUSTER KEYSLOT`).
+    pub fn keyslot(&self, key: &str) -> u16 {
+        let i = self.alive().first().copied().expect("no live node");
+        self.cli(i, &["CLUSTER", "KEYSLOT", key])
+            .parse()
+            .expect("KEYSLOT answers a number")
+    }
+
     pub fn log(&self, i: usize) -> String {
         self.nodes[i].log()
     }
