@@ -147,6 +147,8 @@ install_tools() {
     # examples/envoy-demo.sh (run by tests/envoy_demo.rs) uses curl and python3's http.server.
     command -v curl >/dev/null || packages+=(curl)
     command -v python3 >/dev/null || packages+=(python3)
+    # tests/redis_connect.rs makes a private CA and a server certificate for rediss://.
+    command -v openssl >/dev/null || packages+=(openssl)
 
     local envoy need_envoy=0
     envoy="$(find_tool envoy "${ENVOY_BIN:-}" --version)"

@@ -22,7 +22,7 @@ pub mod redis;
 pub mod tollgate;
 
 pub use envoy::Envoy;
-pub use redis::{RedisCluster, RedisServer};
+pub use redis::{RedisCluster, RedisSentinel, RedisServer};
 pub use tollgate::Tollgate;
 
 use std::future::Future;

@@ -31,6 +31,8 @@ pub const CLUSTER_MASTERS: usize = 3;
 /// printed) before its directory is deleted.
 struct Node {
     proc: Option<Proc>,
+    /// A config file, passed first (Sentinel needs one on disk that it can rewrite).
+    config: Option<PathBuf>,
     port: u16,
     bus_port: Option<u16>,
     args: Vec<String>,
@@ -45,6 +47,7 @@ impl Node {
             .expect("tempdir");
         Node {
             proc: None,
+            config: None,
             port: 0,
             bus_port: None,
             args,
@@ -58,6 +61,9 @@ impl Node {
 
     fn launch(&mut self) {
         let mut cmd = Command::new(require_binary("redis-server"));
+        if let Some(config) = &self.config {
+            cmd.arg(config);
+        }
         cmd.arg("--port")
             .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1", "--protected-mode", "no"])
@@ -276,6 +282,66 @@ impl RedisServer {
             .as_mut()
             .expect("server was started")
             .send_signal(sig);
+    }
+
+    pub fn log(&self) -> String {
+        self.node.log()
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+
+/// One Sentinel watching a master as [`RedisSentinel::MASTER`], with quorum 1: it declares the
+/// master down after 1 s of silence and promotes a replica by itself.
+pub struct RedisSentinel {
+    node: Node,
+}
+
+impl RedisSentinel {
+    pub const MASTER: &'static str = "mymaster";
+
+    pub fn start(master: &RedisServer) -> RedisSentinel {
+        let mut node = Node::new("redis-sentinel-", string_args(&["--sentinel"]));
+        let config = node.dir.path().join("sentinel.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "sentinel monitor {name} 127.0.0.1 {port} 1\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 3000\n",
+                name = Self::MASTER,
+                port = master.port()
+            ),
+        )
+        .expect("write sentinel.conf");
+        node.config = Some(config);
+        node.start(false);
+        RedisSentinel { node }
+    }
+
+    /// `redis-sentinel://127.0.0.1:S/0?sentinelServiceName=mymaster`
+    pub fn url(&self) -> String {
+        format!(
+            "redis-sentinel://127.0.0.1:{}/0?sentinelServiceName={}",
+            self.node.port,
+            Self::MASTER
+        )
+    }
+
+    /// The port of the master this Sentinel currently names.
+    pub fn master_port(&self) -> Option<u16> {
+        let out = cli_output(
+            self.node.port,
+            &["SENTINEL", "get-master-addr-by-name", Self::MASTER],
+        )
+        .ok()?;
+        out.lines().nth(1)?.trim().parse().ok()
+    }
+
+    /// Whether the Sentinel sees `n` replicas of the master.
+    pub fn sees_replicas(&self, n: usize) -> bool {
+        cli_output(self.node.port, &["SENTINEL", "replicas", Self::MASTER])
+            .is_ok_and(|out| out.lines().filter(|l| *l == "name").count() >= n)
     }
 
     pub fn log(&self) -> String {

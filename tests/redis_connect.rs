@@ -1,0 +1,240 @@
+//! `--redis-url` forms beyond plain `redis://`, each against real processes:
+//!
+//! - TLS: `rediss://` to a `redis-server` that speaks only TLS on that port, with a certificate from
+//!   a private CA made here with `openssl`; tollgate trusts the CA through `SSL_CERT_FILE` (read by
+//!   rustls' native roots). Without the CA, the store refuses the server and the fallback serves.
+//! - Sentinel: `redis-sentinel://` to one Sentinel watching a master and its replica; the master is
+//!   SIGKILLed, the Sentinel promotes the replica, and tollgate follows it: Redis decides again, and
+//!   the hits spent before the failover (replicated first) are still spent.
+//!
+//! "Redis decides" is checked, not assumed: the fallback-decisions counter must not move.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::fleet::{self, redis_args, rules_dir};
+use common::grpc::{self, Code};
+use common::process::run_with_timeout;
+use common::{RedisSentinel, RedisServer, Tollgate, wait_until};
+
+/// `user_id`: 5 an hour, a window no test crosses (a boundary falls inside a test once in ~10³).
+const RULES: &str = r#"
+domain: c
+descriptors:
+  - key: user_id
+    rate_limit: {algorithm: sliding_log, window: 1h, requests_per_unit: 5}
+"#;
+
+fn request(user: &str) -> grpc::RateLimitRequest {
+    grpc::rls_request("c", &[&[("user_id", user)]])
+}
+
+/// A CA and a certificate for `localhost` / 127.0.0.1 signed by it, in `dir`: `ca.crt`,
+/// `server.crt`, `server.key`.
+fn make_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let mut cmd = Command::new(common::require_binary("openssl"));
+        cmd.args(args).current_dir(dir);
+        let out = run_with_timeout(cmd, Duration::from_secs(60));
+        assert!(out.success(), "openssl {args:?}: {out:?}");
+    };
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=tollgate test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path());
+    let file = |name: &str| certs.path().join(name).to_str().unwrap().to_string();
+    let tls_port = common::free_port().to_string();
+    // The plain port stays for the harness' own redis-cli; tollgate gets only the TLS one.
+    let server = tokio::task::block_in_place(|| {
+        RedisServer::start_with(&[
+            "--tls-port",
+            &tls_port,
+            "--tls-cert-file",
+            &file("server.crt"),
+            "--tls-key-file",
+            &file("server.key"),
+            "--tls-ca-cert-file",
+            &file("ca.crt"),
+            "--tls-auth-clients",
+            "no",
+        ])
+    });
+    let url = format!("rediss://localhost:{tls_port}");
+    let (_rules, rules) = rules_dir(RULES);
+
+    let trusting = Tollgate::builder()
+        .args(&["--config", &rules])
+        .args(
+            &redis_args(&url, "500ms", "local")
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )
+        .env("SSL_CERT_FILE", file("ca.crt"))
+        .start();
+    let mut client = trusting.client().await;
+    assert!(
+        fleet::wait_store_decides(
+            &trusting,
+            &mut client,
+            &request("canary"),
+            Duration::from_secs(15)
+        )
+        .await,
+        "no decision over TLS\n{}",
+        server.log()
+    );
+    assert_eq!(
+        fleet::count_ok_from_store(&trusting, &mut client, &request("alice"), 7).await,
+        5
+    );
+    assert_eq!(server.keys().len(), 2, "canary and alice live in Redis");
+
+    // A tollgate that does not trust the CA never talks to this server: the fallback answers.
+    let doubting = Tollgate::builder()
+        .args(&["--config", &rules])
+        .args(
+            &redis_args(&url, "500ms", "local")
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )
+        .env("SSL_CERT_FILE", file("server.key"))
+        .start();
+    let mut client = doubting.client().await;
+    for _ in 0..3 {
+        let resp = grpc::should_rate_limit(&mut client, request("bob")).await;
+        assert_eq!(grpc::overall(&resp), Code::Ok);
+    }
+    assert!(fleet::fallback_decisions(&doubting).await >= 3.0);
+    assert_eq!(
+        server.keys().len(),
+        2,
+        "an untrusted connection wrote to Redis"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_follows_a_failover() {
+    let (mut master, replica, sentinel) = tokio::task::block_in_place(|| {
+        let master = RedisServer::start();
+        let replica =
+            RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port().to_string()]);
+        let sentinel = RedisSentinel::start(&master);
+        assert!(
+            wait_until(Duration::from_secs(15), || sentinel.sees_replicas(1)),
+            "the Sentinel never found the replica\n{}",
+            sentinel.log()
+        );
+        (master, replica, sentinel)
+    });
+    let (_rules, rules) = rules_dir(RULES);
+    let tollgate = Tollgate::builder()
+        .args(&["--config", &rules])
+        .args(
+            &redis_args(&sentinel.url(), "200ms", "local")
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )
+        .start();
+    let mut client = tollgate.client().await;
+    assert!(
+        fleet::wait_store_decides(
+            &tollgate,
+            &mut client,
+            &request("canary"),
+            Duration::from_secs(15)
+        )
+        .await,
+        "no decision through the Sentinel\n{}",
+        sentinel.log()
+    );
+    assert_eq!(
+        fleet::count_ok_from_store(&tollgate, &mut client, &request("alice"), 3).await,
+        3
+    );
+    master.cli(&["WAIT", "1", "5000"]);
+    master.kill();
+
+    let promoted = tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(30), || {
+            sentinel.master_port() == Some(replica.port())
+        })
+    });
+    assert!(
+        promoted,
+        "the Sentinel did not promote the replica\n{}",
+        sentinel.log()
+    );
+    assert!(
+        fleet::wait_store_decides(
+            &tollgate,
+            &mut client,
+            &request("canary"),
+            Duration::from_secs(20)
+        )
+        .await,
+        "tollgate did not follow the Sentinel to the new master"
+    );
+    // alice spent 3 of 5 before the failover; Redis (the promoted replica) remembers them.
+    assert_eq!(
+        fleet::count_ok_from_store(&tollgate, &mut client, &request("alice"), 4).await,
+        2
+    );
+    fleet::assert_no_panic(&tollgate);
+}
