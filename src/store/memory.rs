@@ -18,9 +18,9 @@
 //! Memory follows the active keys: each entry remembers when its state becomes indistinguishable
 //! from a fresh one (`Quota::expires_at`), and [`MemoryStore::sweep`] (run by
 //! [`MemoryStore::spawn_sweeper`]) drops those entries one shard at a time and shrinks a shard's table
-//! once it is less than a quarter full, so a million users passing once leave nothing behind. A
-//! decision that leaves a fresh state (a denied first hit, a probe) stores nothing at all, and an
-//! expired entry met by a decision is removed then and there.
+//! once it is less than a quarter full (and frees it once empty), so a million users passing once
+//! leave nothing behind. A decision that leaves a fresh state (a denied first hit, a probe) stores
+//! nothing at all, and an expired entry met by a decision is removed then and there.
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -36,7 +36,7 @@ use super::{Hit, Store, StoreError};
 use crate::algorithm::{Decision, State};
 use crate::clock::{Clock, Nanos};
 
-/// Tables at or below this capacity are not worth shrinking.
+/// Tables at or below this capacity are not worth shrinking (an emptied one is freed whatever its size).
 const MIN_SHRINK_CAPACITY: usize = 64;
 
 /// Shards are never fewer than this, whatever the core count: more shards cost ~128 bytes each and
@@ -168,8 +168,11 @@ impl MemoryStore {
         table.retain(|e| e.expires_at > now);
         let len = table.len();
         // Shrink to twice the live entries once under a quarter full: growth doubles and shrinking
-        // halves at least twice over, so a table at a steady size never oscillates.
-        if table.capacity() > MIN_SHRINK_CAPACITY && len < table.capacity() / 4 {
+        // halves at least twice over, so a table at a steady size never oscillates. An emptied table
+        // of any size frees its allocation (up to 8 KiB per shard otherwise), which costs one small
+        // allocation when its next key arrives.
+        let empty = len == 0 && table.capacity() > 0;
+        if empty || (table.capacity() > MIN_SHRINK_CAPACITY && len < table.capacity() / 4) {
             table.shrink_to(len * 2, |e| e.hash);
         }
         before - len
@@ -374,11 +377,31 @@ mod tests {
         clock.advance(Duration::from_secs(2));
         assert_eq!(store.sweep(clock.now()), 1_000_000);
         assert_eq!(store.len(), 0);
-        assert!(
-            store.capacity() <= store.shard_count() * MIN_SHRINK_CAPACITY,
-            "capacity {} after the sweep",
-            store.capacity()
+        assert_eq!(store.capacity(), 0, "every emptied table is freed");
+    }
+
+    #[test]
+    fn a_small_table_emptied_by_a_sweep_is_freed() {
+        let clock = ManualClock::new(START);
+        let store = store(&clock);
+        let q = quota(Algorithm::SlidingLog, 10, Duration::from_secs(1));
+        // A few keys per shard: every table stays at or below `MIN_SHRINK_CAPACITY`.
+        for i in 0..store.shard_count() * 4 {
+            store.decide_one(&hit(&key(&q, &i.to_string()), &q, 1));
+        }
+        let capacity = store.capacity();
+        assert!(capacity > 0 && capacity <= store.shard_count() * MIN_SHRINK_CAPACITY);
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(store.sweep(clock.now()), store.shard_count() * 4);
+        assert_eq!(
+            store.capacity(),
+            0,
+            "capacity {capacity} kept after the sweep"
         );
+        // A freed table takes new keys as before.
+        let k = key(&q, "again");
+        assert_eq!(store.decide_one(&hit(&k, &q, 1)).remaining, 9);
+        assert_eq!(store.len(), 1);
     }
 
     #[test]
