@@ -4,6 +4,13 @@
 //! channels multiplex many streams on one connection) and records each latency in microseconds in
 //! an HDR histogram per worker, merged at the end.
 //!
+//! It usually shares the machine with the server it measures, so its own cost per request counts
+//! against the figure. Workers and connections are split over one single-threaded runtime per
+//! core (at most one per connection): a connection's task then runs after every worker of its
+//! thread has queued its request, so one `writev` carries many requests, and no wake-up crosses
+//! threads. (On one multi-threaded runtime each request was written by its own system call and
+//! woke another thread: that doubled the generator's CPU per request.)
+//!
 //! Two ways to drive load:
 //! - **Closed loop** (default): `concurrency` workers each send a request, wait for its answer and
 //!   send the next. Throughput is whatever the server sustains; latency runs from the moment of
@@ -22,6 +29,7 @@
 //! users` (round robin), so `n` requests spread evenly and deterministically over the users.
 
 use std::fmt::Write as _;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -56,6 +64,8 @@ pub enum LoadgenError {
     Connect { target: String, reason: String },
     #[error("cannot build a latency histogram: {0}")]
     Histogram(String),
+    #[error("cannot start a load thread: {0}")]
+    Thread(String),
 }
 
 /// One piece of a descriptor value: literal text or the user placeholder.
@@ -113,7 +123,7 @@ impl DescriptorTemplate {
             .any(|(_, parts)| parts.contains(&Part::User))
     }
 
-    fn expand(&self, user: &str) -> RateLimitDescriptor {
+    fn expand(&self, user: &dyn std::fmt::Display) -> RateLimitDescriptor {
         RateLimitDescriptor {
             entries: self
                 .entries
@@ -123,7 +133,9 @@ impl DescriptorTemplate {
                     for part in parts {
                         match part {
                             Part::Text(t) => value.push_str(t),
-                            Part::User => value.push_str(user),
+                            Part::User => {
+                                let _ = write!(value, "{user}");
+                            }
                         }
                     }
                     Entry {
@@ -401,7 +413,7 @@ impl Shared {
     }
 
     fn request(&self, i: u64) -> RateLimitRequest {
-        let user = format!("user-{}", i % self.config.users);
+        let user = UserId(i % self.config.users);
         RateLimitRequest {
             domain: self.config.domain.clone(),
             descriptors: self
@@ -415,17 +427,39 @@ impl Shared {
     }
 }
 
+/// `user-<n>`, written straight into a descriptor value.
+struct UserId(u64);
+
+impl std::fmt::Display for UserId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "user-{}", self.0)
+    }
+}
+
 async fn worker(
     shared: Arc<Shared>,
     mut client: RateLimitServiceClient<Channel>,
     mut tally: Tally,
 ) -> Tally {
     let timeout = shared.config.timeout;
+    // One timer per worker, pushed back for each request: moving a deadline later does not touch
+    // the timer wheel, where a fresh `tokio::time::timeout` per request registers and removes
+    // an entry every time.
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
     while let Some((i, due)) = shared.claim() {
-        tokio::time::sleep_until(due).await;
+        if due > Instant::now() {
+            tokio::time::sleep_until(due).await;
+        }
         let request = shared.request(i);
-        match tokio::time::timeout(timeout, client.should_rate_limit(request)).await {
-            Ok(Ok(response)) => {
+        deadline.as_mut().reset(Instant::now() + timeout);
+        let answer = tokio::select! {
+            biased;
+            answer = client.should_rate_limit(request) => Some(answer),
+            () = &mut deadline => None,
+        };
+        match answer {
+            Some(Ok(response)) => {
                 let code = response.get_ref().overall_code;
                 if code == Code::Ok as i32 {
                     tally.allowed += 1;
@@ -438,36 +472,118 @@ async fn worker(
                 let micros = u64::try_from(due.elapsed().as_micros()).unwrap_or(u64::MAX);
                 tally.latency.saturating_record(micros.max(1));
             }
-            Ok(Err(status)) => {
+            Some(Err(status)) => {
                 tally.error(format!("gRPC {:?}: {}", status.code(), status.message()))
             }
-            Err(_) => tally.error(format!("no answer within {timeout:?}")),
+            None => tally.error(format!("no answer within {timeout:?}")),
         }
     }
     tally
+}
+
+/// How many load threads: one per core, but no more than connections or workers.
+fn thread_count(config: &Config) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    cores.min(config.connections).min(config.concurrency).max(1)
+}
+
+/// The `n`th of `parts` near-equal shares of `total` (the first ones take the remainder).
+fn share(total: usize, parts: usize, n: usize) -> usize {
+    total / parts + usize::from(n < total % parts)
+}
+
+/// One load thread: connects its share of the connections, reports ready, waits for the common
+/// start, then runs its share of the workers on its own single-threaded runtime.
+fn load_thread(
+    config: Config,
+    index: usize,
+    threads: usize,
+    ready: tokio::sync::mpsc::Sender<Result<(), LoadgenError>>,
+    go: tokio::sync::oneshot::Receiver<Arc<Shared>>,
+) -> Result<Tally, LoadgenError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| LoadgenError::Thread(e.to_string()))?;
+    runtime.block_on(async move {
+        let mut config = config;
+        config.connections = share(config.connections, threads, index);
+        let channels = match connect(&config).await {
+            Ok(channels) => channels,
+            Err(e) => {
+                let _ = ready.send(Err(e)).await;
+                return Tally::new();
+            }
+        };
+        if ready.send(Ok(())).await.is_err() {
+            return Tally::new();
+        }
+        drop(ready);
+        let Ok(shared) = go.await else {
+            return Tally::new();
+        };
+        let workers = share(config.concurrency, threads, index);
+        let mut handles = Vec::with_capacity(workers);
+        for w in 0..workers {
+            let client = RateLimitServiceClient::new(channels[w % channels.len()].clone());
+            handles.push(tokio::spawn(worker(shared.clone(), client, Tally::new()?)));
+        }
+        let mut total = Tally::new()?;
+        for handle in handles {
+            match handle.await {
+                Ok(tally) => total.merge(tally)?,
+                Err(e) => total.error(format!("a worker failed: {e}")),
+            }
+        }
+        Ok(total)
+    })
 }
 
 /// Connects, drives load as `config` says, and reports. Fails only on a bad config or a target
 /// that cannot be reached; errors during the run are counted in the report.
 pub async fn run(config: Config) -> Result<Report, LoadgenError> {
     validate(&config)?;
-    let channels = connect(&config).await?;
-    let concurrency = config.concurrency;
+    let threads = thread_count(&config);
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(threads);
+    let mut starts = Vec::with_capacity(threads);
+    let mut results = Vec::with_capacity(threads);
+    for index in 0..threads {
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let (config, ready) = (config.clone(), ready_tx.clone());
+        std::thread::Builder::new()
+            .name(format!("tollgate-bench-{index}"))
+            .spawn(move || {
+                let _ = done_tx.send(load_thread(config, index, threads, ready, go_rx));
+            })
+            .map_err(|e| LoadgenError::Thread(e.to_string()))?;
+        starts.push(go_tx);
+        results.push(done_rx);
+    }
+    drop(ready_tx);
+    // Every connection is up before the clock starts; the first failure stops every thread
+    // (dropping `starts` tells them).
+    for _ in 0..threads {
+        match ready_rx.recv().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(e),
+            None => return Err(LoadgenError::Thread("a load thread stopped early".into())),
+        }
+    }
     let shared = Arc::new(Shared {
         config,
         next: AtomicU64::new(0),
         start: Instant::now(),
     });
-    let mut workers = Vec::with_capacity(concurrency);
-    for w in 0..concurrency {
-        let client = RateLimitServiceClient::new(channels[w % channels.len()].clone());
-        workers.push(tokio::spawn(worker(shared.clone(), client, Tally::new()?)));
+    for go in starts {
+        let _ = go.send(shared.clone());
     }
     let mut total = Tally::new()?;
-    for handle in workers {
-        match handle.await {
-            Ok(tally) => total.merge(tally)?,
-            Err(e) => total.error(format!("a worker failed: {e}")),
+    for done in results {
+        match done.await {
+            Ok(Ok(tally)) => total.merge(tally)?,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => total.error("a load thread panicked".to_string()),
         }
     }
     let elapsed = shared.start.elapsed().as_secs_f64();
@@ -506,7 +622,7 @@ mod tests {
     use super::*;
 
     fn entries(d: &DescriptorTemplate, user: &str) -> Vec<(String, String)> {
-        d.expand(user)
+        d.expand(&user)
             .entries
             .into_iter()
             .map(|e| (e.key, e.value))

@@ -97,6 +97,20 @@ pub async fn run(
             TcpIncoming::from(grpc),
             stop_accepting.clone().cancelled_owned(),
         );
+    let upkeep = metrics.clone().map(|handle| {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            // The recorder keeps every histogram sample until it is drained: by a scrape of
+            // /metrics, or here, so that memory stays flat when nothing scrapes.
+            let mut tick = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => handle.run_upkeep(),
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        })
+    });
     let admin = crate::http::router(AdminState {
         limiter,
         metrics,
@@ -122,6 +136,9 @@ pub async fn run(
         }
     }
     let _ = drain.await;
+    if let Some(upkeep) = upkeep {
+        let _ = upkeep.await;
+    }
     let finished = tokio::time::timeout(options.drain_timeout, async {
         (grpc_task.await, http_task.await)
     })
@@ -140,6 +157,9 @@ pub async fn run(
 fn joined<T>(r: Result<T, tokio::task::JoinError>) -> Result<T, ServeError> {
     r.map_err(|e| ServeError::Task(e.to_string()))
 }
+
+/// How often histogram samples are folded into their buckets when nothing scrapes `/metrics`.
+const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The fully qualified name under which the gRPC health service reports the rate-limit service.
 pub const RLS_SERVICE_NAME: &str = "envoy.service.ratelimit.v3.RateLimitService";
