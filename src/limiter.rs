@@ -360,7 +360,9 @@ impl Limiter {
             let started = std::time::Instant::now();
             let result = self.store.decide(&hits).await;
             self.store_latency
-                .get_or_init(|| metrics::histogram!(m::STORE_DURATION, "store" => self.store.kind()))
+                .get_or_init(
+                    || metrics::histogram!(m::STORE_DURATION, "store" => self.store.kind()),
+                )
                 .record(started.elapsed().as_secs_f64());
             result?
         };
