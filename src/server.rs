@@ -197,6 +197,9 @@ async fn accept(
     lanes: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
     stop: CancellationToken,
 ) {
+    if lanes.is_empty() {
+        return;
+    }
     let mut next = 0usize;
     loop {
         let accepted = tokio::select! {
@@ -213,14 +216,29 @@ async fn accept(
             }
         };
         let _ = stream.set_nodelay(true);
-        match stream.into_std() {
-            Ok(stream) => {
-                if let Some(lane) = lanes.get(next % lanes.len()) {
-                    let _ = lane.send(stream);
-                }
-                next = next.wrapping_add(1);
+        let mut stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!("handing a gRPC connection over: {e}");
+                continue;
             }
-            Err(e) => tracing::warn!("handing a gRPC connection over: {e}"),
+        };
+        // A thread that has stopped (its server failed) refuses the connection: the next takes it.
+        let mut handed = false;
+        for _ in 0..lanes.len() {
+            let lane = &lanes[next % lanes.len()];
+            next = next.wrapping_add(1);
+            match lane.send(stream) {
+                Ok(()) => {
+                    handed = true;
+                    break;
+                }
+                Err(mpsc::error::SendError(back)) => stream = back,
+            }
+        }
+        if !handed {
+            // Every gRPC thread has stopped: the caller reports why.
+            return;
         }
     }
 }
