@@ -559,10 +559,22 @@ async fn worker(
     tally
 }
 
-/// How many load threads: one per core, but no more than connections or workers.
+/// Open loop: requests per second one load thread is given. The pacer wakes every load thread
+/// that has a request due, and those wake-ups, not the requests, are most of an open loop's cost.
+const OPEN_LOOP_RATE_PER_THREAD: u64 = 50_000;
+
+/// How many load threads: one per core, but no more than connections or workers, and in an open
+/// loop no more than its rate needs.
 fn thread_count(config: &Config) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-    cores.min(config.connections).min(config.concurrency).max(1)
+    let needed = config.rate.map_or(usize::MAX, |rate| {
+        usize::try_from(rate.div_ceil(OPEN_LOOP_RATE_PER_THREAD)).unwrap_or(usize::MAX)
+    });
+    cores
+        .min(needed)
+        .min(config.connections)
+        .min(config.concurrency)
+        .max(1)
 }
 
 /// The `n`th of `parts` near-equal shares of `total` (the first ones take the remainder).
