@@ -10,7 +10,7 @@
 //! the task before it next (its LIFO slot), so each answer woke the connection's task at once and
 //! went out in its own `writev`: under load, one system call and one wake-up per answer. On a
 //! single-threaded runtime the connection's task runs after every call it has read, and writes
-//! their answers together: 28% less server CPU per call, and cheaper reads for the client. The
+//! their answers together: a fifth less server CPU per call, and cheaper reads for the client. The
 //! cost: a connection stays on its thread, so a single busy connection uses one core (Envoy opens
 //! one per worker thread, and the round robin spreads them).
 
