@@ -4,7 +4,7 @@
 //! protobuf out. Errors map to gRPC statuses in one place ([`status_of`]): invalid requests are
 //! `INVALID_ARGUMENT`; store failures are `UNAVAILABLE`, so that Envoy's `failure_mode_deny` decides.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
@@ -27,6 +27,10 @@ use crate::metrics as m;
 pub struct RlsService {
     limiter: Arc<Limiter>,
     response_headers: bool,
+    /// Latency handles for the two codes of nearly every call, taken from the recorder at first
+    /// use: `metrics::histogram!` with a label looks the metric up in the registry on every call.
+    latency_ok: OnceLock<metrics::Histogram>,
+    latency_over_limit: OnceLock<metrics::Histogram>,
 }
 
 impl RlsService {
@@ -34,6 +38,8 @@ impl RlsService {
         Self {
             limiter,
             response_headers,
+            latency_ok: OnceLock::new(),
+            latency_over_limit: OnceLock::new(),
         }
     }
 
@@ -53,24 +59,28 @@ impl RateLimitService for RlsService {
             Ok(req) => self.limiter.should_rate_limit(&req).await,
             Err(e) => Err(e),
         };
-        let (label, reply) = match result {
+        let (latency, reply) = match result {
             Ok(resp) => {
-                let label = match resp.overall_code {
-                    Code::Ok => "OK",
-                    Code::OverLimit => "OVER_LIMIT",
+                let (cell, label) = match resp.overall_code {
+                    Code::Ok => (&self.latency_ok, "OK"),
+                    Code::OverLimit => (&self.latency_over_limit, "OVER_LIMIT"),
                 };
+                let latency = cell
+                    .get_or_init(|| metrics::histogram!(m::GRPC_REQUEST_DURATION, "code" => label))
+                    .clone();
                 (
-                    label,
+                    latency,
                     Ok(Response::new(to_proto(&resp, self.response_headers))),
                 )
             }
             Err(e) => {
                 let status = status_of(&e);
-                (code_name(status.code()), Err(status))
+                let label = code_name(status.code());
+                let latency = metrics::histogram!(m::GRPC_REQUEST_DURATION, "code" => label);
+                (latency, Err(status))
             }
         };
-        metrics::histogram!(m::GRPC_REQUEST_DURATION, "code" => label)
-            .record(started.elapsed().as_secs_f64());
+        latency.record(started.elapsed().as_secs_f64());
         reply
     }
 }

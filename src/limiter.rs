@@ -10,9 +10,13 @@
 //! any descriptor is, except those in shadow mode (per rule, or global) and in quota mode, which report
 //! their own status but never fail the request.
 
-use std::sync::Arc;
+use std::borrow::Cow;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use hashbrown::{Equivalent, HashMap};
+use parking_lot::RwLock;
 use smallvec::SmallVec;
 
 use crate::algorithm::{Algorithm, Decision, Quota};
@@ -159,6 +163,10 @@ pub struct Limiter {
     rules: Arc<LiveRules>,
     store: Arc<dyn Store>,
     settings: Settings,
+    hit_counters: HitCounters,
+    /// Taken from the recorder at the first store call, so a recorder installed after `new` but
+    /// before traffic still receives it.
+    store_latency: OnceLock<metrics::Histogram>,
 }
 
 /// What one descriptor needs, before the store is asked.
@@ -177,8 +185,79 @@ enum Plan<'a> {
 struct Effect<'a> {
     rule: Option<&'a Rule>,
     limit: CurrentLimit,
-    metric_key: String,
+    metric_key: Cow<'a, str>,
     hits: u64,
+}
+
+/// Handles of `tollgate_rule_hits_total` by `(domain, rule, result)`.
+///
+/// Looking a labelled counter up through `metrics::counter!` allocates its label strings and hashes
+/// them into the recorder's registry on every hit: under load that was a visible share of the
+/// server's CPU. Here a hit costs one read lock and one hash of borrowed strings. The map is
+/// bounded: a rule with `detailed_metric` or `value_to_metric` puts request values in its label,
+/// and past [`HitCounters::MAX`] labels such hits go through the registry as before.
+#[derive(Default)]
+struct HitCounters {
+    map: RwLock<HashMap<HitLabels, metrics::Counter>>,
+}
+
+#[derive(PartialEq, Eq)]
+struct HitLabels {
+    domain: Box<str>,
+    rule: Box<str>,
+    result: &'static str,
+}
+
+/// The borrowed form of [`HitLabels`], for lookups; hashes the same fields the same way.
+struct HitLabelsRef<'a> {
+    domain: &'a str,
+    rule: &'a str,
+    result: &'static str,
+}
+
+impl Hash for HitLabels {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (&*self.domain, &*self.rule, self.result).hash(state);
+    }
+}
+
+impl Hash for HitLabelsRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self.domain, self.rule, self.result).hash(state);
+    }
+}
+
+impl Equivalent<HitLabels> for HitLabelsRef<'_> {
+    fn equivalent(&self, key: &HitLabels) -> bool {
+        self.domain == &*key.domain && self.rule == &*key.rule && self.result == key.result
+    }
+}
+
+impl HitCounters {
+    const MAX: usize = 4096;
+
+    fn increment(&self, domain: &str, rule: &str, result: &'static str, n: u64) {
+        let labels = HitLabelsRef {
+            domain,
+            rule,
+            result,
+        };
+        if let Some(counter) = self.map.read().get(&labels) {
+            counter.increment(n);
+            return;
+        }
+        let counter = metrics::counter!(m::HITS, "domain" => domain.to_owned(), "rule" => rule.to_owned(), "result" => result);
+        counter.increment(n);
+        let mut map = self.map.write();
+        if map.len() < Self::MAX && !map.contains_key(&labels) {
+            let key = HitLabels {
+                domain: domain.into(),
+                rule: rule.into(),
+                result,
+            };
+            map.insert(key, counter);
+        }
+    }
 }
 
 impl Limiter {
@@ -187,6 +266,8 @@ impl Limiter {
             rules,
             store,
             settings,
+            hit_counters: HitCounters::default(),
+            store_latency: OnceLock::new(),
         }
     }
 
@@ -220,8 +301,8 @@ impl Limiter {
             let hits = descriptor.hits_addend.unwrap_or(default_hits);
             let rule = matched.as_ref().map(|m| m.rule);
             let metric_key = match &matched {
-                Some(m) => m.metric_key().into_owned(),
-                None => override_metric_key(&request.domain, &entries),
+                Some(m) => m.metric_key(),
+                None => Cow::Owned(override_metric_key(&request.domain, &entries)),
             };
             let configured = rule.and_then(|r| r.quota);
             let quota = match descriptor.limit {
@@ -263,7 +344,7 @@ impl Limiter {
         }
         let replaced = replaced_slots(&plans);
 
-        let hits: Vec<Hit<'_>> = keys
+        let hits: SmallVec<[Hit<'_>; 4]> = keys
             .iter()
             .enumerate()
             .filter(|(slot, _)| !replaced.contains(slot))
@@ -278,7 +359,10 @@ impl Limiter {
         } else {
             let started = std::time::Instant::now();
             let result = self.store.decide(&hits).await;
-            metrics::histogram!(m::STORE_DURATION, "store" => self.store.kind())
+            self.store_latency
+                .get_or_init(
+                    || metrics::histogram!(m::STORE_DURATION, "store" => self.store.kind()),
+                )
                 .record(started.elapsed().as_secs_f64());
             result?
         };
@@ -334,8 +418,8 @@ impl Limiter {
         let shadow = self.settings.shadow_mode || effect.rule.is_some_and(|r| r.shadow_mode);
         let quota_mode = effect.rule.is_some_and(|r| r.quota_mode);
         let counter = |result: &'static str| {
-            metrics::counter!(m::HITS, "domain" => domain.to_owned(), "rule" => effect.metric_key.clone(), "result" => result)
-                .increment(effect.hits.max(1));
+            self.hit_counters
+                .increment(domain, &effect.metric_key, result, effect.hits.max(1));
         };
         let code = if decision.allowed {
             let used = decision.limit.saturating_sub(decision.remaining) as f64;

@@ -4,14 +4,26 @@
 //! stop the server at will, and `main` stays a few lines. On shutdown it drains: `/healthcheck` and
 //! the gRPC health service turn to not-serving, the ports keep serving for `drain_delay` (so load
 //! balancers notice), then stop accepting, and in-flight calls finish within `drain_timeout`.
+//!
+//! gRPC connections are served by one single-threaded runtime per core, handed out round robin by
+//! an acceptor on the caller's runtime. On one multi-threaded runtime, tokio runs a task woken by
+//! the task before it next (its LIFO slot), so each answer woke the connection's task at once and
+//! went out in its own `writev`: under load, one system call and one wake-up per answer. On a
+//! single-threaded runtime the connection's task runs after every call it has read, and writes
+//! their answers together: a fifth less server CPU per call, and cheaper reads for the client. The
+//! cost: a connection stays on its thread, so a single busy connection uses one core (Envoy opens
+//! one per worker thread, and the round robin spreads them).
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
+use tonic::codegen::tokio_stream::StreamExt as _;
+use tonic::codegen::tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic_health::ServingStatus;
 
 use crate::grpc::RlsService;
@@ -70,6 +82,7 @@ pub async fn run(
 
     // Stop accepting only after the drain delay; until then health says not-serving.
     let stop_accepting = CancellationToken::new();
+    let stop_accepting_for_accept = stop_accepting.clone();
     let drain = {
         let (health, reporter, stop) = (health.clone(), reporter.clone(), stop_accepting.clone());
         let shutdown = shutdown.clone();
@@ -89,14 +102,51 @@ pub async fn run(
         })
     };
 
-    let grpc_server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(health_service)
-        .add_service(rls)
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(grpc),
-            stop_accepting.clone().cancelled_owned(),
-        );
+    // Dropped connections at the drain timeout: each gRPC thread stops at once.
+    let abandon = CancellationToken::new();
+    let _abandon_on_return = abandon.clone().drop_guard();
+    let threads = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    let mut lanes = Vec::with_capacity(threads);
+    let mut finished = Vec::with_capacity(threads);
+    for index in 0..threads {
+        let (lane, incoming) = mpsc::unbounded_channel();
+        let (done, finished_rx) = oneshot::channel();
+        let server = tonic::transport::Server::builder()
+            .add_service(health_service.clone())
+            .add_service(rls.clone());
+        let (stop, abandon) = (stop_accepting.clone(), abandon.clone());
+        std::thread::Builder::new()
+            .name(format!("tollgate-grpc-{index}"))
+            .spawn(move || {
+                let _ = done.send(serve_grpc_thread(server, incoming, stop, abandon));
+            })
+            .map_err(|e| ServeError::Task(format!("cannot start a gRPC thread: {e}")))?;
+        lanes.push(lane);
+        finished.push(finished_rx);
+    }
+    let grpc_server = async move {
+        accept(grpc, lanes, stop_accepting_for_accept).await;
+        for thread in finished {
+            thread
+                .await
+                .map_err(|_| ServeError::Task("a gRPC thread panicked".into()))??;
+        }
+        Ok::<(), ServeError>(())
+    };
+    let upkeep = metrics.clone().map(|handle| {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            // The recorder keeps every histogram sample until it is drained: by a scrape of
+            // /metrics, or here, so that memory stays flat when nothing scrapes.
+            let mut tick = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => handle.run_upkeep(),
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        })
+    });
     let admin = crate::http::router(AdminState {
         limiter,
         metrics,
@@ -113,7 +163,7 @@ pub async fn run(
         r = &mut grpc_task => {
             shutdown.cancel();
             stop_accepting.cancel();
-            return joined(r).and_then(|r| r.map_err(ServeError::from));
+            return joined(r).and_then(|r| r);
         }
         r = &mut http_task => {
             shutdown.cancel();
@@ -122,6 +172,9 @@ pub async fn run(
         }
     }
     let _ = drain.await;
+    if let Some(upkeep) = upkeep {
+        let _ = upkeep.await;
+    }
     let finished = tokio::time::timeout(options.drain_timeout, async {
         (grpc_task.await, http_task.await)
     })
@@ -137,9 +190,87 @@ pub async fn run(
     Ok(())
 }
 
+/// Accepts gRPC connections until `stop`, handing them round robin to the gRPC threads. Returning
+/// drops the lanes, which ends each thread's stream of connections.
+async fn accept(
+    listener: TcpListener,
+    lanes: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
+    stop: CancellationToken,
+) {
+    if lanes.is_empty() {
+        return;
+    }
+    let mut next = 0usize;
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, or a connection reset before it was accepted: try again soon.
+                tracing::warn!("accepting a gRPC connection: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let mut stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!("handing a gRPC connection over: {e}");
+                continue;
+            }
+        };
+        // A thread that has stopped (its server failed) refuses the connection: the next takes it.
+        let mut handed = false;
+        for _ in 0..lanes.len() {
+            let lane = &lanes[next % lanes.len()];
+            next = next.wrapping_add(1);
+            match lane.send(stream) {
+                Ok(()) => {
+                    handed = true;
+                    break;
+                }
+                Err(mpsc::error::SendError(back)) => stream = back,
+            }
+        }
+        if !handed {
+            // Every gRPC thread has stopped: the caller reports why.
+            return;
+        }
+    }
+}
+
+/// One gRPC thread: a single-threaded runtime serving the connections it is handed until they
+/// stop coming and the open ones have closed (or `abandon`).
+fn serve_grpc_thread(
+    server: tonic::transport::server::Router,
+    incoming: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    stop: CancellationToken,
+    abandon: CancellationToken,
+) -> Result<(), ServeError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let incoming = UnboundedReceiverStream::new(incoming).map(tokio::net::TcpStream::from_std);
+        tokio::select! {
+            served = server.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()) => {
+                served.map_err(ServeError::from)
+            }
+            () = abandon.cancelled() => Ok(()),
+        }
+    })
+}
+
 fn joined<T>(r: Result<T, tokio::task::JoinError>) -> Result<T, ServeError> {
     r.map_err(|e| ServeError::Task(e.to_string()))
 }
+
+/// How often histogram samples are folded into their buckets when nothing scrapes `/metrics`.
+const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The fully qualified name under which the gRPC health service reports the rate-limit service.
 pub const RLS_SERVICE_NAME: &str = "envoy.service.ratelimit.v3.RateLimitService";
