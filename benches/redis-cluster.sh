@@ -9,7 +9,8 @@
 # Env:   DURATION=10s USERS=10000 CONCURRENCY=64 POOL=<--redis-pool-size, default: tollgate's>
 #        TOLLGATE=path/to/tollgate (default: target/release/tollgate, built if missing)
 #        LOADGEN=path/to/tollgate  (the binary whose `bench` drives the load; default: $TOLLGATE)
-#        PERF=1  records `perf record -g` of tollgate during the 10,000/s run into $OUT/perf.data
+#        PERF=1  records `perf record -g` of tollgate and of one Redis master during the 10,000/s run
+#                into $OUT/perf.data and $OUT/perf-redis.data
 #        OUT=dir keeps the temp dir (logs, perf.data) instead of deleting it.
 set -euo pipefail
 
@@ -105,6 +106,7 @@ for node in "${NODES[@]}"; do
         { echo "cluster did not reach cluster_state:ok on $node" >&2; exit 1; }
 done
 MASTERS=()
+PORTS=("${NODES[@]#*:}")
 for node in "${NODES[@]}"; do
     redis-cli -p "${node#*:}" INFO replication | grep -q 'role:master' && MASTERS+=("${node#*:}")
 done
@@ -151,12 +153,18 @@ evalsha_calls() {
     done
     echo "$total"
 }
+# CPU seconds of the masters, then of the replicas.
 redis_cpu() {
-    local pid total=0
-    for pid in "${REDIS_PIDS[@]}"; do
-        total=$(echo "$total + $(cpu_s "$pid")" | bc)
+    local port pid masters=0 replicas=0
+    for port in "${PORTS[@]}"; do
+        pid=$(redis-cli -p "$port" INFO server | tr -d '\r' | sed -n 's/^process_id://p')
+        if [[ " ${MASTERS[*]} " == *" $port "* ]]; then
+            masters=$(echo "$masters + $(cpu_s "$pid")" | bc)
+        else
+            replicas=$(echo "$replicas + $(cpu_s "$pid")" | bc)
+        fi
     done
-    echo "$total"
+    echo "$masters $replicas"
 }
 
 RESULTS=$WORK/results.jsonl
@@ -167,29 +175,36 @@ run() {
     shift 2
     local port
     for port in "${MASTERS[@]}"; do redis-cli -p "$port" CONFIG RESETSTAT >/dev/null; done
-    local hits0 tg0 rd0 perf_pid=
+    local hits0 fb0 tg0 rm0 rr0 perf_pid= rperf_pid=
     hits0=$(metric tollgate_local_cache_hits_total)
+    fb0=$(metric tollgate_fallback_decisions_total)
     tg0=$(cpu_s "$TG")
-    rd0=$(redis_cpu)
+    read -r rm0 rr0 < <(redis_cpu)
     if [[ -n ${PERF:-} && $name == open-10k ]]; then
         perf record -g -F 999 -p "$TG" -o "$WORK/perf.data" 2>"$WORK/perf.log" &
         perf_pid=$!
+        perf record -g -F 999 -p "$(redis-cli -p "${MASTERS[0]}" INFO server | tr -d '\r' |
+            sed -n 's/^process_id://p')" -o "$WORK/perf-redis.data" 2>"$WORK/perf-redis.log" &
+        rperf_pid=$!
     fi
     local json
     json=$("$LOADGEN" bench --target "http://127.0.0.1:$GRPC" --domain bench --duration "$DURATION" --json "$@")
     if [[ -n $perf_pid ]]; then
-        kill -INT "$perf_pid"
-        wait "$perf_pid" || true
+        kill -INT "$perf_pid" "$rperf_pid"
+        wait "$perf_pid" "$rperf_pid" || true
     fi
-    local hits evals tg rd
+    local hits fb evals tg rm rr
     hits=$(($(metric tollgate_local_cache_hits_total) - hits0))
+    fb=$(($(metric tollgate_fallback_decisions_total) - fb0))
     evals=$(evalsha_calls)
     tg=$(echo "$(cpu_s "$TG") - $tg0" | bc)
-    rd=$(echo "$(redis_cpu) - $rd0" | bc)
-    json=$(jq -c --arg name "$name" --argjson per "$per" --argjson hits "$hits" \
-        --argjson evals "$evals" --argjson tg "$tg" --argjson rd "$rd" \
-        '{run: $name} + . + {decisions: (.requests * $per), evalsha: $evals, cache_hits: $hits,
-          tollgate_cpu_s: $tg, redis_cpu_s: $rd}' <<<"$json")
+    read -r rm rr < <(redis_cpu)
+    rm=$(echo "$rm - $rm0" | bc)
+    rr=$(echo "$rr - $rr0" | bc)
+    json=$(jq -c --arg name "$name" --argjson per "$per" --argjson hits "$hits" --argjson fb "$fb" \
+        --argjson evals "$evals" --argjson tg "$tg" --argjson rm "$rm" --argjson rr "$rr" \
+        '{run: $name} + . + {decisions: (.requests * $per), evalsha: $evals, cache_hits: $hits, fallback: $fb,
+          tollgate_cpu_s: $tg, redis_masters_cpu_s: $rm, redis_replicas_cpu_s: $rr}' <<<"$json")
     echo "$json"
     echo "$json" >>"$RESULTS"
 }
@@ -202,13 +217,14 @@ run open-5k-2desc 2 "${open[@]}" --descriptor 'user_id={user}' --descriptor 'ip=
 run over-limit 1 --users 1000 --concurrency "$CONCURRENCY" --descriptor 'tight_user={user}' --rate 5000
 
 echo
-printf '%-14s %9s %9s %7s %7s %7s %7s %9s %9s %9s %8s %8s\n' run target rps p50_us p99_us p999_us \
-    max_us denied decisions evalsha cache tg/rd_cpu
+printf '%-14s %9s %9s %7s %7s %7s %7s %9s %9s %9s %8s %8s %14s\n' run target rps p50_us p99_us p999_us \
+    max_us denied decisions evalsha cache fallback cpu_tg/m/r
 jq -r '[.run, (.target_rps // "closed"), (.rps | floor), .p50_us, .p99_us, .p999_us, .max_us,
-        .denied, .decisions, .evalsha, .cache_hits,
-        "\(.tollgate_cpu_s)/\(.redis_cpu_s)"] | @tsv' "$RESULTS" |
-    while IFS=$'\t' read -r a b c d e f g h i j k l; do
-        printf '%-14s %9s %9s %7s %7s %7s %7s %9s %9s %9s %8s %8s\n' "$a" "$b" "$c" "$d" "$e" "$f" "$g" "$h" "$i" "$j" "$k" "$l"
+        .denied, .decisions, .evalsha, .cache_hits, .fallback,
+        "\(.tollgate_cpu_s)/\(.redis_masters_cpu_s)/\(.redis_replicas_cpu_s)"] | @tsv' "$RESULTS" |
+    while IFS=$'\t' read -r a b c d e f g h i j k l m; do
+        printf '%-14s %9s %9s %7s %7s %7s %7s %9s %9s %9s %8s %8s %14s\n' "$a" "$b" "$c" "$d" "$e" "$f" "$g" "$h" "$i" "$j" "$k" "$l" "$m"
     done
 echo "(latencies in µs; evalsha = EVALSHA calls on the masters; cache = tollgate_local_cache_hits_total;"
-echo " tg/rd_cpu = CPU seconds of tollgate / of all six redis-servers during the run)"
+echo " fallback = decisions answered by --on-store-error after a store timeout or an open breaker;"
+echo " cpu_tg/m/r = CPU seconds of tollgate / the 3 masters / the 3 replicas during the run)"
