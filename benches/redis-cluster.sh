@@ -22,7 +22,7 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 TOLLGATE=${TOLLGATE:-$TARGET_DIR/release/tollgate}
 LOADGEN=${LOADGEN:-$TOLLGATE}
 
-for bin in redis-server redis-cli jq curl; do
+for bin in redis-server redis-cli jq curl bc /usr/bin/time; do
     command -v "$bin" >/dev/null || { echo "needs $bin on PATH" >&2; exit 1; }
 done
 if [[ ! -x $TOLLGATE ]]; then
@@ -167,6 +167,11 @@ redis_cpu() {
     echo "$masters $replicas"
 }
 
+# Microseconds during which some runnable task waited for a CPU (PSI); 0 without /proc/pressure.
+cpu_wait_us() {
+    sed -n 's/^some .*total=\([0-9]*\).*/\1/p' /proc/pressure/cpu 2>/dev/null || echo 0
+}
+
 RESULTS=$WORK/results.jsonl
 : >"$RESULTS"
 # run NAME DESCRIPTORS_PER_REQUEST BENCH_ARGS…
@@ -175,11 +180,13 @@ run() {
     shift 2
     local port
     for port in "${MASTERS[@]}"; do redis-cli -p "$port" CONFIG RESETSTAT >/dev/null; done
-    local hits0 fb0 tg0 rm0 rr0 perf_pid= rperf_pid=
+    local hits0 fb0 tg0 rm0 rr0 w0 t0 perf_pid= rperf_pid=
     hits0=$(metric tollgate_local_cache_hits_total)
     fb0=$(metric tollgate_fallback_decisions_total)
     tg0=$(cpu_s "$TG")
     read -r rm0 rr0 < <(redis_cpu)
+    w0=$(cpu_wait_us)
+    t0=$(date +%s%N)
     if [[ -n ${PERF:-} && $name == open-10k ]]; then
         perf record -g -F 999 -p "$TG" -o "$WORK/perf.data" 2>"$WORK/perf.log" &
         perf_pid=$!
@@ -188,12 +195,14 @@ run() {
         rperf_pid=$!
     fi
     local json
-    json=$("$LOADGEN" bench --target "http://127.0.0.1:$GRPC" --domain bench --duration "$DURATION" --json "$@")
+    json=$(/usr/bin/time -f '%U %S' -o "$WORK/loadgen.time" "$LOADGEN" bench --target "http://127.0.0.1:$GRPC" --domain bench --duration "$DURATION" --json "$@")
     if [[ -n $perf_pid ]]; then
         kill -INT "$perf_pid" "$rperf_pid"
         wait "$perf_pid" "$rperf_pid" || true
     fi
-    local hits fb evals tg rm rr
+    local hits fb evals tg rm rr wait lg
+    lg=$(awk '{print $1 + $2}' "$WORK/loadgen.time")
+    wait=$(( ($(cpu_wait_us) - w0) * 100000 / ($(date +%s%N) - t0) ))
     hits=$(($(metric tollgate_local_cache_hits_total) - hits0))
     fb=$(($(metric tollgate_fallback_decisions_total) - fb0))
     evals=$(evalsha_calls)
@@ -202,9 +211,9 @@ run() {
     rm=$(echo "$rm - $rm0" | bc)
     rr=$(echo "$rr - $rr0" | bc)
     json=$(jq -c --arg name "$name" --argjson per "$per" --argjson hits "$hits" --argjson fb "$fb" \
-        --argjson evals "$evals" --argjson tg "$tg" --argjson rm "$rm" --argjson rr "$rr" \
+        --argjson evals "$evals" --argjson tg "$tg" --argjson rm "$rm" --argjson rr "$rr" --argjson wait "$wait" --argjson lg "$lg" \
         '{run: $name} + . + {decisions: (.requests * $per), evalsha: $evals, cache_hits: $hits, fallback: $fb,
-          tollgate_cpu_s: $tg, redis_masters_cpu_s: $rm, redis_replicas_cpu_s: $rr}' <<<"$json")
+          tollgate_cpu_s: $tg, redis_masters_cpu_s: $rm, redis_replicas_cpu_s: $rr, loadgen_cpu_s: $lg, cpu_pressure_pct: $wait}' <<<"$json")
     echo "$json"
     echo "$json" >>"$RESULTS"
 }
@@ -217,14 +226,15 @@ run open-5k-2desc 2 "${open[@]}" --descriptor 'user_id={user}' --descriptor 'ip=
 run over-limit 1 --users 1000 --concurrency "$CONCURRENCY" --descriptor 'tight_user={user}' --rate 5000
 
 echo
-printf '%-14s %9s %9s %7s %7s %7s %7s %9s %9s %9s %8s %8s %14s\n' run target rps p50_us p99_us p999_us \
-    max_us denied decisions evalsha cache fallback cpu_tg/m/r
+printf '%-14s %9s %9s %7s %7s %7s %7s %9s %9s %9s %8s %8s %19s %4s\n' run target rps p50_us p99_us p999_us \
+    max_us denied decisions evalsha cache fallback cpu_tg/m/r/lg psi%
 jq -r '[.run, (.target_rps // "closed"), (.rps | floor), .p50_us, .p99_us, .p999_us, .max_us,
         .denied, .decisions, .evalsha, .cache_hits, .fallback,
-        "\(.tollgate_cpu_s)/\(.redis_masters_cpu_s)/\(.redis_replicas_cpu_s)"] | @tsv' "$RESULTS" |
-    while IFS=$'\t' read -r a b c d e f g h i j k l m; do
-        printf '%-14s %9s %9s %7s %7s %7s %7s %9s %9s %9s %8s %8s %14s\n' "$a" "$b" "$c" "$d" "$e" "$f" "$g" "$h" "$i" "$j" "$k" "$l" "$m"
+        "\(.tollgate_cpu_s)/\(.redis_masters_cpu_s)/\(.redis_replicas_cpu_s)/\(.loadgen_cpu_s)", .cpu_pressure_pct] | @tsv' "$RESULTS" |
+    while IFS=$'\t' read -r a b c d e f g h i j k l m n; do
+        printf '%-14s %9s %9s %7s %7s %7s %7s %9s %9s %9s %8s %8s %19s %4s\n' "$a" "$b" "$c" "$d" "$e" "$f" "$g" "$h" "$i" "$j" "$k" "$l" "$m" "$n"
     done
 echo "(latencies in µs; evalsha = EVALSHA calls on the masters; cache = tollgate_local_cache_hits_total;"
 echo " fallback = decisions answered by --on-store-error after a store timeout or an open breaker;"
-echo " cpu_tg/m/r = CPU seconds of tollgate / the 3 masters / the 3 replicas during the run)"
+echo " cpu_tg/m/r/lg = CPU seconds of tollgate / the 3 masters / the 3 replicas / the load generator;"
+echo " psi% = share of the run during which some task waited for a CPU: above ~20%, tails are queueing)"
