@@ -200,20 +200,20 @@ run() {
         kill -INT "$perf_pid" "$rperf_pid"
         wait "$perf_pid" "$rperf_pid" || true
     fi
-    local hits fb evals tg rm rr wait lg
-    lg=$(awk '{print $1 + $2}' "$WORK/loadgen.time")
-    wait=$(( ($(cpu_wait_us) - w0) * 100000 / ($(date +%s%N) - t0) ))
+    local hits fb evals tg rm rr psi lg
+    lg=$(awk '{printf "%.2f", $1 + $2}' "$WORK/loadgen.time")
+    psi=$(( ($(cpu_wait_us) - w0) * 100000 / ($(date +%s%N) - t0) ))
     hits=$(($(metric tollgate_local_cache_hits_total) - hits0))
     fb=$(($(metric tollgate_fallback_decisions_total) - fb0))
     evals=$(evalsha_calls)
-    tg=$(echo "$(cpu_s "$TG") - $tg0" | bc)
+    tg=$(printf '%.2f' "$(echo "$(cpu_s "$TG") - $tg0" | bc)")
     read -r rm rr < <(redis_cpu)
-    rm=$(echo "$rm - $rm0" | bc)
-    rr=$(echo "$rr - $rr0" | bc)
+    rm=$(printf '%.2f' "$(echo "$rm - $rm0" | bc)")
+    rr=$(printf '%.2f' "$(echo "$rr - $rr0" | bc)")
     json=$(jq -c --arg name "$name" --argjson per "$per" --argjson hits "$hits" --argjson fb "$fb" \
-        --argjson evals "$evals" --argjson tg "$tg" --argjson rm "$rm" --argjson rr "$rr" --argjson wait "$wait" --argjson lg "$lg" \
+        --argjson evals "$evals" --argjson tg "$tg" --argjson rm "$rm" --argjson rr "$rr" --argjson psi "$psi" --argjson lg "$lg" \
         '{run: $name} + . + {decisions: (.requests * $per), evalsha: $evals, cache_hits: $hits, fallback: $fb,
-          tollgate_cpu_s: $tg, redis_masters_cpu_s: $rm, redis_replicas_cpu_s: $rr, loadgen_cpu_s: $lg, cpu_pressure_pct: $wait}' <<<"$json")
+          tollgate_cpu_s: $tg, redis_masters_cpu_s: $rm, redis_replicas_cpu_s: $rr, loadgen_cpu_s: $lg, cpu_pressure_pct: $psi}' <<<"$json")
     echo "$json"
     echo "$json" >>"$RESULTS"
 }
