@@ -34,6 +34,7 @@ local TWO32 = 4294967296
 local MAX_TTL_MS = 70368744177664 -- 2^46 ms, about 2200 years
 local GRACE_MS = 60000
 local REBASE_AT = 1125899906842624 -- 2^50
+local PLAIN = 4503599627370496 -- 2^52: below it a double quotient's error is fixed by one step
 local fmod = math.fmod
 local floor = math.floor
 
@@ -62,6 +63,9 @@ local function norm(r)
 end
 
 local function mul(x, y)
+  local p = x * y
+  -- The double product is exact when the true one is below 2^53, and is below 2^52 only then.
+  if p < PLAIN then return wide(p) end
   local a, b = wide(x), wide(y)
   local r = {0, 0, 0, 0, 0}
   for i = 1, 3 do
@@ -112,8 +116,24 @@ end
 
 local DIGIT = {65536, 256, 1}
 
+-- floor(x / c) and x mod c for 0 <= x < 2^52: q * c <= x + c < 2^53 is exact, so is the fix-up.
+local function plain_divmod(x, c)
+  local q = floor(x / c)
+  local r = x - q * c
+  if r < 0 then
+    q, r = q - 1, r + c
+  elseif r >= c then
+    q, r = q + 1, r - c
+  end
+  return q, r
+end
+
 -- floor(a / c) and a mod c, for 0 < c < 2^45.
 local function divmod(a, c)
+  if a[5] == 0 and a[4] == 0 and a[3] < 16 then
+    local q, r = plain_divmod(a[1] + a[2] * R + a[3] * R * R, c)
+    return wide(q), r
+  end
   local q, r = {0, 0, 0, 0, 0}, 0
   for k = NL, 1, -1 do
     local limb, qk = a[k], 0
@@ -170,9 +190,16 @@ end
 
 -- Milliseconds from now until `at` (rounded up, at least 1), plus the grace of an overridden time.
 local function ttl_ms(at, now, grace)
-  local q, r = divmod(sat_sub(as_wide(at), wide(now)), 1000)
-  local ms = plain(q) or MAX_TTL_MS
-  if r > 0 then ms = ms + 1 end
+  local ms
+  if type(at) == 'number' and at - now < PLAIN then
+    local q, r = plain_divmod(math.max(at - now, 0), 1000)
+    ms = q
+    if r > 0 then ms = ms + 1 end
+  else
+    local q, r = divmod(sat_sub(as_wide(at), wide(now)), 1000)
+    ms = plain(q) or MAX_TTL_MS
+    if r > 0 then ms = ms + 1 end
+  end
   return num(math.max(1, math.min(ms, MAX_TTL_MS)) + grace)
 end
 
@@ -418,7 +445,14 @@ for i = 1, #KEYS do
   else
     return redis.error_reply('tollgate: unknown algorithm ' .. tostring(ARGV[j + 1]))
   end
-  local hi, lo = split64(sat_sub(as_wide(at), wide(now)))
+  local hi, lo
+  if type(at) == 'number' and at - now < PLAIN then
+    local d = math.max(at - now, 0)
+    hi = floor(d / TWO32)
+    lo = d - hi * TWO32
+  else
+    hi, lo = split64(sat_sub(as_wide(at), wide(now)))
+  end
   out[#out + 1] = allowed
   out[#out + 1] = remaining
   out[#out + 1] = hi
