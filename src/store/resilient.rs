@@ -22,9 +22,18 @@
 //! probe. So decisions return to the store by themselves when it recovers. The closed path costs one
 //! atomic load; transitions take a lock, are logged once each and published as gauges.
 //!
+//! One breaker per partition ([`Store::partition`]: a Redis Cluster shard, or the whole store):
+//! a request's hits are split by partition, hits of an open partition are answered by the policy
+//! at once, and each other partition is called concurrently, each call bounded by the timeout, so
+//! a dead master costs only its own keys. The gauges aggregate: `store_up` is 1 only while every
+//! partition's breaker is closed, and `store_breaker_state` counts the partitions in each state.
+//! A partition that no key maps to any more (slots moved away in a resharding) keeps its last
+//! state; the partition of a failed-over master is kept by its promoted replica.
+//!
 //! Breaker time comes from an injected [`Clock`] (monotonic in production), so tests step it
 //! without sleeping; the timeout is tokio's.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -32,12 +41,13 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
+use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
 use super::memory::MemoryStore;
 use super::overlimit::{self, OverLimitCache};
-use super::{Hit, Store, StoreError};
+use super::{Hit, Partition, Store, StoreError, join_all};
 use crate::algorithm::{Decision, Quota};
 use crate::clock::{Clock, MonotonicClock, Nanos};
 use crate::metrics as m;
@@ -129,7 +139,9 @@ pub struct ResilientStore {
     primary: Arc<dyn Store>,
     options: ResilienceOptions,
     clock: Arc<dyn Clock>,
-    breaker: Breaker,
+    /// One breaker per partition, created on first use.
+    breakers: RwLock<HashMap<Partition, Arc<Breaker>>>,
+    census: Arc<Census>,
     local: Arc<MemoryStore>,
 }
 
@@ -155,18 +167,55 @@ impl ResilientStore {
         options: &ResilienceOptions,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        let breaker = Breaker::new(primary.kind(), options);
+        let census = Arc::new(Census::new(primary.kind()));
         Self {
             local: Arc::new(MemoryStore::new(clock.clone())),
             primary,
             options: *options,
             clock,
-            breaker,
+            breakers: RwLock::new(HashMap::new()),
+            census,
         }
     }
 
+    /// The worst state of any partition's breaker: open if one is open, else half-open if one
+    /// is probing, else closed.
     pub fn state(&self) -> BreakerState {
-        self.breaker.state()
+        let breakers = self.breakers.read();
+        let states = breakers.values().map(|b| b.state());
+        states.fold(BreakerState::Closed, |worst, s| match (worst, s) {
+            (BreakerState::Open, _) | (_, BreakerState::Open) => BreakerState::Open,
+            (BreakerState::HalfOpen, _) | (_, BreakerState::HalfOpen) => BreakerState::HalfOpen,
+            _ => BreakerState::Closed,
+        })
+    }
+
+    /// The state of one partition's breaker (closed if it has never been used).
+    pub fn partition_state(&self, partition: Partition) -> BreakerState {
+        self.breakers
+            .read()
+            .get(&partition)
+            .map_or(BreakerState::Closed, |b| b.state())
+    }
+
+    /// How many partitions' breakers are not closed.
+    pub fn open_partitions(&self) -> usize {
+        let breakers = self.breakers.read();
+        breakers
+            .values()
+            .filter(|b| b.state() != BreakerState::Closed)
+            .count()
+    }
+
+    fn breaker(&self, partition: Partition) -> Arc<Breaker> {
+        if let Some(b) = self.breakers.read().get(&partition) {
+            return b.clone();
+        }
+        self.breakers
+            .write()
+            .entry(partition)
+            .or_insert_with(|| Arc::new(Breaker::new(self.census.clone(), partition, &self.options)))
+            .clone()
     }
 
     pub fn options(&self) -> &ResilienceOptions {
@@ -183,9 +232,11 @@ impl ResilientStore {
         self.local.spawn_sweeper(every, shutdown)
     }
 
-    /// Answers `hits` by the policy, after `error` (or with the circuit open when `None`).
+    /// Answers `hits` of `breaker`'s partition by the policy, after `error` (or with the circuit
+    /// open when `None`).
     fn fallback(
         &self,
+        breaker: &Breaker,
         hits: &[Hit<'_>],
         error: Option<StoreError>,
     ) -> Result<Vec<Decision>, StoreError> {
@@ -221,7 +272,7 @@ impl ResilientStore {
                 })
                 .collect()),
             OnStoreError::Deny => {
-                let retry = self.breaker.retry_after(self.clock.now());
+                let retry = breaker.retry_after(self.clock.now());
                 Ok(hits
                     .iter()
                     .map(|h| Decision {
@@ -234,25 +285,33 @@ impl ResilientStore {
                     .collect())
             }
             OnStoreError::Error => Err(error.unwrap_or_else(|| {
+                let part = if breaker.partition == Partition::WHOLE {
+                    String::new()
+                } else {
+                    format!(" (partition {})", breaker.partition)
+                };
                 StoreError::Unavailable(format!(
-                    "{} store circuit open after failures; next probe in {:?}",
+                    "{} store circuit open after failures{part}; next probe in {:?}",
                     self.primary.kind(),
-                    self.breaker.retry_after(self.clock.now())
+                    breaker.retry_after(self.clock.now())
                 ))
             })),
         }
     }
-}
 
-#[async_trait]
-impl Store for ResilientStore {
-    async fn decide(&self, hits: &[Hit<'_>]) -> Result<Vec<Decision>, StoreError> {
-        let pass = self.breaker.pass(self.clock.now());
+    /// Decides `hits`, all of `partition`, through that partition's breaker.
+    async fn decide_in(
+        &self,
+        partition: Partition,
+        hits: &[Hit<'_>],
+    ) -> Result<Vec<Decision>, StoreError> {
+        let breaker = self.breaker(partition);
+        let pass = breaker.pass(self.clock.now());
         if pass == Pass::Skip {
-            return self.fallback(hits, None);
+            return self.fallback(&breaker, hits, None);
         }
         let mut attempt = Attempt {
-            breaker: &self.breaker,
+            breaker: &breaker,
             clock: &*self.clock,
             probe: pass == Pass::Probe,
             settled: false,
@@ -261,18 +320,66 @@ impl Store for ResilientStore {
         attempt.settled = true;
         let error = match result {
             Ok(Ok(decisions)) => {
-                self.breaker.succeeded(pass);
+                breaker.succeeded(pass);
                 return Ok(decisions);
             }
             Ok(Err(e)) => e,
             Err(_elapsed) => StoreError::Timeout(self.options.timeout),
         };
-        self.breaker.failed(pass, &error, self.clock.now());
-        self.fallback(hits, Some(error))
+        breaker.failed(pass, &error, self.clock.now());
+        self.fallback(&breaker, hits, Some(error))
+    }
+}
+
+#[async_trait]
+impl Store for ResilientStore {
+    async fn decide(&self, hits: &[Hit<'_>]) -> Result<Vec<Decision>, StoreError> {
+        let partitions: SmallVec<[Partition; 4]> =
+            hits.iter().map(|h| self.primary.partition(h.key)).collect();
+        let first = partitions.first().copied().unwrap_or(Partition::WHOLE);
+        if partitions.iter().all(|&p| p == first) {
+            return self.decide_in(first, hits).await;
+        }
+
+        let mut groups: SmallVec<[(Partition, Vec<Hit<'_>>, Vec<usize>); 4]> = SmallVec::new();
+        for (i, (hit, &p)) in hits.iter().zip(&partitions).enumerate() {
+            let g = match groups.iter().position(|g| g.0 == p) {
+                Some(g) => g,
+                None => {
+                    groups.push((p, Vec::new(), Vec::new()));
+                    groups.len() - 1
+                }
+            };
+            groups[g].1.push(*hit);
+            groups[g].2.push(i);
+        }
+        let answers = join_all(groups.iter().map(|(p, batch, _)| self.decide_in(*p, batch))).await;
+        let mut decisions: Vec<Option<Decision>> = vec![None; hits.len()];
+        for ((_, _, index), answer) in groups.iter().zip(answers) {
+            let answer = answer?;
+            if answer.len() != index.len() {
+                return Err(StoreError::Protocol(format!(
+                    "the store answered {} decisions for {} hits",
+                    answer.len(),
+                    index.len()
+                )));
+            }
+            for (&i, d) in index.iter().zip(answer) {
+                decisions[i] = Some(d);
+            }
+        }
+        decisions
+            .into_iter()
+            .map(|d| d.ok_or_else(|| StoreError::Protocol("a hit got no decision".into())))
+            .collect()
     }
 
     fn kind(&self) -> &'static str {
         self.primary.kind()
+    }
+
+    fn partition(&self, key: &crate::keys::CounterKey) -> Partition {
+        self.primary.partition(key)
     }
 }
 
@@ -323,7 +430,60 @@ enum Pass {
     Skip,
 }
 
+/// How many partitions' breakers are in each state, published as the store's gauges.
+struct Census {
+    store: &'static str,
+    /// Closed, open, half-open. Gauges are set under this lock, so the last value set is current.
+    counts: Mutex<[usize; 3]>,
+}
+
+impl Census {
+    fn new(store: &'static str) -> Self {
+        let census = Self {
+            store,
+            counts: Mutex::new([0; 3]),
+        };
+        census.publish(&census.counts.lock());
+        census
+    }
+
+    fn index(state: BreakerState) -> usize {
+        match state {
+            BreakerState::Closed => 0,
+            BreakerState::Open => 1,
+            BreakerState::HalfOpen => 2,
+        }
+    }
+
+    /// One breaker moved from `from` (`None`: a new breaker) to `to`.
+    fn moved(&self, from: Option<BreakerState>, to: BreakerState) {
+        let mut counts = self.counts.lock();
+        if let Some(from) = from {
+            let c = &mut counts[Self::index(from)];
+            *c = c.saturating_sub(1);
+        }
+        counts[Self::index(to)] += 1;
+        self.publish(&counts);
+    }
+
+    fn publish(&self, counts: &[usize; 3]) {
+        let failing = counts[1] + counts[2];
+        let up = if failing == 0 { 1.0 } else { 0.0 };
+        metrics::gauge!(m::STORE_UP, "store" => self.store).set(up);
+        for (s, label) in [
+            (BreakerState::Closed, m::BREAKER_CLOSED),
+            (BreakerState::Open, m::BREAKER_OPEN),
+            (BreakerState::HalfOpen, m::BREAKER_HALF_OPEN),
+        ] {
+            metrics::gauge!(m::STORE_BREAKER_STATE, "store" => self.store, "state" => label)
+                .set(counts[Self::index(s)] as f64);
+        }
+    }
+}
+
 struct Breaker {
+    census: Arc<Census>,
+    partition: Partition,
     store: &'static str,
     policy: OnStoreError,
     threshold: u32,
@@ -338,9 +498,11 @@ struct Breaker {
 }
 
 impl Breaker {
-    fn new(store: &'static str, options: &ResilienceOptions) -> Self {
+    fn new(census: Arc<Census>, partition: Partition, options: &ResilienceOptions) -> Self {
         let breaker = Self {
-            store,
+            store: census.store,
+            census,
+            partition,
             policy: options.on_error,
             threshold: options.failures_to_open.max(1),
             start: options.backoff_start,
@@ -350,7 +512,7 @@ impl Breaker {
             open_until: AtomicU64::new(0),
             backoff: Mutex::new(options.backoff_start),
         };
-        breaker.publish(BreakerState::Closed);
+        breaker.census.moved(None, BreakerState::Closed);
         breaker
     }
 
@@ -371,8 +533,12 @@ impl Breaker {
                     .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
                 {
-                    tracing::info!(store = self.store, "store circuit half-open: probing");
-                    self.publish(BreakerState::HalfOpen);
+                    tracing::info!(
+                        store = self.store,
+                        partition = %self.partition,
+                        "store circuit half-open: probing"
+                    );
+                    self.publish(BreakerState::Open, BreakerState::HalfOpen);
                     Pass::Probe
                 } else {
                     Pass::Skip
@@ -388,8 +554,12 @@ impl Breaker {
             *backoff = self.start;
             self.failures.store(0, Ordering::Relaxed);
             self.state.store(CLOSED, Ordering::Release);
-            tracing::info!(store = self.store, "store recovered: circuit closed");
-            self.publish(BreakerState::Closed);
+            tracing::info!(
+                store = self.store,
+                partition = %self.partition,
+                "store recovered: circuit closed"
+            );
+            self.publish(BreakerState::HalfOpen, BreakerState::Closed);
         } else if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
         }
@@ -407,11 +577,12 @@ impl Breaker {
                 self.state.store(OPEN, Ordering::Release);
                 tracing::warn!(
                     store = self.store,
+                    partition = %self.partition,
                     %error,
                     retry_in = ?*backoff,
                     "store probe failed: circuit open again"
                 );
-                self.publish(BreakerState::Open);
+                self.publish(BreakerState::HalfOpen, BreakerState::Open);
             }
             Pass::Call => {
                 let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
@@ -429,13 +600,14 @@ impl Breaker {
                 self.state.store(OPEN, Ordering::Release);
                 tracing::warn!(
                     store = self.store,
+                    partition = %self.partition,
                     %error,
                     failures,
                     policy = %self.policy,
                     retry_in = ?self.start,
                     "store failing: circuit open, deciding by --on-store-error"
                 );
-                self.publish(BreakerState::Open);
+                self.publish(BreakerState::Closed, BreakerState::Open);
             }
             Pass::Skip => {}
         }
@@ -447,8 +619,12 @@ impl Breaker {
         if self.state.load(Ordering::Acquire) == HALF_OPEN {
             self.open_until.store(now, Ordering::Release);
             self.state.store(OPEN, Ordering::Release);
-            tracing::debug!(store = self.store, "store probe cancelled");
-            self.publish(BreakerState::Open);
+            tracing::debug!(
+                store = self.store,
+                partition = %self.partition,
+                "store probe cancelled"
+            );
+            self.publish(BreakerState::HalfOpen, BreakerState::Open);
         }
     }
 
@@ -458,22 +634,8 @@ impl Breaker {
         Duration::from_nanos(until.saturating_sub(now)).max(self.start)
     }
 
-    fn publish(&self, state: BreakerState) {
-        let up = if state == BreakerState::Closed {
-            1.0
-        } else {
-            0.0
-        };
-        metrics::gauge!(m::STORE_UP, "store" => self.store).set(up);
-        for (s, label) in [
-            (BreakerState::Closed, m::BREAKER_CLOSED),
-            (BreakerState::Open, m::BREAKER_OPEN),
-            (BreakerState::HalfOpen, m::BREAKER_HALF_OPEN),
-        ] {
-            let value = if s == state { 1.0 } else { 0.0 };
-            metrics::gauge!(m::STORE_BREAKER_STATE, "store" => self.store, "state" => label)
-                .set(value);
-        }
+    fn publish(&self, from: BreakerState, to: BreakerState) {
+        self.census.moved(Some(from), to);
     }
 }
 

@@ -14,6 +14,12 @@
 //! (fred sends its own `evalsha` unpipelined); a `NOSCRIPT` reply (after a restart, a failover or a
 //! `SCRIPT FLUSH`) is answered by one `EVAL` of the script body, which also caches it again.
 //!
+//! Partitions ([`Store::partition`]): in a Cluster, a key's partition is the shard that owns its
+//! slot, named 1 + the first slot its master serves, so a replica promoted in a failover keeps the
+//! partition (and its circuit breaker) of the master it replaces. The slot table is rebuilt from
+//! fred's cached routing when fred reports a change of the cluster; slots it does not know, and
+//! every key of a single server, are [`Partition::WHOLE`].
+//!
 //! Connections: a pool of fred clients, each pipelining and following `MOVED`/`ASK`, reconnecting by
 //! itself with exponential backoff (100 ms to 5 s) and logging each change of its connection state.
 //! Commands fail fast while a client is disconnected and never take longer than the configured
@@ -21,21 +27,25 @@
 //! in-flight decision is not retried on a new connection, since the script may already have run.
 //! Redis being down at start is not an error: the store answers errors until it is up.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use fred::prelude::{
-    Builder, ClientLike, Config, EventInterface, LuaInterface, Options, Pool, ReconnectPolicy,
+    Builder, ClientLike, ClusterInterface, Config, EventInterface, LuaInterface, Options, Pool, ReconnectPolicy,
     TcpConfig, Value,
 };
 use fred::types::config::UnresponsiveConfig;
 use fred::types::{ClusterHash, CustomCommand};
 
-use super::{Hit, Store, StoreError};
+use parking_lot::RwLock;
+
+use super::{Hit, Partition, Store, StoreError, join_all};
 use crate::algorithm::{Algorithm, Decision};
 use crate::clock::Clock;
+use crate::keys::CounterKey;
 
 /// The decision script; see its header for KEYS, ARGV, the reply and the state of each algorithm.
 pub const SCRIPT: &str = include_str!("decide.lua");
@@ -68,6 +78,8 @@ const RECONNECT_MAX_MS: u32 = 5_000;
 /// Values per counter in the script's ARGV and in its reply.
 const ARGS_PER_COUNTER: usize = 6;
 const REPLY_PER_COUNTER: usize = 4;
+/// Hash slots in a Redis Cluster.
+const SLOTS: usize = 16_384;
 
 /// How to reach Redis.
 #[derive(Clone)]
@@ -100,6 +112,10 @@ pub struct RedisStore {
     sha: String,
     timeout: Duration,
     clock: Option<Arc<dyn Clock>>,
+    /// In a Cluster, each slot's partition number (empty until the routing is known).
+    partitions: RwLock<Vec<u32>>,
+    /// Set when fred reports a change of the cluster: rebuild `partitions` on the next lookup.
+    routing_changed: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -159,8 +175,17 @@ impl RedisStore {
             ))
             .build_pool(options.pool_size.max(1))
             .map_err(|e| StoreError::Config(format!("Redis client: {}", e.details())))?;
+        let routing_changed = Arc::new(AtomicBool::new(true));
         for (i, client) in pool.clients().iter().enumerate() {
             log_state_changes(client, i);
+            if clustered {
+                let changed = routing_changed.clone();
+                // The task ends with the client.
+                drop(client.on_cluster_change(move |_| {
+                    changed.store(true, Ordering::Release);
+                    async { Ok(()) }
+                }));
+            }
         }
         drop(pool.connect_pool());
 
@@ -170,6 +195,8 @@ impl RedisStore {
             clustered,
             timeout,
             clock: None,
+            partitions: RwLock::new(Vec::new()),
+            routing_changed,
         };
         match tokio::time::timeout(STARTUP_WAIT, store.pool.wait_for_connect()).await {
             Ok(Ok(())) => {
@@ -200,6 +227,34 @@ impl RedisStore {
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
         self
+    }
+
+    /// Rebuilds the slot → partition table from fred's cached routing; leaves `routing_changed`
+    /// set while the routing is not known yet.
+    fn refresh_partitions(&self) {
+        let routing = self.pool.next().cached_cluster_state();
+        let Some(ranges) = routing.as_ref().map(|r| r.slots()).filter(|r| !r.is_empty()) else {
+            self.routing_changed.store(true, Ordering::Release);
+            return;
+        };
+        let mut first_slot = BTreeMap::new();
+        for range in ranges {
+            first_slot
+                .entry(&range.primary)
+                .and_modify(|s: &mut u16| *s = (*s).min(range.start))
+                .or_insert(range.start);
+        }
+        let mut table = vec![Partition::WHOLE.0; SLOTS];
+        for range in ranges {
+            let id = first_slot
+                .get(&range.primary)
+                .map_or(Partition::WHOLE.0, |&s| u32::from(s) + 1);
+            let end = usize::from(range.end).min(SLOTS - 1);
+            for slot in table.iter_mut().take(end + 1).skip(usize::from(range.start)) {
+                *slot = id;
+            }
+        }
+        *self.partitions.write() = table;
     }
 
     async fn run_group(&self, group: Group) -> Result<Vec<i64>, StoreError> {
@@ -349,6 +404,23 @@ impl Store for RedisStore {
     fn kind(&self) -> &'static str {
         "redis"
     }
+
+    fn partition(&self, key: &CounterKey) -> Partition {
+        if !self.clustered {
+            return Partition::WHOLE;
+        }
+        if self.routing_changed.swap(false, Ordering::AcqRel) {
+            self.refresh_partitions();
+        }
+        let slot = usize::from(fred::util::redis_keyslot(&key.redis_key()));
+        Partition(
+            self.partitions
+                .read()
+                .get(slot)
+                .copied()
+                .unwrap_or(Partition::WHOLE.0),
+        )
+    }
 }
 
 impl Drop for RedisStore {
@@ -370,33 +442,6 @@ struct Group {
     index: Vec<usize>,
     keys: Vec<Vec<u8>>,
     argv: Vec<Value>,
-}
-
-/// Runs every future concurrently on this task and returns their outputs in order.
-async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut pending: Vec<_> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
-    let mut done: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut all = true;
-        for (slot, out) in pending.iter_mut().zip(done.iter_mut()) {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        *out = Some(v);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => all = false,
-                }
-            }
-        }
-        if all {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    done.into_iter().flatten().collect()
 }
 
 /// Quota values are at most `u32::MAX` (and times below 2^63 µs), so they fit an `i64`.
