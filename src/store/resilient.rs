@@ -214,7 +214,9 @@ impl ResilientStore {
         self.breakers
             .write()
             .entry(partition)
-            .or_insert_with(|| Arc::new(Breaker::new(self.census.clone(), partition, &self.options)))
+            .or_insert_with(|| {
+                Arc::new(Breaker::new(self.census.clone(), partition, &self.options))
+            })
             .clone()
     }
 
@@ -1174,6 +1176,211 @@ mod tests {
             .unwrap();
         assert_eq!(d[0].remaining, FROM_PRIMARY);
         assert_eq!(primary.calls(), 1);
+    }
+
+    /// Two shards: keys of users ending in `b` live in partition 2, the others in partition 1.
+    struct TwoShards {
+        a: Arc<Scripted>,
+        b: Arc<Scripted>,
+    }
+
+    impl TwoShards {
+        fn new() -> Arc<Self> {
+            Arc::new(Self {
+                a: Scripted::new(Script::Answer),
+                b: Scripted::new(Script::Answer),
+            })
+        }
+    }
+
+    #[async_trait]
+    impl Store for TwoShards {
+        async fn decide(&self, hits: &[Hit<'_>]) -> Result<Vec<Decision>, StoreError> {
+            let p = self.partition(hits[0].key);
+            assert!(
+                hits.iter().all(|h| self.partition(h.key) == p),
+                "a call spans partitions"
+            );
+            if p == Partition(2) {
+                self.b.decide(hits).await
+            } else {
+                self.a.decide(hits).await
+            }
+        }
+
+        fn kind(&self) -> &'static str {
+            "scripted"
+        }
+
+        fn partition(&self, key: &CounterKey) -> Partition {
+            Partition(if key.as_bytes().ends_with(b"b") { 2 } else { 1 })
+        }
+    }
+
+    fn sharded(
+        shards: &Arc<TwoShards>,
+        on_error: OnStoreError,
+        clock: &ManualClock,
+    ) -> ResilientStore {
+        ResilientStore::with_clock(shards.clone(), &options(on_error), Arc::new(clock.clone()))
+    }
+
+    /// Decides one hit for each of `users`, in one batch.
+    async fn batch(store: &ResilientStore, q: &Quota, users: &[&str]) -> Vec<Decision> {
+        let keys: Vec<CounterKey> = users.iter().map(|u| key(q, u)).collect();
+        let hits: Vec<Hit<'_>> = keys
+            .iter()
+            .map(|k| Hit {
+                key: k,
+                quota: q,
+                hits: 1,
+            })
+            .collect();
+        store.decide(&hits).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failing_partition_falls_back_alone() {
+        let shards = TwoShards::new();
+        shards.b.set(Script::Unavailable);
+        let clock = ManualClock::new(START);
+        let store = sharded(&shards, OnStoreError::Local, &clock);
+        let q = quota(100);
+        for round in 0..6 {
+            let d = batch(&store, &q, &["b1b", "a1", "b2b", "a2"]).await;
+            assert_eq!(d[1].remaining, FROM_PRIMARY, "round {round}");
+            assert_eq!(d[3].remaining, FROM_PRIMARY, "round {round}");
+            // The local fallback, in the original order: b1b and b2b each counted once per round.
+            assert_eq!((d[0].remaining, d[2].remaining), (99 - round, 99 - round));
+        }
+        assert_eq!(store.partition_state(Partition(1)), BreakerState::Closed);
+        assert_eq!(store.partition_state(Partition(2)), BreakerState::Open);
+        assert_eq!(
+            (store.state(), store.open_partitions()),
+            (BreakerState::Open, 1)
+        );
+        assert_eq!(
+            shards.a.calls(),
+            6,
+            "one call per round for the healthy partition"
+        );
+        assert_eq!(
+            shards.b.calls(),
+            3,
+            "the failing one is left alone once open"
+        );
+
+        // A batch entirely on the healthy partition never waits for or touches the other.
+        assert_eq!(batch(&store, &q, &["a3"]).await[0].remaining, FROM_PRIMARY);
+        assert_eq!(shards.b.calls(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_partition_costs_the_others_nothing_but_the_wait() {
+        let shards = TwoShards::new();
+        shards.b.set(Script::Hang);
+        let clock = ManualClock::new(START);
+        let store = sharded(&shards, OnStoreError::Allow, &clock);
+        let q = quota(10);
+        let started = tokio::time::Instant::now();
+        let d = batch(&store, &q, &["a1", "b1b"]).await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(50),
+            "concurrent, one timeout"
+        );
+        assert_eq!(d[0].remaining, FROM_PRIMARY);
+        assert_eq!(d[1].remaining, 10, "allowed by the policy");
+        assert_eq!(store.partition_state(Partition(1)), BreakerState::Closed);
+        assert_eq!(store.partition_state(Partition(2)), BreakerState::Open);
+        let started = tokio::time::Instant::now();
+        batch(&store, &q, &["a1", "b1b"]).await;
+        assert_eq!(started.elapsed(), Duration::ZERO, "open: no wait");
+    }
+
+    #[tokio::test]
+    async fn each_partition_probes_and_recovers_on_its_own() {
+        let shards = TwoShards::new();
+        shards.a.set(Script::Unavailable);
+        shards.b.set(Script::Unavailable);
+        let clock = ManualClock::new(START);
+        let store = sharded(&shards, OnStoreError::Allow, &clock);
+        let q = quota(10);
+        for _ in 0..3 {
+            batch(&store, &q, &["a", "b"]).await;
+        }
+        assert_eq!(store.open_partitions(), 2);
+        assert_eq!((shards.a.calls(), shards.b.calls()), (3, 3));
+
+        // Both probe at 250ms: a is back, b fails again and waits 500ms.
+        shards.a.set(Script::Answer);
+        clock.advance(Duration::from_millis(250));
+        let d = batch(&store, &q, &["a", "b"]).await;
+        assert_eq!(d[0].remaining, FROM_PRIMARY);
+        assert_ne!(d[1].remaining, FROM_PRIMARY);
+        assert_eq!((shards.a.calls(), shards.b.calls()), (4, 4));
+        assert_eq!(store.partition_state(Partition(1)), BreakerState::Closed);
+        assert_eq!(store.partition_state(Partition(2)), BreakerState::Open);
+
+        clock.advance(Duration::from_millis(499));
+        batch(&store, &q, &["a", "b"]).await;
+        assert_eq!(
+            (shards.a.calls(), shards.b.calls()),
+            (5, 4),
+            "b waits its own backoff"
+        );
+        shards.b.set(Script::Answer);
+        clock.advance(Duration::from_millis(1));
+        let d = batch(&store, &q, &["b", "a"]).await;
+        assert_eq!(
+            (d[0].remaining, d[1].remaining),
+            (FROM_PRIMARY, FROM_PRIMARY)
+        );
+        assert_eq!(
+            (store.state(), store.open_partitions()),
+            (BreakerState::Closed, 0)
+        );
+    }
+
+    #[test]
+    fn the_gauges_count_partitions_and_the_store_is_up_only_when_all_are_closed() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let shards = TwoShards::new();
+        shards.b.set(Script::Unavailable);
+        let clock = ManualClock::new(START);
+        let store = sharded(&shards, OnStoreError::Allow, &clock);
+        let q = quota(10);
+        runtime.block_on(async {
+            for _ in 0..3 {
+                batch(&store, &q, &["a", "b"]).await;
+            }
+        });
+        let text = handle.render();
+        for line in [
+            r#"tollgate_store_up{store="scripted"} 0"#,
+            r#"tollgate_store_breaker_state{store="scripted",state="open"} 1"#,
+            r#"tollgate_store_breaker_state{store="scripted",state="closed"} 1"#,
+            r#"tollgate_fallback_decisions_total{policy="allow"} 3"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        shards.b.set(Script::Answer);
+        clock.advance(Duration::from_millis(250));
+        runtime.block_on(batch(&store, &q, &["b"]));
+        let text = handle.render();
+        for line in [
+            r#"tollgate_store_up{store="scripted"} 1"#,
+            r#"tollgate_store_breaker_state{store="scripted",state="open"} 0"#,
+            r#"tollgate_store_breaker_state{store="scripted",state="closed"} 2"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
     }
 
     #[test]

@@ -34,8 +34,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use fred::prelude::{
-    Builder, ClientLike, ClusterInterface, Config, EventInterface, LuaInterface, Options, Pool, ReconnectPolicy,
-    TcpConfig, Value,
+    Builder, ClientLike, ClusterInterface, Config, EventInterface, LuaInterface, Options, Pool,
+    ReconnectPolicy, TcpConfig, Value,
 };
 use fred::types::config::UnresponsiveConfig;
 use fred::types::{ClusterHash, CustomCommand};
@@ -233,7 +233,11 @@ impl RedisStore {
     /// set while the routing is not known yet.
     fn refresh_partitions(&self) {
         let routing = self.pool.next().cached_cluster_state();
-        let Some(ranges) = routing.as_ref().map(|r| r.slots()).filter(|r| !r.is_empty()) else {
+        let Some(ranges) = routing
+            .as_ref()
+            .map(|r| r.slots())
+            .filter(|r| !r.is_empty())
+        else {
             self.routing_changed.store(true, Ordering::Release);
             return;
         };
@@ -250,7 +254,11 @@ impl RedisStore {
                 .get(&range.primary)
                 .map_or(Partition::WHOLE.0, |&s| u32::from(s) + 1);
             let end = usize::from(range.end).min(SLOTS - 1);
-            for slot in table.iter_mut().take(end + 1).skip(usize::from(range.start)) {
+            for slot in table
+                .iter_mut()
+                .take(end + 1)
+                .skip(usize::from(range.start))
+            {
                 *slot = id;
             }
         }
