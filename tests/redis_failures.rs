@@ -4,7 +4,8 @@
 //! - Persistence: a tollgate SIGKILLed mid-window comes back to the same counts (they live in
 //!   Redis); a Redis SIGKILLed with `appendonly yes` (`appendfsync always`) comes back with them too.
 //! - Failover: a Cluster master SIGKILLed under load: every call is answered within the store
-//!   timeout plus slack, by the `local` policy during the gap (no gRPC error), nothing panics, and
+//!   timeout plus slack, by the `local` policy during the gap (no gRPC error), only for the keys
+//!   of the dead master (a key on a live master keeps its exact Redis count), nothing panics, and
 //!   once a replica is promoted Redis decides again (`store_up` 1) and a limit exhausted before the
 //!   kill, on a key the dead master held, is still exhausted (the replica was synced first).
 //! - Outage: every Cluster node stopped: each policy answers within the timeout (`local` admits
@@ -295,6 +296,25 @@ async fn killing_a_cluster_master_under_load_loses_no_answer_and_no_count() {
         "replica of node {owner} never caught up\n{}",
         cluster.describe()
     );
+    // A user whose counter lives on another master, with 1 of its 10 spent through tg0.
+    let mut known = keys.clone();
+    let mut healthy = None;
+    for i in 0..32 {
+        let candidate = user(&format!("healthy-{i}"));
+        assert_eq!(
+            fleet::count_ok_from_store(&tg0, &mut c0, &candidate, 1).await,
+            1
+        );
+        let now = block_in_place(|| cluster.keys());
+        let new: Vec<&String> = now.iter().filter(|k| !known.contains(k)).collect();
+        assert_eq!(new.len(), 1, "{new:?}");
+        if block_in_place(|| cluster.master_for_key(new[0])) != owner {
+            healthy = Some(candidate);
+            break;
+        }
+        known = now;
+    }
+    let healthy = healthy.expect("no user among 32 on another master");
 
     let pool = vec![
         c0.clone(),
@@ -308,6 +328,30 @@ async fn killing_a_cluster_master_under_load_loses_no_answer_and_no_count() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     block_in_place(|| cluster.kill_node(owner));
+    // During the gap: the dead master's keys fall back (tg0 never saw the victim refused; Redis
+    // would refuse it, its local share admits it), while a key on a live master is still decided
+    // by Redis, through tg1, with the fleet-wide count (the fallback would admit 5 of a fresh 5).
+    let during = grpc::should_rate_limit(&mut c0, victim.clone()).await;
+    assert_eq!(
+        grpc::overall(&during),
+        Code::Ok,
+        "the victim was not decided by the fallback right after the kill: {during:?}"
+    );
+    for spent in 2..=10u32 {
+        let resp = grpc::should_rate_limit(&mut c1, healthy.clone()).await;
+        assert_eq!(grpc::overall(&resp), Code::Ok, "hit {spent}: {resp:?}");
+        assert_eq!(
+            resp.statuses[0].limit_remaining,
+            10 - spent,
+            "hit {spent} on a live master was not decided by Redis: {resp:?}\n{}",
+            tg1.log_tail()
+        );
+    }
+    assert_eq!(
+        grpc::overall(&grpc::should_rate_limit(&mut c1, healthy.clone()).await),
+        Code::OverLimit,
+        "the 11th hit on a live master"
+    );
     assert!(
         block_in_place(|| cluster.wait_healthy(Duration::from_secs(20))),
         "no replica promoted\n{}",
@@ -333,6 +377,12 @@ async fn killing_a_cluster_master_under_load_loses_no_answer_and_no_count() {
     assert!(
         fallback_after > fallback_before,
         "no fallback decision while a master was down: was the gap real?"
+    );
+    eprintln!(
+        "failover: {} of {} load decisions by the fallback ({:.1}%)",
+        fallback_after - fallback_before,
+        out.total(),
+        100.0 * (fallback_after - fallback_before) / out.total() as f64
     );
 
     // Redis decides again, with the victim's count from before the kill. Asked through tg0, which

@@ -20,6 +20,15 @@
 //! fred's cached routing when fred reports a change of the cluster; slots it does not know, and
 //! every key of a single server, are [`Partition::WHOLE`].
 //!
+//! In a Cluster, the scripts go through one client per master, not through the cluster pool: a
+//! fred cluster client stops serving every slot while it reconnects to any one node (its
+//! reconnection resyncs all nodes, and fails until the dead master's slots have a new owner), so
+//! one dead master would stall the healthy ones too. A per-master client fails alone (while it is
+//! not connected, its slots go through the pool, bounded by the timeout like any call). A
+//! `MOVED`/`ASK` answer (the routing changed under us) is retried once through the cluster pool,
+//! which follows redirections, and triggers a rebuild of the table. The pool also serves while
+//! the routing is unknown, and keeps the routing current.
+//!
 //! Connections: a pool of fred clients, each pipelining and following `MOVED`/`ASK`, reconnecting by
 //! itself with exponential backoff (100 ms to 5 s) and logging each change of its connection state.
 //! Commands fail fast while a client is disconnected and never take longer than the configured
@@ -38,6 +47,7 @@ use fred::prelude::{
     ReconnectPolicy, TcpConfig, Value,
 };
 use fred::types::config::UnresponsiveConfig;
+use fred::types::config::{Server, ServerConfig};
 use fred::types::{ClusterHash, CustomCommand};
 
 use parking_lot::RwLock;
@@ -104,6 +114,40 @@ impl std::fmt::Debug for RedisOptions {
     }
 }
 
+/// A Cluster's slot table: each slot's partition number and the index of its master's client.
+#[derive(Default)]
+struct Routing {
+    slots: Vec<(u32, usize)>,
+    masters: Vec<(Server, fred::prelude::Client)>,
+}
+
+/// A fred client builder with the store's connection settings.
+fn client_builder(config: Config, timeout: Duration) -> Builder {
+    let mut builder = Builder::from_config(config);
+    builder
+        .with_connection_config(|c| {
+            c.connection_timeout = CONNECT_TIMEOUT;
+            c.internal_command_timeout = CONNECT_TIMEOUT;
+            c.max_command_attempts = 1;
+            c.tcp = TcpConfig {
+                nodelay: Some(true),
+                ..TcpConfig::default()
+            };
+            c.unresponsive = UnresponsiveConfig {
+                max_timeout: Some(UNRESPONSIVE_AFTER),
+                interval: Duration::from_millis(500),
+            };
+        })
+        .with_performance_config(|p| p.default_command_timeout = timeout)
+        .set_policy(ReconnectPolicy::new_exponential(
+            0,
+            RECONNECT_MIN_MS,
+            RECONNECT_MAX_MS,
+            2,
+        ));
+    builder
+}
+
 /// Counters in Redis. See the module docs.
 pub struct RedisStore {
     pool: Pool,
@@ -112,8 +156,10 @@ pub struct RedisStore {
     sha: String,
     timeout: Duration,
     clock: Option<Arc<dyn Clock>>,
-    /// In a Cluster, each slot's partition number (empty until the routing is known).
-    partitions: RwLock<Vec<u32>>,
+    /// In a Cluster, who serves each slot (empty until the routing is known).
+    routing: RwLock<Routing>,
+    /// The cluster pool's configuration, from which each master's own client is made.
+    node_config: Option<Config>,
     /// Set when fred reports a change of the cluster: rebuild `partitions` on the next lookup.
     routing_changed: Arc<AtomicBool>,
 }
@@ -152,27 +198,8 @@ impl RedisStore {
         config.fail_fast = false;
         let clustered = config.server.is_clustered();
         let timeout = options.timeout;
-        let pool = Builder::from_config(config)
-            .with_connection_config(|c| {
-                c.connection_timeout = CONNECT_TIMEOUT;
-                c.internal_command_timeout = CONNECT_TIMEOUT;
-                c.max_command_attempts = 1;
-                c.tcp = TcpConfig {
-                    nodelay: Some(true),
-                    ..TcpConfig::default()
-                };
-                c.unresponsive = UnresponsiveConfig {
-                    max_timeout: Some(UNRESPONSIVE_AFTER),
-                    interval: Duration::from_millis(500),
-                };
-            })
-            .with_performance_config(|p| p.default_command_timeout = timeout)
-            .set_policy(ReconnectPolicy::new_exponential(
-                0,
-                RECONNECT_MIN_MS,
-                RECONNECT_MAX_MS,
-                2,
-            ))
+        let node_config = clustered.then(|| config.clone());
+        let pool = client_builder(config, timeout)
             .build_pool(options.pool_size.max(1))
             .map_err(|e| StoreError::Config(format!("Redis client: {}", e.details())))?;
         let routing_changed = Arc::new(AtomicBool::new(true));
@@ -195,7 +222,8 @@ impl RedisStore {
             clustered,
             timeout,
             clock: None,
-            partitions: RwLock::new(Vec::new()),
+            routing: RwLock::new(Routing::default()),
+            node_config,
             routing_changed,
         };
         match tokio::time::timeout(STARTUP_WAIT, store.pool.wait_for_connect()).await {
@@ -229,9 +257,10 @@ impl RedisStore {
         self
     }
 
-    /// Rebuilds the slot → partition table from fred's cached routing; leaves `routing_changed`
-    /// set while the routing is not known yet.
-    fn refresh_partitions(&self) {
+    /// Rebuilds the slot table from fred's cached routing, keeping the clients of masters that
+    /// still serve slots and closing the others; leaves `routing_changed` set while the routing
+    /// is not known yet.
+    fn refresh_routing(&self) {
         let routing = self.pool.next().cached_cluster_state();
         let Some(ranges) = routing
             .as_ref()
@@ -241,48 +270,106 @@ impl RedisStore {
             self.routing_changed.store(true, Ordering::Release);
             return;
         };
-        let mut first_slot = BTreeMap::new();
+        let mut first_slot: BTreeMap<&Server, u16> = BTreeMap::new();
         for range in ranges {
             first_slot
                 .entry(&range.primary)
-                .and_modify(|s: &mut u16| *s = (*s).min(range.start))
+                .and_modify(|s| *s = (*s).min(range.start))
                 .or_insert(range.start);
         }
-        let mut table = vec![Partition::WHOLE.0; SLOTS];
+        let mut current = self.routing.write();
+        let mut old = std::mem::take(&mut current.masters);
+        let mut masters = Vec::with_capacity(first_slot.len());
+        let mut index: BTreeMap<&Server, usize> = BTreeMap::new();
+        for &server in first_slot.keys() {
+            let client = match old.iter().position(|(s, _)| s == server) {
+                Some(i) => Some(old.swap_remove(i).1),
+                None => self.master_client(server),
+            };
+            if let Some(client) = client {
+                index.insert(server, masters.len());
+                masters.push((server.clone(), client));
+            }
+        }
+        let mut slots = vec![(Partition::WHOLE.0, usize::MAX); SLOTS];
         for range in ranges {
             let id = first_slot
                 .get(&range.primary)
                 .map_or(Partition::WHOLE.0, |&s| u32::from(s) + 1);
+            let master = index.get(&range.primary).copied().unwrap_or(usize::MAX);
             let end = usize::from(range.end).min(SLOTS - 1);
-            for slot in table
+            for slot in slots
                 .iter_mut()
                 .take(end + 1)
                 .skip(usize::from(range.start))
             {
-                *slot = id;
+                *slot = (id, master);
             }
         }
-        *self.partitions.write() = table;
+        *current = Routing { slots, masters };
+        drop(current);
+        for (server, client) in old {
+            tracing::debug!(%server, "Redis node no longer a master; closing its client");
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = client.quit().await;
+                });
+            }
+        }
     }
 
-    async fn run_group(&self, group: Group) -> Result<Vec<i64>, StoreError> {
-        let options = Options {
-            timeout: Some(self.timeout),
-            fail_fast: true,
-            max_attempts: Some(1),
-            ..Options::default()
+    /// A client of the one master `server`, connecting in the background.
+    fn master_client(&self, server: &Server) -> Option<fred::prelude::Client> {
+        let mut config = self.node_config.clone()?;
+        config.server = ServerConfig::Centralized {
+            server: server.clone(),
         };
-        let client = self.pool.next_connected().with_options(&options);
-        let n = group.keys.len();
+        config.fail_fast = false;
+        match client_builder(config, self.timeout).build() {
+            Ok(client) => {
+                drop(client.connect());
+                Some(client)
+            }
+            Err(e) => {
+                tracing::warn!(%server, error = %e, "cannot make a client for this Redis master; using the cluster pool");
+                None
+            }
+        }
+    }
+
+    /// The client of the master that serves `slot`, if the routing is known and it is connected
+    /// (while it connects, or reconnects, the cluster pool serves).
+    fn master_for(&self, slot: u16) -> Option<fred::prelude::Client> {
+        if !self.clustered {
+            return None;
+        }
+        if self.routing_changed.swap(false, Ordering::AcqRel) {
+            self.refresh_routing();
+        }
+        let routing = self.routing.read();
+        let &(_, master) = routing.slots.get(usize::from(slot))?;
+        routing
+            .masters
+            .get(master)
+            .filter(|(_, c)| c.is_connected())
+            .map(|(_, c)| c.clone())
+    }
+
+    /// Sends the group's script (`EVALSHA`, or `EVAL` after `NOSCRIPT`) through `client`.
+    async fn eval<C: ClientLike>(
+        &self,
+        client: &C,
+        group: &Group,
+    ) -> Result<Value, fred::error::Error> {
         let command = |name: &'static str| {
             CustomCommand::new_static(name, ClusterHash::Custom(group.slot), false)
         };
-        let mut args: Vec<Value> = Vec::with_capacity(2 + n + group.argv.len());
+        let mut args: Vec<Value> = Vec::with_capacity(2 + group.keys.len() + group.argv.len());
         args.push(Value::from(self.sha.as_str()));
-        args.push(Value::Integer(n as i64));
+        args.push(Value::Integer(group.keys.len() as i64));
         args.extend(group.keys.iter().map(|k| Value::Bytes(k.clone().into())));
         args.extend(group.argv.iter().cloned());
-        let reply = match client
+        match client
             .custom::<Value, Value>(command("EVALSHA"), args.clone())
             .await
         {
@@ -294,6 +381,31 @@ impl RedisStore {
                 client.custom::<Value, Value>(command("EVAL"), args).await
             }
             other => other,
+        }
+    }
+
+    async fn run_group(&self, group: Group) -> Result<Vec<i64>, StoreError> {
+        let options = Options {
+            timeout: Some(self.timeout),
+            fail_fast: true,
+            max_attempts: Some(1),
+            ..Options::default()
+        };
+        let n = group.keys.len();
+        let through_pool = || {
+            let client = self.pool.next_connected().with_options(&options);
+            let group = &group;
+            async move { self.eval(&client, group).await }
+        };
+        let reply = match self.master_for(group.slot) {
+            Some(master) => match self.eval(&master.with_options(&options), &group).await {
+                Err(e) if redirected(&e) => {
+                    self.routing_changed.store(true, Ordering::Release);
+                    through_pool().await
+                }
+                other => other,
+            },
+            None => through_pool().await,
         }
         .map_err(|e| store_error(&e, self.timeout))?;
         let values: Vec<i64> = reply
@@ -418,15 +530,15 @@ impl Store for RedisStore {
             return Partition::WHOLE;
         }
         if self.routing_changed.swap(false, Ordering::AcqRel) {
-            self.refresh_partitions();
+            self.refresh_routing();
         }
         let slot = usize::from(fred::util::redis_keyslot(&key.redis_key()));
         Partition(
-            self.partitions
+            self.routing
                 .read()
+                .slots
                 .get(slot)
-                .copied()
-                .unwrap_or(Partition::WHOLE.0),
+                .map_or(Partition::WHOLE.0, |&(p, _)| p),
         )
     }
 }
@@ -435,11 +547,21 @@ impl Drop for RedisStore {
     fn drop(&mut self) {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let pool = self.pool.clone();
+            let masters = std::mem::take(&mut self.routing.write().masters);
             runtime.spawn(async move {
                 let _ = pool.quit().await;
+                for (_, client) in masters {
+                    let _ = client.quit().await;
+                }
             });
         }
     }
+}
+
+/// A Cluster redirection: the slot is served elsewhere than the routing said.
+fn redirected(e: &fred::error::Error) -> bool {
+    let details = e.details();
+    details.starts_with("MOVED") || details.starts_with("ASK")
 }
 
 /// The counters of one cluster slot, for one `EVALSHA`.
