@@ -160,7 +160,8 @@ pub struct RedisStore {
     routing: RwLock<Routing>,
     /// The cluster pool's configuration, from which each master's own client is made.
     node_config: Option<Config>,
-    /// Set when fred reports a change of the cluster: rebuild `partitions` on the next lookup.
+    /// Set when fred reports a change of the cluster (or a master redirects): rebuild `routing` on
+    /// the next lookup.
     routing_changed: Arc<AtomicBool>,
 }
 
