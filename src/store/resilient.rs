@@ -19,16 +19,21 @@
 //! call becomes the probe (`half_open`; concurrent calls keep the fallback): success closes the
 //! breaker, failure reopens it with twice the backoff (from `backoff_start`, capped at
 //! `backoff_max`). A probe whose caller goes away reopens the breaker with the next call allowed to
-//! probe. So decisions return to the store by themselves when it recovers. The closed path costs one
-//! atomic load; transitions take a lock, are logged once each and published as gauges.
+//! probe. So decisions return to the store by themselves when it recovers. The closed path costs a
+//! read lock on the partitions' map and one atomic load; transitions take a lock, are logged once
+//! each and published as gauges.
 //!
 //! One breaker per partition ([`Store::partition`]: a Redis Cluster shard, or the whole store):
 //! a request's hits are split by partition, hits of an open partition are answered by the policy
 //! at once, and each other partition is called concurrently, each call bounded by the timeout, so
 //! a dead master costs only its own keys. The gauges aggregate: `store_up` is 1 only while every
 //! partition's breaker is closed, and `store_breaker_state` counts the partitions in each state.
-//! A partition that no key maps to any more (slots moved away in a resharding) keeps its last
-//! state; the partition of a failed-over master is kept by its promoted replica.
+//! A store that names its partitions uses the whole-store one only while it cannot tell (a
+//! Cluster whose routing is not known yet): its breaker is dropped when a named partition
+//! appears, so it cannot hold `store_up` at 0 once no key maps to it. A named partition that no
+//! key maps to any more (slots moved away in a resharding) keeps its last state; the partition
+//! of a failed-over master is kept by its promoted replica. With `error`, a request one of whose
+//! partitions fails is answered by the error as a whole.
 //!
 //! Breaker time comes from an injected [`Clock`] (monotonic in production), so tests step it
 //! without sleeping; the timeout is tokio's.
@@ -211,13 +216,18 @@ impl ResilientStore {
         if let Some(b) = self.breakers.read().get(&partition) {
             return b.clone();
         }
-        self.breakers
-            .write()
-            .entry(partition)
-            .or_insert_with(|| {
-                Arc::new(Breaker::new(self.census.clone(), partition, &self.options))
-            })
-            .clone()
+        let mut breakers = self.breakers.write();
+        if let Some(b) = breakers.get(&partition) {
+            return b.clone();
+        }
+        if partition != Partition::WHOLE
+            && let Some(whole) = breakers.remove(&Partition::WHOLE)
+        {
+            self.census.retire(&whole);
+        }
+        let breaker = Arc::new(Breaker::new(self.census.clone(), partition, &self.options));
+        breakers.insert(partition, breaker.clone());
+        breaker
     }
 
     pub fn options(&self) -> &ResilienceOptions {
@@ -457,14 +467,30 @@ impl Census {
         }
     }
 
-    /// One breaker moved from `from` (`None`: a new breaker) to `to`.
-    fn moved(&self, from: Option<BreakerState>, to: BreakerState) {
+    /// `breaker` moved to `to` (from the state it was counted in, if any).
+    fn moved(&self, breaker: &Breaker, to: BreakerState) {
         let mut counts = self.counts.lock();
-        if let Some(from) = from {
-            let c = &mut counts[Self::index(from)];
+        let from = breaker.counted.load(Ordering::Relaxed);
+        if from == RETIRED {
+            return;
+        }
+        if let Some(c) = counts.get_mut(usize::from(from)) {
             *c = c.saturating_sub(1);
         }
         counts[Self::index(to)] += 1;
+        breaker
+            .counted
+            .store(Self::index(to) as u8, Ordering::Relaxed);
+        self.publish(&counts);
+    }
+
+    /// `breaker` is no longer counted; its later transitions are ignored.
+    fn retire(&self, breaker: &Breaker) {
+        let mut counts = self.counts.lock();
+        let from = breaker.counted.swap(RETIRED, Ordering::Relaxed);
+        if let Some(c) = counts.get_mut(usize::from(from)) {
+            *c = c.saturating_sub(1);
+        }
         self.publish(&counts);
     }
 
@@ -483,8 +509,14 @@ impl Census {
     }
 }
 
+/// `Breaker::counted` of a breaker not counted yet, or no longer.
+const UNCOUNTED: u8 = u8::MAX - 1;
+const RETIRED: u8 = u8::MAX;
+
 struct Breaker {
     census: Arc<Census>,
+    /// The state the census counts it in (an index of `Census::counts`), written under its lock.
+    counted: AtomicU8,
     partition: Partition,
     store: &'static str,
     policy: OnStoreError,
@@ -504,6 +536,7 @@ impl Breaker {
         let breaker = Self {
             store: census.store,
             census,
+            counted: AtomicU8::new(UNCOUNTED),
             partition,
             policy: options.on_error,
             threshold: options.failures_to_open.max(1),
@@ -514,7 +547,7 @@ impl Breaker {
             open_until: AtomicU64::new(0),
             backoff: Mutex::new(options.backoff_start),
         };
-        breaker.census.moved(None, BreakerState::Closed);
+        breaker.census.moved(&breaker, BreakerState::Closed);
         breaker
     }
 
@@ -540,7 +573,7 @@ impl Breaker {
                         partition = %self.partition,
                         "store circuit half-open: probing"
                     );
-                    self.publish(BreakerState::Open, BreakerState::HalfOpen);
+                    self.publish(BreakerState::HalfOpen);
                     Pass::Probe
                 } else {
                     Pass::Skip
@@ -561,7 +594,7 @@ impl Breaker {
                 partition = %self.partition,
                 "store recovered: circuit closed"
             );
-            self.publish(BreakerState::HalfOpen, BreakerState::Closed);
+            self.publish(BreakerState::Closed);
         } else if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
         }
@@ -584,7 +617,7 @@ impl Breaker {
                     retry_in = ?*backoff,
                     "store probe failed: circuit open again"
                 );
-                self.publish(BreakerState::HalfOpen, BreakerState::Open);
+                self.publish(BreakerState::Open);
             }
             Pass::Call => {
                 let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
@@ -609,7 +642,7 @@ impl Breaker {
                     retry_in = ?self.start,
                     "store failing: circuit open, deciding by --on-store-error"
                 );
-                self.publish(BreakerState::Closed, BreakerState::Open);
+                self.publish(BreakerState::Open);
             }
             Pass::Skip => {}
         }
@@ -626,7 +659,7 @@ impl Breaker {
                 partition = %self.partition,
                 "store probe cancelled"
             );
-            self.publish(BreakerState::HalfOpen, BreakerState::Open);
+            self.publish(BreakerState::Open);
         }
     }
 
@@ -636,8 +669,8 @@ impl Breaker {
         Duration::from_nanos(until.saturating_sub(now)).max(self.start)
     }
 
-    fn publish(&self, from: BreakerState, to: BreakerState) {
-        self.census.moved(Some(from), to);
+    fn publish(&self, to: BreakerState) {
+        self.census.moved(self, to);
     }
 }
 
@@ -1182,6 +1215,8 @@ mod tests {
     struct TwoShards {
         a: Arc<Scripted>,
         b: Arc<Scripted>,
+        /// While false, every key is in the whole store (a routing not known yet).
+        named: std::sync::atomic::AtomicBool,
     }
 
     impl TwoShards {
@@ -1189,6 +1224,7 @@ mod tests {
             Arc::new(Self {
                 a: Scripted::new(Script::Answer),
                 b: Scripted::new(Script::Answer),
+                named: std::sync::atomic::AtomicBool::new(true),
             })
         }
     }
@@ -1213,6 +1249,9 @@ mod tests {
         }
 
         fn partition(&self, key: &CounterKey) -> Partition {
+            if !self.named.load(Ordering::SeqCst) {
+                return Partition::WHOLE;
+            }
             Partition(if key.as_bytes().ends_with(b"b") { 2 } else { 1 })
         }
     }
@@ -1373,6 +1412,55 @@ mod tests {
         shards.b.set(Script::Answer);
         clock.advance(Duration::from_millis(250));
         runtime.block_on(batch(&store, &q, &["b"]));
+        let text = handle.render();
+        for line in [
+            r#"tollgate_store_up{store="scripted"} 1"#,
+            r#"tollgate_store_breaker_state{store="scripted",state="open"} 0"#,
+            r#"tollgate_store_breaker_state{store="scripted",state="closed"} 2"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_whole_store_breaker_is_dropped_once_partitions_are_named() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let shards = TwoShards::new();
+        shards.named.store(false, Ordering::SeqCst);
+        shards.a.set(Script::Unavailable);
+        let clock = ManualClock::new(START);
+        let store = sharded(&shards, OnStoreError::Allow, &clock);
+        let q = quota(10);
+        runtime.block_on(async {
+            for _ in 0..3 {
+                batch(&store, &q, &["a"]).await;
+            }
+        });
+        assert_eq!(store.partition_state(Partition::WHOLE), BreakerState::Open);
+        assert!(
+            handle
+                .render()
+                .contains(r#"tollgate_store_up{store="scripted"} 0"#)
+        );
+
+        // The routing is known: no key maps to the whole store any more.
+        shards.named.store(true, Ordering::SeqCst);
+        shards.a.set(Script::Answer);
+        let d = runtime.block_on(batch(&store, &q, &["a", "b"]));
+        assert_eq!(
+            (d[0].remaining, d[1].remaining),
+            (FROM_PRIMARY, FROM_PRIMARY)
+        );
+        assert_eq!(
+            (store.state(), store.open_partitions()),
+            (BreakerState::Closed, 0)
+        );
         let text = handle.render();
         for line in [
             r#"tollgate_store_up{store="scripted"} 1"#,
