@@ -20,11 +20,11 @@
 //! fred's cached routing when fred reports a change of the cluster; slots it does not know, and
 //! every key of a single server, are [`Partition::WHOLE`].
 //!
-//! In a Cluster, the scripts go through one client per master, not through the cluster pool: a
+//! In a Cluster, the scripts go through a pool per master, not through the cluster pool: a
 //! fred cluster client stops serving every slot while it reconnects to any one node (its
 //! reconnection resyncs all nodes, and fails until the dead master's slots have a new owner), so
-//! one dead master would stall the healthy ones too. A per-master client fails alone (while it is
-//! not connected, its slots go through the pool, bounded by the timeout like any call). A
+//! one dead master would stall the healthy ones too. A master's own pool fails alone (while none
+//! of its connections is up, its slots go through the cluster pool, bounded by the timeout). A
 //! `MOVED`/`ASK` answer (the routing changed under us) is retried once through the cluster pool,
 //! which follows redirections, and triggers a rebuild of the table. The pool also serves while
 //! the routing is unknown, and keeps the routing current.
@@ -114,11 +114,11 @@ impl std::fmt::Debug for RedisOptions {
     }
 }
 
-/// A Cluster's slot table: each slot's partition number and the index of its master's client.
+/// A Cluster's slot table: each slot's partition number and the index of its master's pool.
 #[derive(Default)]
 struct Routing {
     slots: Vec<(u32, usize)>,
-    masters: Vec<(Server, fred::prelude::Client)>,
+    masters: Vec<(Server, Pool)>,
 }
 
 /// A fred client builder with the store's connection settings.
@@ -158,8 +158,9 @@ pub struct RedisStore {
     clock: Option<Arc<dyn Clock>>,
     /// In a Cluster, who serves each slot (empty until the routing is known).
     routing: RwLock<Routing>,
-    /// The cluster pool's configuration, from which each master's own client is made.
+    /// The cluster pool's configuration, from which each master's own pool is made.
     node_config: Option<Config>,
+    pool_size: usize,
     /// Set when fred reports a change of the cluster (or a master redirects): rebuild `routing` on
     /// the next lookup.
     routing_changed: Arc<AtomicBool>,
@@ -225,6 +226,7 @@ impl RedisStore {
             clock: None,
             routing: RwLock::new(Routing::default()),
             node_config,
+            pool_size: options.pool_size.max(1),
             routing_changed,
         };
         match tokio::time::timeout(STARTUP_WAIT, store.pool.wait_for_connect()).await {
@@ -309,30 +311,30 @@ impl RedisStore {
         }
         *current = Routing { slots, masters };
         drop(current);
-        for (server, client) in old {
-            tracing::debug!(%server, "Redis node no longer a master; closing its client");
+        for (server, pool) in old {
+            tracing::debug!(%server, "Redis node no longer a master; closing its connections");
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
-                    let _ = client.quit().await;
+                    let _ = pool.quit().await;
                 });
             }
         }
     }
 
-    /// A client of the one master `server`, connecting in the background.
-    fn master_client(&self, server: &Server) -> Option<fred::prelude::Client> {
+    /// A pool of clients of the one master `server`, connecting in the background.
+    fn master_client(&self, server: &Server) -> Option<Pool> {
         let mut config = self.node_config.clone()?;
         config.server = ServerConfig::Centralized {
             server: server.clone(),
         };
         config.fail_fast = false;
-        match client_builder(config, self.timeout).build() {
-            Ok(client) => {
-                drop(client.connect());
-                Some(client)
+        match client_builder(config, self.timeout).build_pool(self.pool_size) {
+            Ok(pool) => {
+                drop(pool.connect_pool());
+                Some(pool)
             }
             Err(e) => {
-                tracing::warn!(%server, error = %e, "cannot make a client for this Redis master; using the cluster pool");
+                tracing::warn!(%server, error = %e, "cannot make a pool for this Redis master; using the cluster pool");
                 None
             }
         }
@@ -349,11 +351,9 @@ impl RedisStore {
         }
         let routing = self.routing.read();
         let &(_, master) = routing.slots.get(usize::from(slot))?;
-        routing
-            .masters
-            .get(master)
-            .filter(|(_, c)| c.is_connected())
-            .map(|(_, c)| c.clone())
+        let (_, pool) = routing.masters.get(master)?;
+        let client = pool.next_connected();
+        client.is_connected().then(|| client.clone())
     }
 
     /// Sends the group's script (`EVALSHA`, or `EVAL` after `NOSCRIPT`) through `client`.
@@ -551,8 +551,8 @@ impl Drop for RedisStore {
             let masters = std::mem::take(&mut self.routing.write().masters);
             runtime.spawn(async move {
                 let _ = pool.quit().await;
-                for (_, client) in masters {
-                    let _ = client.quit().await;
+                for (_, master) in masters {
+                    let _ = master.quit().await;
                 }
             });
         }
