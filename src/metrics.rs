@@ -24,11 +24,11 @@ pub const STORE_ERRORS: &str = "tollgate_store_errors_total";
 pub const STORE_ERROR_TIMEOUT: &str = "timeout";
 pub const STORE_ERROR_UNAVAILABLE: &str = "unavailable";
 pub const STORE_ERROR_PROTOCOL: &str = "protocol";
-/// 1 while the store's circuit breaker is closed (calls go to the store), 0 while it is open or
-/// probing; label `store`.
+/// 1 while every partition's circuit breaker is closed (calls go to the store), 0 while one is
+/// open or probing; label `store`.
 pub const STORE_UP: &str = "tollgate_store_up";
-/// The store's circuit breaker: 1 on the current state, 0 on the others; labels `store`, `state`
-/// (one of the `BREAKER_*` values).
+/// How many of the store's partitions (Redis Cluster shards; 1 for a single server) have their
+/// circuit breaker in each state; labels `store`, `state` (one of the `BREAKER_*` values).
 pub const STORE_BREAKER_STATE: &str = "tollgate_store_breaker_state";
 pub const BREAKER_CLOSED: &str = "closed";
 pub const BREAKER_OPEN: &str = "open";
@@ -72,11 +72,11 @@ fn describe() {
     describe_counter!(STORE_ERRORS, "Failed store calls");
     describe_gauge!(
         STORE_UP,
-        "1 while calls go to the store, 0 while its circuit is open"
+        "1 while calls go to the store, 0 while a partition's circuit is open"
     );
     describe_gauge!(
         STORE_BREAKER_STATE,
-        "The store's circuit breaker state (1 on the current state)"
+        "Store partitions whose circuit breaker is in this state"
     );
     describe_counter!(
         LOCAL_CACHE_HITS,

@@ -4,7 +4,8 @@
 //! - Persistence: a tollgate SIGKILLed mid-window comes back to the same counts (they live in
 //!   Redis); a Redis SIGKILLed with `appendonly yes` (`appendfsync always`) comes back with them too.
 //! - Failover: a Cluster master SIGKILLed under load: every call is answered within the store
-//!   timeout plus slack, by the `local` policy during the gap (no gRPC error), nothing panics, and
+//!   timeout plus slack, by the `local` policy during the gap (no gRPC error), only for the keys
+//!   of the dead master (a key on a live master keeps its exact Redis count), nothing panics, and
 //!   once a replica is promoted Redis decides again (`store_up` 1) and a limit exhausted before the
 //!   kill, on a key the dead master held, is still exhausted (the replica was synced first).
 //! - Outage: every Cluster node stopped: each policy answers within the timeout (`local` admits
@@ -20,14 +21,17 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::fleet::{self, Outcome};
 use common::grpc::{self, Code, RateLimitRequest, RlsClient};
 use common::{RedisCluster, RedisServer, Tollgate};
 use tokio::task::block_in_place;
+use tollgate::algorithm::{Algorithm, Quota};
+use tollgate::keys::CounterKey;
 
 /// Store timeout of the failure tests, and the slack an answer may take beyond it (a debug build
 /// on a shared 2-core machine). Without the timeout, calls would wait for the failover (2-4 s).
@@ -46,7 +50,7 @@ descriptors:
   - key: user_id
     rate_limit: {algorithm: sliding_log, window: 1h, requests_per_unit: 10}
   - key: load
-    rate_limit: {algorithm: token_bucket, unit: second, requests_per_unit: 1000000}
+    rate_limit: {algorithm: fixed_window, window: 1h, requests_per_unit: 1000000000}
 "#;
 
 /// Every algorithm, limit 10, windows long enough that nothing refills during a test (fixed and
@@ -201,36 +205,89 @@ async fn counts_survive_a_killed_tollgate_and_a_killed_redis_with_aof() {
     fleet::assert_no_panic(&tg);
 }
 
+/// The `load` limit, and the share the `local` fallback enforces (L / instances): the remaining
+/// count of an answer tells who decided it (the load spends far less than the share).
+const LOAD_LIMIT: u32 = 1_000_000_000;
+const LOAD_LOCAL_SHARE: u32 = LOAD_LIMIT / 2;
+
+/// `tg:{hash}`: the start of the Redis name of the `load` counter for `value`, which alone picks
+/// its slot.
+fn load_counter_tag(value: &str) -> String {
+    let q = Quota::new(
+        Algorithm::FixedWindow,
+        u64::from(LOAD_LIMIT),
+        Duration::from_secs(3600),
+        None,
+    )
+    .unwrap();
+    let name = CounterKey::new("f", &q, [("load", value)]).redis_key();
+    let end = name.iter().position(|&b| b == b'}').unwrap();
+    String::from_utf8(name[..=end].to_vec()).unwrap()
+}
+
 /// Clients that keep sending for 40 `load` values (spread over every master's slots), each far
-/// from its limit, until stopped.
+/// from its limit, until stopped. Counts, per value, the answers the local fallback gave.
 struct Load {
     stop: Arc<AtomicBool>,
     tasks: tokio::task::JoinSet<Outcome>,
+    /// Per value: answers by the local fallback, and all answers.
+    answers: Arc<Mutex<BTreeMap<String, (usize, usize)>>>,
 }
 
 impl Load {
     fn start(pool: &[RlsClient], tasks: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let answers = Arc::new(Mutex::new(BTreeMap::new()));
         let mut set = tokio::task::JoinSet::new();
         for t in 0..tasks {
             let mut client = pool[t % pool.len()].clone();
-            let stop = stop.clone();
+            let (stop, answers) = (stop.clone(), answers.clone());
             set.spawn(async move {
                 let mut total = Outcome::default();
                 let mut n = t;
                 while !stop.load(Ordering::Relaxed) {
-                    let request = grpc::rls_request("f", &[&[("load", &format!("l{}", n % 40))]]);
-                    let out = fleet::send(&mut client, request).await;
-                    total.ok += out.ok;
-                    total.over += out.over;
-                    total.errors.extend(out.errors);
-                    total.max_latency = total.max_latency.max(out.max_latency);
+                    let value = format!("l{}", n % 40);
+                    let request = grpc::rls_request("f", &[&[("load", &value)]]);
+                    let started = std::time::Instant::now();
+                    match grpc::try_should_rate_limit(&mut client, request).await {
+                        Ok(resp) => {
+                            match grpc::overall(&resp) {
+                                Code::Ok => total.ok += 1,
+                                Code::OverLimit => total.over += 1,
+                                _ => total.errors.push(format!("unexpected answer {resp:?}")),
+                            }
+                            let local = resp.statuses[0].limit_remaining < LOAD_LOCAL_SHARE;
+                            let mut answers = answers.lock().unwrap();
+                            let (l, all) = answers.entry(value).or_insert((0, 0));
+                            *l += usize::from(local);
+                            *all += 1;
+                        }
+                        Err(status) => {
+                            total
+                                .errors
+                                .push(format!("{:?}: {}", status.code(), status.message()))
+                        }
+                    }
+                    total.max_latency = total.max_latency.max(started.elapsed());
                     n += tasks;
                 }
                 total
             });
         }
-        Load { stop, tasks: set }
+        Load {
+            stop,
+            tasks: set,
+            answers,
+        }
+    }
+
+    /// Per `load` value: answers by the local fallback, and all answers, since the last reset.
+    fn answers(&self) -> BTreeMap<String, (usize, usize)> {
+        self.answers.lock().unwrap().clone()
+    }
+
+    fn reset_answers(&self) {
+        self.answers.lock().unwrap().clear();
     }
 
     async fn finish(mut self) -> Outcome {
@@ -249,7 +306,10 @@ impl Load {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_cluster_master_under_load_loses_no_answer_and_no_count() {
-    let mut cluster = block_in_place(RedisCluster::start);
+    // With the default `yes`, every master refuses every slot (CLUSTERDOWN) from the FAIL verdict
+    // on the dead master until its replica is promoted: no client could use the live masters.
+    let mut cluster =
+        block_in_place(|| RedisCluster::start_with(&["--cluster-require-full-coverage", "no"]));
     let url = cluster.cluster_url();
     let (_r0, tg0) = block_in_place(|| {
         start_on_redis(
@@ -295,6 +355,25 @@ async fn killing_a_cluster_master_under_load_loses_no_answer_and_no_count() {
         "replica of node {owner} never caught up\n{}",
         cluster.describe()
     );
+    // A user whose counter lives on another master, with 1 of its 10 spent through tg0.
+    let mut known = keys.clone();
+    let mut healthy = None;
+    for i in 0..32 {
+        let candidate = user(&format!("healthy-{i}"));
+        assert_eq!(
+            fleet::count_ok_from_store(&tg0, &mut c0, &candidate, 1).await,
+            1
+        );
+        let now = block_in_place(|| cluster.keys());
+        let new: Vec<&String> = now.iter().filter(|k| !known.contains(k)).collect();
+        assert_eq!(new.len(), 1, "{new:?}");
+        if block_in_place(|| cluster.master_for_key(new[0])) != owner {
+            healthy = Some(candidate);
+            break;
+        }
+        known = now;
+    }
+    let healthy = healthy.expect("no user among 32 on another master");
 
     let pool = vec![
         c0.clone(),
@@ -302,12 +381,52 @@ async fn killing_a_cluster_master_under_load_loses_no_answer_and_no_count() {
         tg0.client().await,
         tg1.client().await,
     ];
+    // Which load values live on the master about to die.
+    let doomed: Vec<String> = block_in_place(|| {
+        (0..40)
+            .map(|i| format!("l{i}"))
+            .filter(|v| cluster.master_for_key(&load_counter_tag(v)) == owner)
+            .collect()
+    });
     let load = Load::start(&pool, 8);
     let fallback_before =
         fleet::fallback_decisions(&tg0).await + fleet::fallback_decisions(&tg1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let live_keys = block_in_place(|| cluster.keys());
+    for i in 0..40 {
+        let tag = load_counter_tag(&format!("l{i}"));
+        assert!(
+            live_keys.iter().any(|k| k.starts_with(&tag)),
+            "no counter named {tag}… for l{i} in {live_keys:?}"
+        );
+    }
+    load.reset_answers();
 
     block_in_place(|| cluster.kill_node(owner));
+    // During the gap: the dead master's keys fall back (tg0 never saw the victim refused; Redis
+    // would refuse it, its local share admits it), while a key on a live master is still decided
+    // by Redis, through tg1, with the fleet-wide count (the fallback would admit 5 of a fresh 5).
+    let during = grpc::should_rate_limit(&mut c0, victim.clone()).await;
+    assert_eq!(
+        grpc::overall(&during),
+        Code::Ok,
+        "the victim was not decided by the fallback right after the kill: {during:?}"
+    );
+    for spent in 2..=10u32 {
+        let resp = grpc::should_rate_limit(&mut c1, healthy.clone()).await;
+        assert_eq!(grpc::overall(&resp), Code::Ok, "hit {spent}: {resp:?}");
+        assert_eq!(
+            resp.statuses[0].limit_remaining,
+            10 - spent,
+            "hit {spent} on a live master was not decided by Redis: {resp:?}\n{}",
+            tg1.log_tail()
+        );
+    }
+    assert_eq!(
+        grpc::overall(&grpc::should_rate_limit(&mut c1, healthy.clone()).await),
+        Code::OverLimit,
+        "the 11th hit on a live master"
+    );
     assert!(
         block_in_place(|| cluster.wait_healthy(Duration::from_secs(20))),
         "no replica promoted\n{}",
@@ -320,6 +439,7 @@ async fn killing_a_cluster_master_under_load_loses_no_answer_and_no_count() {
             tg.log_tail()
         );
     }
+    let answers = load.answers();
     let out = load.finish().await;
     assert!(
         out.errors.is_empty(),
@@ -333,6 +453,30 @@ async fn killing_a_cluster_master_under_load_loses_no_answer_and_no_count() {
     assert!(
         fallback_after > fallback_before,
         "no fallback decision while a master was down: was the gap real?"
+    );
+    // From the kill until both instances had every breaker closed again: the values on live
+    // masters were decided by Redis (bar the odd call slower than the timeout on this machine).
+    let share = |dead: bool| {
+        let (local, all) = answers
+            .iter()
+            .filter(|(v, _)| doomed.contains(v) == dead)
+            .fold((0, 0), |(l, a), (_, &(vl, va))| (l + vl, a + va));
+        (local, all, local as f64 / all.max(1) as f64)
+    };
+    let (dead_local, dead_all, dead_share) = share(true);
+    let (live_local, live_all, live_share) = share(false);
+    eprintln!(
+        "failover: local decisions {dead_local} of {dead_all} on the dead master's {} values ({:.1}%), {live_local} of {live_all} on the live masters' {} ({:.1}%); fallback counter +{}",
+        doomed.len(),
+        100.0 * dead_share,
+        40 - doomed.len(),
+        100.0 * live_share,
+        fallback_after - fallback_before
+    );
+    assert!(dead_local > 0, "no load value fell back: {answers:?}");
+    assert!(
+        live_share < 0.2,
+        "values on live masters were decided locally: {answers:?}; on the dead master: {doomed:?}"
     );
 
     // Redis decides again, with the victim's count from before the kill. Asked through tg0, which
@@ -459,6 +603,17 @@ async fn every_policy_answers_through_a_full_outage_and_redis_returns() {
             "{policy}: Redis never decided again\n{}",
             tg.log_tail()
         );
+        // Each master's breaker closes on a request of its own: users spread over the slots.
+        let mut n = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while fleet::store_up(tg).await != Some(1.0) && std::time::Instant::now() < deadline {
+            for _ in 0..8 {
+                let spread = user(&format!("spread-{policy}-{n}"));
+                let _ = grpc::try_should_rate_limit(c, spread).await;
+                n += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         assert_eq!(fleet::store_up(tg).await, Some(1.0), "{policy}");
         let fresh = user(&format!("after-{policy}"));
         assert_eq!(

@@ -4,6 +4,11 @@
 //! trip, [`resilient`] bounds every call with a timeout and a circuit breaker and decides by the
 //! `--on-store-error` policy when the store fails.
 //!
+//! A store also says which of its keys fail together ([`Store::partition`]): a Redis Cluster's
+//! shard (a master and its replicas), one partition for a single server or for memory. The
+//! [`resilient`] layer keeps one circuit breaker per partition, so one dead master sends only its
+//! own keys to the fallback.
+//!
 //! A store owns time as well as state: the memory store reads an injected [`Clock`](crate::clock::Clock),
 //! the Redis store reads Redis' own `TIME`, so instances with skewed clocks still agree.
 
@@ -39,6 +44,22 @@ pub enum StoreError {
     Config(String),
 }
 
+/// A set of a store's keys that fail together, e.g. the slots of one Redis Cluster master. Only
+/// equality matters; the number is shown in logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Partition(pub u32);
+
+impl Partition {
+    /// The whole store, for stores that fail as one.
+    pub const WHOLE: Partition = Partition(0);
+}
+
+impl std::fmt::Display for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Decides every hit, each independently; the answer has one decision per hit, in order.
@@ -46,4 +67,38 @@ pub trait Store: Send + Sync + 'static {
 
     /// A short name for logs and metrics (`memory`, `redis`).
     fn kind(&self) -> &'static str;
+
+    /// Which partition `key` lives in now: cheap, no I/O. Stores that fail as one keep the default.
+    fn partition(&self, _key: &CounterKey) -> Partition {
+        Partition::WHOLE
+    }
+}
+
+/// Runs every future concurrently on this task and returns their outputs in order.
+pub(crate) async fn join_all<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut done: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (slot, out) in pending.iter_mut().zip(done.iter_mut()) {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *out = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => all = false,
+                }
+            }
+        }
+        if all {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    done.into_iter().flatten().collect()
 }

@@ -32,7 +32,7 @@ use hashbrown::HashTable;
 use parking_lot::Mutex;
 use smallvec::SmallVec;
 
-use super::{Hit, Store, StoreError};
+use super::{Hit, Partition, Store, StoreError};
 use crate::algorithm::Decision;
 use crate::clock::{Clock, Nanos};
 use crate::keys::CounterKey;
@@ -265,6 +265,10 @@ impl Store for OverLimitCache {
 
     fn kind(&self) -> &'static str {
         self.inner.kind()
+    }
+
+    fn partition(&self, key: &CounterKey) -> Partition {
+        self.inner.partition(key)
     }
 }
 

@@ -19,12 +19,26 @@
 //! call becomes the probe (`half_open`; concurrent calls keep the fallback): success closes the
 //! breaker, failure reopens it with twice the backoff (from `backoff_start`, capped at
 //! `backoff_max`). A probe whose caller goes away reopens the breaker with the next call allowed to
-//! probe. So decisions return to the store by themselves when it recovers. The closed path costs one
-//! atomic load; transitions take a lock, are logged once each and published as gauges.
+//! probe. So decisions return to the store by themselves when it recovers. The closed path costs a
+//! read lock on the partitions' map and one atomic load; transitions take a lock, are logged once
+//! each and published as gauges.
+//!
+//! One breaker per partition ([`Store::partition`]: a Redis Cluster shard, or the whole store):
+//! a request's hits are split by partition, hits of an open partition are answered by the policy
+//! at once, and each other partition is called concurrently, each call bounded by the timeout, so
+//! a dead master costs only its own keys. The gauges aggregate: `store_up` is 1 only while every
+//! partition's breaker is closed, and `store_breaker_state` counts the partitions in each state.
+//! A store that names its partitions uses the whole-store one only while it cannot tell (a
+//! Cluster whose routing is not known yet): its breaker is dropped when a named partition
+//! appears, so it cannot hold `store_up` at 0 once no key maps to it. A named partition that no
+//! key maps to any more (slots moved away in a resharding) keeps its last state; the partition
+//! of a failed-over master is kept by its promoted replica. With `error`, a request one of whose
+//! partitions fails is answered by the error as a whole.
 //!
 //! Breaker time comes from an injected [`Clock`] (monotonic in production), so tests step it
 //! without sleeping; the timeout is tokio's.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -32,12 +46,13 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
+use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
 use super::memory::MemoryStore;
 use super::overlimit::{self, OverLimitCache};
-use super::{Hit, Store, StoreError};
+use super::{Hit, Partition, Store, StoreError, join_all};
 use crate::algorithm::{Decision, Quota};
 use crate::clock::{Clock, MonotonicClock, Nanos};
 use crate::metrics as m;
@@ -129,7 +144,9 @@ pub struct ResilientStore {
     primary: Arc<dyn Store>,
     options: ResilienceOptions,
     clock: Arc<dyn Clock>,
-    breaker: Breaker,
+    /// One breaker per partition, created on first use.
+    breakers: RwLock<HashMap<Partition, Arc<Breaker>>>,
+    census: Arc<Census>,
     local: Arc<MemoryStore>,
 }
 
@@ -155,18 +172,62 @@ impl ResilientStore {
         options: &ResilienceOptions,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        let breaker = Breaker::new(primary.kind(), options);
+        let census = Arc::new(Census::new(primary.kind()));
         Self {
             local: Arc::new(MemoryStore::new(clock.clone())),
             primary,
             options: *options,
             clock,
-            breaker,
+            breakers: RwLock::new(HashMap::new()),
+            census,
         }
     }
 
+    /// The worst state of any partition's breaker: open if one is open, else half-open if one
+    /// is probing, else closed.
     pub fn state(&self) -> BreakerState {
-        self.breaker.state()
+        let breakers = self.breakers.read();
+        let states = breakers.values().map(|b| b.state());
+        states.fold(BreakerState::Closed, |worst, s| match (worst, s) {
+            (BreakerState::Open, _) | (_, BreakerState::Open) => BreakerState::Open,
+            (BreakerState::HalfOpen, _) | (_, BreakerState::HalfOpen) => BreakerState::HalfOpen,
+            _ => BreakerState::Closed,
+        })
+    }
+
+    /// The state of one partition's breaker (closed if it has never been used).
+    pub fn partition_state(&self, partition: Partition) -> BreakerState {
+        self.breakers
+            .read()
+            .get(&partition)
+            .map_or(BreakerState::Closed, |b| b.state())
+    }
+
+    /// How many partitions' breakers are not closed.
+    pub fn open_partitions(&self) -> usize {
+        let breakers = self.breakers.read();
+        breakers
+            .values()
+            .filter(|b| b.state() != BreakerState::Closed)
+            .count()
+    }
+
+    fn breaker(&self, partition: Partition) -> Arc<Breaker> {
+        if let Some(b) = self.breakers.read().get(&partition) {
+            return b.clone();
+        }
+        let mut breakers = self.breakers.write();
+        if let Some(b) = breakers.get(&partition) {
+            return b.clone();
+        }
+        if partition != Partition::WHOLE
+            && let Some(whole) = breakers.remove(&Partition::WHOLE)
+        {
+            self.census.retire(&whole);
+        }
+        let breaker = Arc::new(Breaker::new(self.census.clone(), partition, &self.options));
+        breakers.insert(partition, breaker.clone());
+        breaker
     }
 
     pub fn options(&self) -> &ResilienceOptions {
@@ -183,9 +244,11 @@ impl ResilientStore {
         self.local.spawn_sweeper(every, shutdown)
     }
 
-    /// Answers `hits` by the policy, after `error` (or with the circuit open when `None`).
+    /// Answers `hits` of `breaker`'s partition by the policy, after `error` (or with the circuit
+    /// open when `None`).
     fn fallback(
         &self,
+        breaker: &Breaker,
         hits: &[Hit<'_>],
         error: Option<StoreError>,
     ) -> Result<Vec<Decision>, StoreError> {
@@ -221,7 +284,7 @@ impl ResilientStore {
                 })
                 .collect()),
             OnStoreError::Deny => {
-                let retry = self.breaker.retry_after(self.clock.now());
+                let retry = breaker.retry_after(self.clock.now());
                 Ok(hits
                     .iter()
                     .map(|h| Decision {
@@ -234,25 +297,33 @@ impl ResilientStore {
                     .collect())
             }
             OnStoreError::Error => Err(error.unwrap_or_else(|| {
+                let part = if breaker.partition == Partition::WHOLE {
+                    String::new()
+                } else {
+                    format!(" (partition {})", breaker.partition)
+                };
                 StoreError::Unavailable(format!(
-                    "{} store circuit open after failures; next probe in {:?}",
+                    "{} store circuit open after failures{part}; next probe in {:?}",
                     self.primary.kind(),
-                    self.breaker.retry_after(self.clock.now())
+                    breaker.retry_after(self.clock.now())
                 ))
             })),
         }
     }
-}
 
-#[async_trait]
-impl Store for ResilientStore {
-    async fn decide(&self, hits: &[Hit<'_>]) -> Result<Vec<Decision>, StoreError> {
-        let pass = self.breaker.pass(self.clock.now());
+    /// Decides `hits`, all of `partition`, through that partition's breaker.
+    async fn decide_in(
+        &self,
+        partition: Partition,
+        hits: &[Hit<'_>],
+    ) -> Result<Vec<Decision>, StoreError> {
+        let breaker = self.breaker(partition);
+        let pass = breaker.pass(self.clock.now());
         if pass == Pass::Skip {
-            return self.fallback(hits, None);
+            return self.fallback(&breaker, hits, None);
         }
         let mut attempt = Attempt {
-            breaker: &self.breaker,
+            breaker: &breaker,
             clock: &*self.clock,
             probe: pass == Pass::Probe,
             settled: false,
@@ -261,18 +332,66 @@ impl Store for ResilientStore {
         attempt.settled = true;
         let error = match result {
             Ok(Ok(decisions)) => {
-                self.breaker.succeeded(pass);
+                breaker.succeeded(pass);
                 return Ok(decisions);
             }
             Ok(Err(e)) => e,
             Err(_elapsed) => StoreError::Timeout(self.options.timeout),
         };
-        self.breaker.failed(pass, &error, self.clock.now());
-        self.fallback(hits, Some(error))
+        breaker.failed(pass, &error, self.clock.now());
+        self.fallback(&breaker, hits, Some(error))
+    }
+}
+
+#[async_trait]
+impl Store for ResilientStore {
+    async fn decide(&self, hits: &[Hit<'_>]) -> Result<Vec<Decision>, StoreError> {
+        let partitions: SmallVec<[Partition; 4]> =
+            hits.iter().map(|h| self.primary.partition(h.key)).collect();
+        let first = partitions.first().copied().unwrap_or(Partition::WHOLE);
+        if partitions.iter().all(|&p| p == first) {
+            return self.decide_in(first, hits).await;
+        }
+
+        let mut groups: SmallVec<[(Partition, Vec<Hit<'_>>, Vec<usize>); 4]> = SmallVec::new();
+        for (i, (hit, &p)) in hits.iter().zip(&partitions).enumerate() {
+            let g = match groups.iter().position(|g| g.0 == p) {
+                Some(g) => g,
+                None => {
+                    groups.push((p, Vec::new(), Vec::new()));
+                    groups.len() - 1
+                }
+            };
+            groups[g].1.push(*hit);
+            groups[g].2.push(i);
+        }
+        let answers = join_all(groups.iter().map(|(p, batch, _)| self.decide_in(*p, batch))).await;
+        let mut decisions: Vec<Option<Decision>> = vec![None; hits.len()];
+        for ((_, _, index), answer) in groups.iter().zip(answers) {
+            let answer = answer?;
+            if answer.len() != index.len() {
+                return Err(StoreError::Protocol(format!(
+                    "the store answered {} decisions for {} hits",
+                    answer.len(),
+                    index.len()
+                )));
+            }
+            for (&i, d) in index.iter().zip(answer) {
+                decisions[i] = Some(d);
+            }
+        }
+        decisions
+            .into_iter()
+            .map(|d| d.ok_or_else(|| StoreError::Protocol("a hit got no decision".into())))
+            .collect()
     }
 
     fn kind(&self) -> &'static str {
         self.primary.kind()
+    }
+
+    fn partition(&self, key: &crate::keys::CounterKey) -> Partition {
+        self.primary.partition(key)
     }
 }
 
@@ -323,7 +442,82 @@ enum Pass {
     Skip,
 }
 
+/// How many partitions' breakers are in each state, published as the store's gauges.
+struct Census {
+    store: &'static str,
+    /// Closed, open, half-open. Gauges are set under this lock, so the last value set is current.
+    counts: Mutex<[usize; 3]>,
+}
+
+impl Census {
+    fn new(store: &'static str) -> Self {
+        let census = Self {
+            store,
+            counts: Mutex::new([0; 3]),
+        };
+        census.publish(&census.counts.lock());
+        census
+    }
+
+    fn index(state: BreakerState) -> usize {
+        match state {
+            BreakerState::Closed => 0,
+            BreakerState::Open => 1,
+            BreakerState::HalfOpen => 2,
+        }
+    }
+
+    /// `breaker` moved to `to` (from the state it was counted in, if any).
+    fn moved(&self, breaker: &Breaker, to: BreakerState) {
+        let mut counts = self.counts.lock();
+        let from = breaker.counted.load(Ordering::Relaxed);
+        if from == RETIRED {
+            return;
+        }
+        if let Some(c) = counts.get_mut(usize::from(from)) {
+            *c = c.saturating_sub(1);
+        }
+        counts[Self::index(to)] += 1;
+        breaker
+            .counted
+            .store(Self::index(to) as u8, Ordering::Relaxed);
+        self.publish(&counts);
+    }
+
+    /// `breaker` is no longer counted; its later transitions are ignored.
+    fn retire(&self, breaker: &Breaker) {
+        let mut counts = self.counts.lock();
+        let from = breaker.counted.swap(RETIRED, Ordering::Relaxed);
+        if let Some(c) = counts.get_mut(usize::from(from)) {
+            *c = c.saturating_sub(1);
+        }
+        self.publish(&counts);
+    }
+
+    fn publish(&self, counts: &[usize; 3]) {
+        let failing = counts[1] + counts[2];
+        let up = if failing == 0 { 1.0 } else { 0.0 };
+        metrics::gauge!(m::STORE_UP, "store" => self.store).set(up);
+        for (s, label) in [
+            (BreakerState::Closed, m::BREAKER_CLOSED),
+            (BreakerState::Open, m::BREAKER_OPEN),
+            (BreakerState::HalfOpen, m::BREAKER_HALF_OPEN),
+        ] {
+            metrics::gauge!(m::STORE_BREAKER_STATE, "store" => self.store, "state" => label)
+                .set(counts[Self::index(s)] as f64);
+        }
+    }
+}
+
+/// `Breaker::counted` of a breaker not counted yet, or no longer.
+const UNCOUNTED: u8 = u8::MAX - 1;
+const RETIRED: u8 = u8::MAX;
+
 struct Breaker {
+    census: Arc<Census>,
+    /// The state the census counts it in (an index of `Census::counts`), written under its lock.
+    counted: AtomicU8,
+    partition: Partition,
     store: &'static str,
     policy: OnStoreError,
     threshold: u32,
@@ -338,9 +532,12 @@ struct Breaker {
 }
 
 impl Breaker {
-    fn new(store: &'static str, options: &ResilienceOptions) -> Self {
+    fn new(census: Arc<Census>, partition: Partition, options: &ResilienceOptions) -> Self {
         let breaker = Self {
-            store,
+            store: census.store,
+            census,
+            counted: AtomicU8::new(UNCOUNTED),
+            partition,
             policy: options.on_error,
             threshold: options.failures_to_open.max(1),
             start: options.backoff_start,
@@ -350,7 +547,7 @@ impl Breaker {
             open_until: AtomicU64::new(0),
             backoff: Mutex::new(options.backoff_start),
         };
-        breaker.publish(BreakerState::Closed);
+        breaker.census.moved(&breaker, BreakerState::Closed);
         breaker
     }
 
@@ -371,7 +568,11 @@ impl Breaker {
                     .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
                 {
-                    tracing::info!(store = self.store, "store circuit half-open: probing");
+                    tracing::info!(
+                        store = self.store,
+                        partition = %self.partition,
+                        "store circuit half-open: probing"
+                    );
                     self.publish(BreakerState::HalfOpen);
                     Pass::Probe
                 } else {
@@ -388,7 +589,11 @@ impl Breaker {
             *backoff = self.start;
             self.failures.store(0, Ordering::Relaxed);
             self.state.store(CLOSED, Ordering::Release);
-            tracing::info!(store = self.store, "store recovered: circuit closed");
+            tracing::info!(
+                store = self.store,
+                partition = %self.partition,
+                "store recovered: circuit closed"
+            );
             self.publish(BreakerState::Closed);
         } else if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
@@ -407,6 +612,7 @@ impl Breaker {
                 self.state.store(OPEN, Ordering::Release);
                 tracing::warn!(
                     store = self.store,
+                    partition = %self.partition,
                     %error,
                     retry_in = ?*backoff,
                     "store probe failed: circuit open again"
@@ -429,6 +635,7 @@ impl Breaker {
                 self.state.store(OPEN, Ordering::Release);
                 tracing::warn!(
                     store = self.store,
+                    partition = %self.partition,
                     %error,
                     failures,
                     policy = %self.policy,
@@ -447,7 +654,11 @@ impl Breaker {
         if self.state.load(Ordering::Acquire) == HALF_OPEN {
             self.open_until.store(now, Ordering::Release);
             self.state.store(OPEN, Ordering::Release);
-            tracing::debug!(store = self.store, "store probe cancelled");
+            tracing::debug!(
+                store = self.store,
+                partition = %self.partition,
+                "store probe cancelled"
+            );
             self.publish(BreakerState::Open);
         }
     }
@@ -458,22 +669,8 @@ impl Breaker {
         Duration::from_nanos(until.saturating_sub(now)).max(self.start)
     }
 
-    fn publish(&self, state: BreakerState) {
-        let up = if state == BreakerState::Closed {
-            1.0
-        } else {
-            0.0
-        };
-        metrics::gauge!(m::STORE_UP, "store" => self.store).set(up);
-        for (s, label) in [
-            (BreakerState::Closed, m::BREAKER_CLOSED),
-            (BreakerState::Open, m::BREAKER_OPEN),
-            (BreakerState::HalfOpen, m::BREAKER_HALF_OPEN),
-        ] {
-            let value = if s == state { 1.0 } else { 0.0 };
-            metrics::gauge!(m::STORE_BREAKER_STATE, "store" => self.store, "state" => label)
-                .set(value);
-        }
+    fn publish(&self, to: BreakerState) {
+        self.census.moved(self, to);
     }
 }
 
@@ -1012,6 +1209,266 @@ mod tests {
             .unwrap();
         assert_eq!(d[0].remaining, FROM_PRIMARY);
         assert_eq!(primary.calls(), 1);
+    }
+
+    /// Two shards: keys of users ending in `b` live in partition 2, the others in partition 1.
+    struct TwoShards {
+        a: Arc<Scripted>,
+        b: Arc<Scripted>,
+        /// While false, every key is in the whole store (a routing not known yet).
+        named: std::sync::atomic::AtomicBool,
+    }
+
+    impl TwoShards {
+        fn new() -> Arc<Self> {
+            Arc::new(Self {
+                a: Scripted::new(Script::Answer),
+                b: Scripted::new(Script::Answer),
+                named: std::sync::atomic::AtomicBool::new(true),
+            })
+        }
+    }
+
+    #[async_trait]
+    impl Store for TwoShards {
+        async fn decide(&self, hits: &[Hit<'_>]) -> Result<Vec<Decision>, StoreError> {
+            let p = self.partition(hits[0].key);
+            assert!(
+                hits.iter().all(|h| self.partition(h.key) == p),
+                "a call spans partitions"
+            );
+            if p == Partition(2) {
+                self.b.decide(hits).await
+            } else {
+                self.a.decide(hits).await
+            }
+        }
+
+        fn kind(&self) -> &'static str {
+            "scripted"
+        }
+
+        fn partition(&self, key: &CounterKey) -> Partition {
+            if !self.named.load(Ordering::SeqCst) {
+                return Partition::WHOLE;
+            }
+            Partition(if key.as_bytes().ends_with(b"b") { 2 } else { 1 })
+        }
+    }
+
+    fn sharded(
+        shards: &Arc<TwoShards>,
+        on_error: OnStoreError,
+        clock: &ManualClock,
+    ) -> ResilientStore {
+        ResilientStore::with_clock(shards.clone(), &options(on_error), Arc::new(clock.clone()))
+    }
+
+    /// Decides one hit for each of `users`, in one batch.
+    async fn batch(store: &ResilientStore, q: &Quota, users: &[&str]) -> Vec<Decision> {
+        let keys: Vec<CounterKey> = users.iter().map(|u| key(q, u)).collect();
+        let hits: Vec<Hit<'_>> = keys
+            .iter()
+            .map(|k| Hit {
+                key: k,
+                quota: q,
+                hits: 1,
+            })
+            .collect();
+        store.decide(&hits).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failing_partition_falls_back_alone() {
+        let shards = TwoShards::new();
+        shards.b.set(Script::Unavailable);
+        let clock = ManualClock::new(START);
+        let store = sharded(&shards, OnStoreError::Local, &clock);
+        let q = quota(100);
+        for round in 0..6 {
+            let d = batch(&store, &q, &["b1b", "a1", "b2b", "a2"]).await;
+            assert_eq!(d[1].remaining, FROM_PRIMARY, "round {round}");
+            assert_eq!(d[3].remaining, FROM_PRIMARY, "round {round}");
+            // The local fallback, in the original order: b1b and b2b each counted once per round.
+            assert_eq!((d[0].remaining, d[2].remaining), (99 - round, 99 - round));
+        }
+        assert_eq!(store.partition_state(Partition(1)), BreakerState::Closed);
+        assert_eq!(store.partition_state(Partition(2)), BreakerState::Open);
+        assert_eq!(
+            (store.state(), store.open_partitions()),
+            (BreakerState::Open, 1)
+        );
+        assert_eq!(
+            shards.a.calls(),
+            6,
+            "one call per round for the healthy partition"
+        );
+        assert_eq!(
+            shards.b.calls(),
+            3,
+            "the failing one is left alone once open"
+        );
+
+        // A batch entirely on the healthy partition never waits for or touches the other.
+        assert_eq!(batch(&store, &q, &["a3"]).await[0].remaining, FROM_PRIMARY);
+        assert_eq!(shards.b.calls(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_partition_costs_the_others_nothing_but_the_wait() {
+        let shards = TwoShards::new();
+        shards.b.set(Script::Hang);
+        let clock = ManualClock::new(START);
+        let store = sharded(&shards, OnStoreError::Allow, &clock);
+        let q = quota(10);
+        let started = tokio::time::Instant::now();
+        let d = batch(&store, &q, &["a1", "b1b"]).await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(50),
+            "concurrent, one timeout"
+        );
+        assert_eq!(d[0].remaining, FROM_PRIMARY);
+        assert_eq!(d[1].remaining, 10, "allowed by the policy");
+        assert_eq!(store.partition_state(Partition(1)), BreakerState::Closed);
+        assert_eq!(store.partition_state(Partition(2)), BreakerState::Open);
+        let started = tokio::time::Instant::now();
+        batch(&store, &q, &["a1", "b1b"]).await;
+        assert_eq!(started.elapsed(), Duration::ZERO, "open: no wait");
+    }
+
+    #[tokio::test]
+    async fn each_partition_probes_and_recovers_on_its_own() {
+        let shards = TwoShards::new();
+        shards.a.set(Script::Unavailable);
+        shards.b.set(Script::Unavailable);
+        let clock = ManualClock::new(START);
+        let store = sharded(&shards, OnStoreError::Allow, &clock);
+        let q = quota(10);
+        for _ in 0..3 {
+            batch(&store, &q, &["a", "b"]).await;
+        }
+        assert_eq!(store.open_partitions(), 2);
+        assert_eq!((shards.a.calls(), shards.b.calls()), (3, 3));
+
+        // Both probe at 250ms: a is back, b fails again and waits 500ms.
+        shards.a.set(Script::Answer);
+        clock.advance(Duration::from_millis(250));
+        let d = batch(&store, &q, &["a", "b"]).await;
+        assert_eq!(d[0].remaining, FROM_PRIMARY);
+        assert_ne!(d[1].remaining, FROM_PRIMARY);
+        assert_eq!((shards.a.calls(), shards.b.calls()), (4, 4));
+        assert_eq!(store.partition_state(Partition(1)), BreakerState::Closed);
+        assert_eq!(store.partition_state(Partition(2)), BreakerState::Open);
+
+        clock.advance(Duration::from_millis(499));
+        batch(&store, &q, &["a", "b"]).await;
+        assert_eq!(
+            (shards.a.calls(), shards.b.calls()),
+            (5, 4),
+            "b waits its own backoff"
+        );
+        shards.b.set(Script::Answer);
+        clock.advance(Duration::from_millis(1));
+        let d = batch(&store, &q, &["b", "a"]).await;
+        assert_eq!(
+            (d[0].remaining, d[1].remaining),
+            (FROM_PRIMARY, FROM_PRIMARY)
+        );
+        assert_eq!(
+            (store.state(), store.open_partitions()),
+            (BreakerState::Closed, 0)
+        );
+    }
+
+    #[test]
+    fn the_gauges_count_partitions_and_the_store_is_up_only_when_all_are_closed() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let shards = TwoShards::new();
+        shards.b.set(Script::Unavailable);
+        let clock = ManualClock::new(START);
+        let store = sharded(&shards, OnStoreError::Allow, &clock);
+        let q = quota(10);
+        runtime.block_on(async {
+            for _ in 0..3 {
+                batch(&store, &q, &["a", "b"]).await;
+            }
+        });
+        let text = handle.render();
+        for line in [
+            r#"tollgate_store_up{store="scripted"} 0"#,
+            r#"tollgate_store_breaker_state{store="scripted",state="open"} 1"#,
+            r#"tollgate_store_breaker_state{store="scripted",state="closed"} 1"#,
+            r#"tollgate_fallback_decisions_total{policy="allow"} 3"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        shards.b.set(Script::Answer);
+        clock.advance(Duration::from_millis(250));
+        runtime.block_on(batch(&store, &q, &["b"]));
+        let text = handle.render();
+        for line in [
+            r#"tollgate_store_up{store="scripted"} 1"#,
+            r#"tollgate_store_breaker_state{store="scripted",state="open"} 0"#,
+            r#"tollgate_store_breaker_state{store="scripted",state="closed"} 2"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_whole_store_breaker_is_dropped_once_partitions_are_named() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let shards = TwoShards::new();
+        shards.named.store(false, Ordering::SeqCst);
+        shards.a.set(Script::Unavailable);
+        let clock = ManualClock::new(START);
+        let store = sharded(&shards, OnStoreError::Allow, &clock);
+        let q = quota(10);
+        runtime.block_on(async {
+            for _ in 0..3 {
+                batch(&store, &q, &["a"]).await;
+            }
+        });
+        assert_eq!(store.partition_state(Partition::WHOLE), BreakerState::Open);
+        assert!(
+            handle
+                .render()
+                .contains(r#"tollgate_store_up{store="scripted"} 0"#)
+        );
+
+        // The routing is known: no key maps to the whole store any more.
+        shards.named.store(true, Ordering::SeqCst);
+        shards.a.set(Script::Answer);
+        let d = runtime.block_on(batch(&store, &q, &["a", "b"]));
+        assert_eq!(
+            (d[0].remaining, d[1].remaining),
+            (FROM_PRIMARY, FROM_PRIMARY)
+        );
+        assert_eq!(
+            (store.state(), store.open_partitions()),
+            (BreakerState::Closed, 0)
+        );
+        let text = handle.render();
+        for line in [
+            r#"tollgate_store_up{store="scripted"} 1"#,
+            r#"tollgate_store_breaker_state{store="scripted",state="open"} 0"#,
+            r#"tollgate_store_breaker_state{store="scripted",state="closed"} 2"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
     }
 
     #[test]

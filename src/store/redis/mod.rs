@@ -14,6 +14,21 @@
 //! (fred sends its own `evalsha` unpipelined); a `NOSCRIPT` reply (after a restart, a failover or a
 //! `SCRIPT FLUSH`) is answered by one `EVAL` of the script body, which also caches it again.
 //!
+//! Partitions ([`Store::partition`]): in a Cluster, a key's partition is the shard that owns its
+//! slot, named 1 + the first slot its master serves, so a replica promoted in a failover keeps the
+//! partition (and its circuit breaker) of the master it replaces. The slot table is rebuilt from
+//! fred's cached routing when fred reports a change of the cluster; slots it does not know, and
+//! every key of a single server, are [`Partition::WHOLE`].
+//!
+//! In a Cluster, the scripts go through a pool per master, not through the cluster pool: a
+//! fred cluster client stops serving every slot while it reconnects to any one node (its
+//! reconnection resyncs all nodes, and fails until the dead master's slots have a new owner), so
+//! one dead master would stall the healthy ones too. A master's own pool fails alone (while none
+//! of its connections is up, its slots go through the cluster pool, bounded by the timeout). A
+//! `MOVED`/`ASK` answer (the routing changed under us) is retried once through the cluster pool,
+//! which follows redirections, and triggers a rebuild of the table. The pool also serves while
+//! the routing is unknown, and keeps the routing current.
+//!
 //! Connections: a pool of fred clients, each pipelining and following `MOVED`/`ASK`, reconnecting by
 //! itself with exponential backoff (100 ms to 5 s) and logging each change of its connection state.
 //! Commands fail fast while a client is disconnected and never take longer than the configured
@@ -21,21 +36,26 @@
 //! in-flight decision is not retried on a new connection, since the script may already have run.
 //! Redis being down at start is not an error: the store answers errors until it is up.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use fred::prelude::{
-    Builder, ClientLike, Config, EventInterface, LuaInterface, Options, Pool, ReconnectPolicy,
-    TcpConfig, Value,
+    Builder, ClientLike, ClusterInterface, Config, EventInterface, LuaInterface, Options, Pool,
+    ReconnectPolicy, TcpConfig, Value,
 };
 use fred::types::config::UnresponsiveConfig;
+use fred::types::config::{Server, ServerConfig};
 use fred::types::{ClusterHash, CustomCommand};
 
-use super::{Hit, Store, StoreError};
+use parking_lot::RwLock;
+
+use super::{Hit, Partition, Store, StoreError, join_all};
 use crate::algorithm::{Algorithm, Decision};
 use crate::clock::Clock;
+use crate::keys::CounterKey;
 
 /// The decision script; see its header for KEYS, ARGV, the reply and the state of each algorithm.
 pub const SCRIPT: &str = include_str!("decide.lua");
@@ -68,6 +88,8 @@ const RECONNECT_MAX_MS: u32 = 5_000;
 /// Values per counter in the script's ARGV and in its reply.
 const ARGS_PER_COUNTER: usize = 6;
 const REPLY_PER_COUNTER: usize = 4;
+/// Hash slots in a Redis Cluster.
+const SLOTS: usize = 16_384;
 
 /// How to reach Redis.
 #[derive(Clone)]
@@ -92,6 +114,40 @@ impl std::fmt::Debug for RedisOptions {
     }
 }
 
+/// A Cluster's slot table: each slot's partition number and the index of its master's pool.
+#[derive(Default)]
+struct Routing {
+    slots: Vec<(u32, usize)>,
+    masters: Vec<(Server, Pool)>,
+}
+
+/// A fred client builder with the store's connection settings.
+fn client_builder(config: Config, timeout: Duration) -> Builder {
+    let mut builder = Builder::from_config(config);
+    builder
+        .with_connection_config(|c| {
+            c.connection_timeout = CONNECT_TIMEOUT;
+            c.internal_command_timeout = CONNECT_TIMEOUT;
+            c.max_command_attempts = 1;
+            c.tcp = TcpConfig {
+                nodelay: Some(true),
+                ..TcpConfig::default()
+            };
+            c.unresponsive = UnresponsiveConfig {
+                max_timeout: Some(UNRESPONSIVE_AFTER),
+                interval: Duration::from_millis(500),
+            };
+        })
+        .with_performance_config(|p| p.default_command_timeout = timeout)
+        .set_policy(ReconnectPolicy::new_exponential(
+            0,
+            RECONNECT_MIN_MS,
+            RECONNECT_MAX_MS,
+            2,
+        ));
+    builder
+}
+
 /// Counters in Redis. See the module docs.
 pub struct RedisStore {
     pool: Pool,
@@ -100,6 +156,14 @@ pub struct RedisStore {
     sha: String,
     timeout: Duration,
     clock: Option<Arc<dyn Clock>>,
+    /// In a Cluster, who serves each slot (empty until the routing is known).
+    routing: RwLock<Routing>,
+    /// The cluster pool's configuration, from which each master's own pool is made.
+    node_config: Option<Config>,
+    pool_size: usize,
+    /// Set when fred reports a change of the cluster (or a master redirects): rebuild `routing` on
+    /// the next lookup.
+    routing_changed: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -136,31 +200,21 @@ impl RedisStore {
         config.fail_fast = false;
         let clustered = config.server.is_clustered();
         let timeout = options.timeout;
-        let pool = Builder::from_config(config)
-            .with_connection_config(|c| {
-                c.connection_timeout = CONNECT_TIMEOUT;
-                c.internal_command_timeout = CONNECT_TIMEOUT;
-                c.max_command_attempts = 1;
-                c.tcp = TcpConfig {
-                    nodelay: Some(true),
-                    ..TcpConfig::default()
-                };
-                c.unresponsive = UnresponsiveConfig {
-                    max_timeout: Some(UNRESPONSIVE_AFTER),
-                    interval: Duration::from_millis(500),
-                };
-            })
-            .with_performance_config(|p| p.default_command_timeout = timeout)
-            .set_policy(ReconnectPolicy::new_exponential(
-                0,
-                RECONNECT_MIN_MS,
-                RECONNECT_MAX_MS,
-                2,
-            ))
+        let node_config = clustered.then(|| config.clone());
+        let pool = client_builder(config, timeout)
             .build_pool(options.pool_size.max(1))
             .map_err(|e| StoreError::Config(format!("Redis client: {}", e.details())))?;
+        let routing_changed = Arc::new(AtomicBool::new(true));
         for (i, client) in pool.clients().iter().enumerate() {
             log_state_changes(client, i);
+            if clustered {
+                let changed = routing_changed.clone();
+                // The task ends with the client.
+                drop(client.on_cluster_change(move |_| {
+                    changed.store(true, Ordering::Release);
+                    async { Ok(()) }
+                }));
+            }
         }
         drop(pool.connect_pool());
 
@@ -170,6 +224,10 @@ impl RedisStore {
             clustered,
             timeout,
             clock: None,
+            routing: RwLock::new(Routing::default()),
+            node_config,
+            pool_size: options.pool_size.max(1),
+            routing_changed,
         };
         match tokio::time::timeout(STARTUP_WAIT, store.pool.wait_for_connect()).await {
             Ok(Ok(())) => {
@@ -202,24 +260,117 @@ impl RedisStore {
         self
     }
 
-    async fn run_group(&self, group: Group) -> Result<Vec<i64>, StoreError> {
-        let options = Options {
-            timeout: Some(self.timeout),
-            fail_fast: true,
-            max_attempts: Some(1),
-            ..Options::default()
+    /// Rebuilds the slot table from fred's cached routing, keeping the clients of masters that
+    /// still serve slots and closing the others; leaves `routing_changed` set while the routing
+    /// is not known yet.
+    fn refresh_routing(&self) {
+        let routing = self.pool.next().cached_cluster_state();
+        let Some(ranges) = routing
+            .as_ref()
+            .map(|r| r.slots())
+            .filter(|r| !r.is_empty())
+        else {
+            self.routing_changed.store(true, Ordering::Release);
+            return;
         };
-        let client = self.pool.next_connected().with_options(&options);
-        let n = group.keys.len();
+        let mut first_slot: BTreeMap<&Server, u16> = BTreeMap::new();
+        for range in ranges {
+            first_slot
+                .entry(&range.primary)
+                .and_modify(|s| *s = (*s).min(range.start))
+                .or_insert(range.start);
+        }
+        let mut current = self.routing.write();
+        let mut old = std::mem::take(&mut current.masters);
+        let mut masters = Vec::with_capacity(first_slot.len());
+        let mut index: BTreeMap<&Server, usize> = BTreeMap::new();
+        for &server in first_slot.keys() {
+            let client = match old.iter().position(|(s, _)| s == server) {
+                Some(i) => Some(old.swap_remove(i).1),
+                None => self.master_client(server),
+            };
+            if let Some(client) = client {
+                index.insert(server, masters.len());
+                masters.push((server.clone(), client));
+            }
+        }
+        let mut slots = vec![(Partition::WHOLE.0, usize::MAX); SLOTS];
+        for range in ranges {
+            let id = first_slot
+                .get(&range.primary)
+                .map_or(Partition::WHOLE.0, |&s| u32::from(s) + 1);
+            let master = index.get(&range.primary).copied().unwrap_or(usize::MAX);
+            let end = usize::from(range.end).min(SLOTS - 1);
+            for slot in slots
+                .iter_mut()
+                .take(end + 1)
+                .skip(usize::from(range.start))
+            {
+                *slot = (id, master);
+            }
+        }
+        *current = Routing { slots, masters };
+        drop(current);
+        for (server, pool) in old {
+            tracing::debug!(%server, "Redis node no longer a master; closing its connections");
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = pool.quit().await;
+                });
+            }
+        }
+    }
+
+    /// A pool of clients of the one master `server`, connecting in the background.
+    fn master_client(&self, server: &Server) -> Option<Pool> {
+        let mut config = self.node_config.clone()?;
+        config.server = ServerConfig::Centralized {
+            server: server.clone(),
+        };
+        config.fail_fast = false;
+        match client_builder(config, self.timeout).build_pool(self.pool_size) {
+            Ok(pool) => {
+                drop(pool.connect_pool());
+                Some(pool)
+            }
+            Err(e) => {
+                tracing::warn!(%server, error = %e, "cannot make a pool for this Redis master; using the cluster pool");
+                None
+            }
+        }
+    }
+
+    /// The client of the master that serves `slot`, if the routing is known and it is connected
+    /// (while it connects, or reconnects, the cluster pool serves).
+    fn master_for(&self, slot: u16) -> Option<fred::prelude::Client> {
+        if !self.clustered {
+            return None;
+        }
+        if self.routing_changed.swap(false, Ordering::AcqRel) {
+            self.refresh_routing();
+        }
+        let routing = self.routing.read();
+        let &(_, master) = routing.slots.get(usize::from(slot))?;
+        let (_, pool) = routing.masters.get(master)?;
+        let client = pool.next_connected();
+        client.is_connected().then(|| client.clone())
+    }
+
+    /// Sends the group's script (`EVALSHA`, or `EVAL` after `NOSCRIPT`) through `client`.
+    async fn eval<C: ClientLike>(
+        &self,
+        client: &C,
+        group: &Group,
+    ) -> Result<Value, fred::error::Error> {
         let command = |name: &'static str| {
             CustomCommand::new_static(name, ClusterHash::Custom(group.slot), false)
         };
-        let mut args: Vec<Value> = Vec::with_capacity(2 + n + group.argv.len());
+        let mut args: Vec<Value> = Vec::with_capacity(2 + group.keys.len() + group.argv.len());
         args.push(Value::from(self.sha.as_str()));
-        args.push(Value::Integer(n as i64));
+        args.push(Value::Integer(group.keys.len() as i64));
         args.extend(group.keys.iter().map(|k| Value::Bytes(k.clone().into())));
         args.extend(group.argv.iter().cloned());
-        let reply = match client
+        match client
             .custom::<Value, Value>(command("EVALSHA"), args.clone())
             .await
         {
@@ -231,6 +382,31 @@ impl RedisStore {
                 client.custom::<Value, Value>(command("EVAL"), args).await
             }
             other => other,
+        }
+    }
+
+    async fn run_group(&self, group: Group) -> Result<Vec<i64>, StoreError> {
+        let options = Options {
+            timeout: Some(self.timeout),
+            fail_fast: true,
+            max_attempts: Some(1),
+            ..Options::default()
+        };
+        let n = group.keys.len();
+        let through_pool = || {
+            let client = self.pool.next_connected().with_options(&options);
+            let group = &group;
+            async move { self.eval(&client, group).await }
+        };
+        let reply = match self.master_for(group.slot) {
+            Some(master) => match self.eval(&master.with_options(&options), &group).await {
+                Err(e) if redirected(&e) => {
+                    self.routing_changed.store(true, Ordering::Release);
+                    through_pool().await
+                }
+                other => other,
+            },
+            None => through_pool().await,
         }
         .map_err(|e| store_error(&e, self.timeout))?;
         let values: Vec<i64> = reply
@@ -349,17 +525,44 @@ impl Store for RedisStore {
     fn kind(&self) -> &'static str {
         "redis"
     }
+
+    fn partition(&self, key: &CounterKey) -> Partition {
+        if !self.clustered {
+            return Partition::WHOLE;
+        }
+        if self.routing_changed.swap(false, Ordering::AcqRel) {
+            self.refresh_routing();
+        }
+        let slot = usize::from(fred::util::redis_keyslot(&key.redis_key()));
+        Partition(
+            self.routing
+                .read()
+                .slots
+                .get(slot)
+                .map_or(Partition::WHOLE.0, |&(p, _)| p),
+        )
+    }
 }
 
 impl Drop for RedisStore {
     fn drop(&mut self) {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let pool = self.pool.clone();
+            let masters = std::mem::take(&mut self.routing.write().masters);
             runtime.spawn(async move {
                 let _ = pool.quit().await;
+                for (_, master) in masters {
+                    let _ = master.quit().await;
+                }
             });
         }
     }
+}
+
+/// A Cluster redirection: the slot is served elsewhere than the routing said.
+fn redirected(e: &fred::error::Error) -> bool {
+    let details = e.details();
+    details.starts_with("MOVED") || details.starts_with("ASK")
 }
 
 /// The counters of one cluster slot, for one `EVALSHA`.
@@ -370,33 +573,6 @@ struct Group {
     index: Vec<usize>,
     keys: Vec<Vec<u8>>,
     argv: Vec<Value>,
-}
-
-/// Runs every future concurrently on this task and returns their outputs in order.
-async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut pending: Vec<_> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
-    let mut done: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut all = true;
-        for (slot, out) in pending.iter_mut().zip(done.iter_mut()) {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        *out = Some(v);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => all = false,
-                }
-            }
-        }
-        if all {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    done.into_iter().flatten().collect()
 }
 
 /// Quota values are at most `u32::MAX` (and times below 2^63 µs), so they fit an `i64`.
