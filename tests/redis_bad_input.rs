@@ -8,23 +8,18 @@ mod common;
 
 use std::collections::BTreeSet;
 
+use common::RedisCluster;
 use common::bad_input as cases;
 use common::fleet;
-use common::{RedisCluster, Tollgate};
 use tokio::task::block_in_place;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_the_memory_store_answers_and_values_never_pick_the_slot() {
     let cluster = block_in_place(RedisCluster::start);
     let (_rules, path) = fleet::rules_dir(cases::RULES);
-    let tg = block_in_place(|| {
-        let mut builder = Tollgate::builder().arg("--config").arg(&path);
-        // `error`: a store failure fails the case instead of hiding behind a local decision.
-        for arg in fleet::redis_args(&cluster.cluster_url(), "2s", "error") {
-            builder = builder.arg(arg);
-        }
-        builder.start()
-    });
+    // `error`: a store failure fails the case instead of hiding behind a local decision.
+    let tg =
+        block_in_place(|| fleet::on_redis(&path, &cluster.cluster_url(), "2s", "error").start());
 
     cases::every_case(&tg).await;
     let fallback = fleet::fallback_decisions(&tg).await;

@@ -15,10 +15,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::fleet::{self, redis_args, rules_dir};
+use common::fleet::{self, rules_dir};
 use common::grpc::{self, Code};
 use common::process::run_with_timeout;
-use common::{RedisSentinel, RedisServer, Tollgate, wait_until};
+use common::{RedisSentinel, RedisServer, wait_until};
 
 /// `user_id`: 5 an hour, a window no test crosses (a boundary falls inside a test once in ~10³).
 const RULES: &str = r#"
@@ -116,14 +116,7 @@ async fn rediss_with_a_private_ca() {
     let url = format!("rediss://localhost:{tls_port}");
     let (_rules, rules) = rules_dir(RULES);
 
-    let trusting = Tollgate::builder()
-        .args(&["--config", &rules])
-        .args(
-            &redis_args(&url, "500ms", "local")
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-        )
+    let trusting = fleet::on_redis(&rules, &url, "500ms", "local")
         .env("SSL_CERT_FILE", file("ca.crt"))
         .start();
     let mut client = trusting.client().await;
@@ -145,14 +138,7 @@ async fn rediss_with_a_private_ca() {
     assert_eq!(server.keys().len(), 2, "canary and alice live in Redis");
 
     // A tollgate that does not trust the CA never talks to this server: the fallback answers.
-    let doubting = Tollgate::builder()
-        .args(&["--config", &rules])
-        .args(
-            &redis_args(&url, "500ms", "local")
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-        )
+    let doubting = fleet::on_redis(&rules, &url, "500ms", "local")
         .env("SSL_CERT_FILE", file("server.key"))
         .start();
     let mut client = doubting.client().await;
@@ -183,15 +169,7 @@ async fn sentinel_follows_a_failover() {
         (master, replica, sentinel)
     });
     let (_rules, rules) = rules_dir(RULES);
-    let tollgate = Tollgate::builder()
-        .args(&["--config", &rules])
-        .args(
-            &redis_args(&sentinel.url(), "200ms", "local")
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-        )
-        .start();
+    let tollgate = fleet::on_redis(&rules, &sentinel.url(), "200ms", "local").start();
     let mut client = tollgate.client().await;
     assert!(
         fleet::wait_store_decides(

@@ -55,43 +55,9 @@ descriptors:
 
 /// Every algorithm, limit 10, windows long enough that nothing refills during a test (fixed and
 /// sliding windows of 1000 h: a boundary falls inside a test once in 10⁵ runs).
-const PERSIST_RULES: &str = r#"
-domain: p
-descriptors:
-  - key: algo
-    value: fixed_window
-    descriptors:
-      - key: user_id
-        rate_limit: {algorithm: fixed_window, window: 1000h, requests_per_unit: 10}
-  - key: algo
-    value: sliding_window
-    descriptors:
-      - key: user_id
-        rate_limit: {algorithm: sliding_window, window: 1000h, requests_per_unit: 10}
-  - key: algo
-    value: sliding_log
-    descriptors:
-      - key: user_id
-        rate_limit: {algorithm: sliding_log, window: 1h, requests_per_unit: 10}
-  - key: algo
-    value: token_bucket
-    descriptors:
-      - key: user_id
-        rate_limit: {algorithm: token_bucket, window: 1h, requests_per_unit: 1, burst: 10}
-  - key: algo
-    value: leaky_bucket
-    descriptors:
-      - key: user_id
-        rate_limit: {algorithm: leaky_bucket, window: 1h, requests_per_unit: 1, burst: 10}
-"#;
-
-const ALGORITHMS: [&str; 5] = [
-    "fixed_window",
-    "sliding_window",
-    "sliding_log",
-    "token_bucket",
-    "leaky_bucket",
-];
+fn persist_rules() -> String {
+    fleet::every_algorithm_rules("p", 10, "1000h", "1h", "1h")
+}
 
 fn user(name: &str) -> RateLimitRequest {
     grpc::rls_request("f", &[&[("user_id", name)]])
@@ -106,11 +72,12 @@ fn start_on_redis(
     extra: &[&str],
 ) -> (tempfile::TempDir, Tollgate) {
     let (dir, path) = fleet::rules_dir(rules);
-    let mut builder = Tollgate::builder().arg("--config").arg(&path);
-    for arg in fleet::redis_args(url, timeout, policy) {
-        builder = builder.arg(arg);
-    }
-    (dir, builder.args(extra).start())
+    (
+        dir,
+        fleet::on_redis(&path, url, timeout, policy)
+            .args(extra)
+            .start(),
+    )
 }
 
 /// `n` requests in a row, each timed and classified.
@@ -145,10 +112,10 @@ async fn counts_survive_a_killed_tollgate_and_a_killed_redis_with_aof() {
     );
     // `error`: a store failure is a gRPC error, never a silent local decision that would skew counts.
     let (_rules, mut tg) =
-        block_in_place(|| start_on_redis(PERSIST_RULES, &redis.url(), "2s", "error", &[]));
+        block_in_place(|| start_on_redis(&persist_rules(), &redis.url(), "2s", "error", &[]));
     let req = |algo: &str| grpc::rls_request("p", &[&[("algo", algo), ("user_id", "pat")]]);
     let mut c = tg.client().await;
-    for algo in ALGORITHMS {
+    for algo in fleet::algorithms() {
         assert_eq!(
             grpc::count_ok(&mut c, "p", &[("algo", algo), ("user_id", "pat")], 4).await,
             4
@@ -160,7 +127,7 @@ async fn counts_survive_a_killed_tollgate_and_a_killed_redis_with_aof() {
     assert!(!status.success(), "{status}");
     block_in_place(|| tg.restart());
     let mut c = tg.client().await;
-    for algo in ALGORITHMS {
+    for algo in fleet::algorithms() {
         let resp = grpc::should_rate_limit(&mut c, req(algo)).await;
         assert_eq!(grpc::overall(&resp), Code::Ok, "{algo}");
         assert_eq!(
@@ -189,7 +156,7 @@ async fn counts_survive_a_killed_tollgate_and_a_killed_redis_with_aof() {
         "tollgate never used the restarted Redis\n{}",
         tg.log_tail()
     );
-    for algo in ALGORITHMS {
+    for algo in fleet::algorithms() {
         let resp = grpc::should_rate_limit(&mut c, req(algo)).await;
         assert_eq!(grpc::overall(&resp), Code::Ok, "{algo}");
         assert_eq!(

@@ -38,44 +38,6 @@ const PER_TASK: usize = 3;
 /// gRPC connections per instance, shared by the clients.
 const CONNECTIONS: usize = 4;
 
-const RULES: &str = r#"
-domain: fleet
-descriptors:
-  - key: algo
-    value: fixed_window
-    descriptors:
-      - key: user_id
-        rate_limit: {algorithm: fixed_window, window: 10s, requests_per_unit: 20}
-  - key: algo
-    value: sliding_window
-    descriptors:
-      - key: user_id
-        rate_limit: {algorithm: sliding_window, window: 10s, requests_per_unit: 20}
-  - key: algo
-    value: sliding_log
-    descriptors:
-      - key: user_id
-        rate_limit: {algorithm: sliding_log, window: 20s, requests_per_unit: 20}
-  - key: algo
-    value: token_bucket
-    descriptors:
-      - key: user_id
-        rate_limit: {algorithm: token_bucket, window: 60s, requests_per_unit: 1, burst: 20}
-  - key: algo
-    value: leaky_bucket
-    descriptors:
-      - key: user_id
-        rate_limit: {algorithm: leaky_bucket, window: 60s, requests_per_unit: 1, burst: 20}
-"#;
-
-const ALGORITHMS: [&str; 5] = [
-    "fixed_window",
-    "sliding_window",
-    "sliding_log",
-    "token_bucket",
-    "leaky_bucket",
-];
-
 fn request(algo: &str, user: &str) -> RateLimitRequest {
     grpc::rls_request("fleet", &[&[("algo", algo), ("user_id", user)]])
 }
@@ -86,14 +48,13 @@ fn start_fleet(
     cluster: &RedisCluster,
     clocks: &[Option<&str>],
 ) -> (tempfile::TempDir, Vec<Tollgate>) {
-    let (dir, path) = fleet::rules_dir(RULES);
+    let (dir, path) = fleet::rules_dir(&fleet::every_algorithm_rules(
+        "fleet", 20, "10s", "20s", "60s",
+    ));
     let tollgates = clocks
         .iter()
         .map(|clock| {
-            let mut builder = Tollgate::builder().arg("--config").arg(&path);
-            for arg in fleet::redis_args(&cluster.cluster_url(), "2s", "error") {
-                builder = builder.arg(arg);
-            }
+            let mut builder = fleet::on_redis(&path, &cluster.cluster_url(), "2s", "error");
             if let Some(offset) = clock {
                 builder = builder.faketime(offset);
             }
@@ -123,7 +84,10 @@ async fn admitted_counts_are_exact(tollgates: &[Tollgate]) {
     let refs: Vec<&Tollgate> = tollgates.iter().collect();
     let pool = fleet::connection_pool(&refs, CONNECTIONS).await;
     let user = "alice";
-    let requests: Vec<RateLimitRequest> = ALGORITHMS.iter().map(|a| request(a, user)).collect();
+    let requests: Vec<RateLimitRequest> = fleet::algorithms()
+        .iter()
+        .map(|a| request(a, user))
+        .collect();
 
     // Window k: a burst that ends well before the window does.
     let k = fleet::window_with_room(W, Duration::from_secs(6), Duration::from_millis(100)).await;
@@ -136,7 +100,7 @@ async fn admitted_counts_are_exact(tollgates: &[Tollgate]) {
         "the first burst overran its window ({:?}): machine overloaded?",
         first_end - first_start
     );
-    for (algo, out) in ALGORITHMS.iter().zip(&outcomes) {
+    for (algo, out) in fleet::algorithms().iter().zip(&outcomes) {
         assert_clean(algo, out);
         assert_eq!(out.ok, L, "{algo}, window {k}: {out:?}");
     }
@@ -158,10 +122,10 @@ async fn admitted_counts_are_exact(tollgates: &[Tollgate]) {
         "both bursts took {:?}: machine overloaded?",
         second_end - first_start
     );
-    for (algo, out) in ALGORITHMS.iter().zip(&outcomes) {
+    for (algo, out) in fleet::algorithms().iter().zip(&outcomes) {
         assert_clean(algo, out);
     }
-    let [fixed, sliding, log, token, leaky] = &outcomes[..] else {
+    let [sliding, fixed, log, token, leaky] = &outcomes[..] else {
         unreachable!("five algorithms")
     };
     assert_eq!(fixed.ok, L, "fixed_window, window {}: {fixed:?}", k + 1);

@@ -11,9 +11,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::task::JoinSet;
 
+use tollgate::algorithm::Algorithm;
+
 use super::Tollgate;
 use super::grpc::{self, Code, RateLimitRequest, RlsClient};
 use super::http;
+use super::tollgate::TollgateBuilder;
 
 /// `tollgate_store_up{store="redis"}`: 1 while Redis answers, 0 while the fallback serves.
 pub const STORE_UP: &str = "tollgate_store_up";
@@ -24,9 +27,12 @@ pub const STORE_ERRORS: &str = "tollgate_store_errors_total";
 /// Denials answered by the local over-limit cache without asking the store.
 pub const LOCAL_CACHE_HITS: &str = "tollgate_local_cache_hits_total";
 
-/// `serve` flags for the Redis store at `url` with a store timeout and an `--on-store-error` policy.
-pub fn redis_args(url: &str, timeout: &str, policy: &str) -> Vec<String> {
-    [
+/// A tollgate with the rule file `rules` on the Redis store at `url`, with a store timeout and an
+/// `--on-store-error` policy; add arguments or environment before `start()`.
+pub fn on_redis(rules: &str, url: &str, timeout: &str, policy: &str) -> TollgateBuilder {
+    Tollgate::builder().args(&[
+        "--config",
+        rules,
         "--store",
         "redis",
         "--redis-url",
@@ -35,10 +41,43 @@ pub fn redis_args(url: &str, timeout: &str, policy: &str) -> Vec<String> {
         timeout,
         "--on-store-error",
         policy,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ])
+}
+
+/// The algorithms' rule names, in [`Algorithm::ALL`]'s order (sliding_window, fixed_window,
+/// sliding_log, token_bucket, leaky_bucket).
+pub fn algorithms() -> [&'static str; 5] {
+    Algorithm::ALL.map(Algorithm::as_str)
+}
+
+/// Rules with one `algo=<name>` → `user_id` rule per algorithm, each admitting `limit` at once:
+/// the two window algorithms per `window`, sliding_log per `log_window`, and the buckets with
+/// capacity `limit`, refilled by one hit per `refill`.
+pub fn every_algorithm_rules(
+    domain: &str,
+    limit: u32,
+    window: &str,
+    log_window: &str,
+    refill: &str,
+) -> String {
+    let mut yaml = format!("domain: {domain}\ndescriptors:\n");
+    for algorithm in Algorithm::ALL {
+        let rate = match algorithm {
+            Algorithm::FixedWindow | Algorithm::SlidingWindow => {
+                format!("window: {window}, requests_per_unit: {limit}")
+            }
+            Algorithm::SlidingLog => format!("window: {log_window}, requests_per_unit: {limit}"),
+            Algorithm::TokenBucket | Algorithm::LeakyBucket => {
+                format!("window: {refill}, requests_per_unit: 1, burst: {limit}")
+            }
+        };
+        let name = algorithm.as_str();
+        yaml += &format!(
+            "  - key: algo\n    value: {name}\n    descriptors:\n      - key: user_id\n        \
+             rate_limit: {{algorithm: {name}, {rate}}}\n"
+        );
+    }
+    yaml
 }
 
 /// Writes `rules` as `<domain>.yaml` in a new directory, to pass as `--config`.
