@@ -91,3 +91,27 @@ fn describe() {
     describe_gauge!(MEMORY_KEYS, "Counters held by the memory store");
     describe_counter!(INVALID_REQUESTS, "Requests refused as invalid");
 }
+
+/// Runs `body` with a Prometheus recorder installed for this thread only, so a test reads exactly
+/// the metrics its own code recorded.
+#[cfg(test)]
+pub(crate) fn with_local_recorder<R>(
+    body: impl FnOnce(&metrics_exporter_prometheus::PrometheusHandle) -> R,
+) -> R {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    body(&handle)
+}
+
+/// Asserts that the rendered metrics contain every one of `lines`.
+#[cfg(test)]
+pub(crate) fn assert_rendered(
+    handle: &metrics_exporter_prometheus::PrometheusHandle,
+    lines: &[&str],
+) {
+    let text = handle.render();
+    for line in lines {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+}

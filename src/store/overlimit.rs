@@ -491,29 +491,28 @@ mod tests {
 
     #[test]
     fn cache_hits_are_counted() {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        let _local = metrics::set_default_local_recorder(&recorder);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let clock = ManualClock::new(START);
-        let cache = cache(Counting::new(&clock), &clock, 100);
-        let q = quota(Algorithm::FixedWindow, 1, Duration::from_secs(10));
-        let k = key(&q, "a");
-        runtime.block_on(async {
-            cache
-                .decide(&[hit(&k, &q, 1), hit(&k, &q, 1)])
-                .await
+        crate::metrics::with_local_recorder(|handle| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
                 .unwrap();
-            cache
-                .decide(&[hit(&k, &q, 1), hit(&k, &q, 0)])
-                .await
-                .unwrap();
-            cache.decide(&[hit(&k, &q, 1)]).await.unwrap();
+            let clock = ManualClock::new(START);
+            let cache = cache(Counting::new(&clock), &clock, 100);
+            let q = quota(Algorithm::FixedWindow, 1, Duration::from_secs(10));
+            let k = key(&q, "a");
+            runtime.block_on(async {
+                cache
+                    .decide(&[hit(&k, &q, 1), hit(&k, &q, 1)])
+                    .await
+                    .unwrap();
+                cache
+                    .decide(&[hit(&k, &q, 1), hit(&k, &q, 0)])
+                    .await
+                    .unwrap();
+                cache.decide(&[hit(&k, &q, 1)]).await.unwrap();
+            });
+            let text = handle.render();
+            assert!(text.contains("tollgate_local_cache_hits_total 3"), "{text}");
         });
-        let text = handle.render();
-        assert!(text.contains("tollgate_local_cache_hits_total 3"), "{text}");
     }
 
     /// One step of a workload: move the clock forward, then decide a batch of `(key, hits)`.

@@ -1142,55 +1142,54 @@ mod tests {
 
     #[test]
     fn failures_fallbacks_and_state_are_in_metrics() {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        let _local = metrics::set_default_local_recorder(&recorder);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        let primary = Scripted::new(Script::Unavailable);
-        let clock = ManualClock::new(START);
-        let store = resilient(&primary, options(OnStoreError::Deny), &clock);
-        let (q, k) = (quota(10), key(&quota(10), "a"));
-        let text = handle.render();
-        assert!(
-            text.contains(r#"tollgate_store_up{store="scripted"} 1"#),
-            "{text}"
-        );
+        crate::metrics::with_local_recorder(|handle| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            let primary = Scripted::new(Script::Unavailable);
+            let clock = ManualClock::new(START);
+            let store = resilient(&primary, options(OnStoreError::Deny), &clock);
+            let (q, k) = (quota(10), key(&quota(10), "a"));
+            let text = handle.render();
+            assert!(
+                text.contains(r#"tollgate_store_up{store="scripted"} 1"#),
+                "{text}"
+            );
 
-        runtime.block_on(async {
-            for _ in 0..5 {
-                one(&store, &q, &k).await.unwrap();
-            }
+            runtime.block_on(async {
+                for _ in 0..5 {
+                    one(&store, &q, &k).await.unwrap();
+                }
+            });
+            crate::metrics::assert_rendered(
+                handle,
+                &[
+                    r#"tollgate_store_errors_total{store="scripted",error="unavailable"} 3"#,
+                    r#"tollgate_fallback_decisions_total{policy="deny"} 5"#,
+                    r#"tollgate_store_up{store="scripted"} 0"#,
+                    r#"tollgate_store_breaker_state{store="scripted",state="open"} 1"#,
+                    r#"tollgate_store_breaker_state{store="scripted",state="closed"} 0"#,
+                ],
+            );
+
+            primary.set(Script::Hang);
+            clock.advance(Duration::from_millis(250));
+            runtime.block_on(one(&store, &q, &k)).unwrap();
+            primary.set(Script::Answer);
+            clock.advance(Duration::from_millis(500));
+            runtime.block_on(one(&store, &q, &k)).unwrap();
+            crate::metrics::assert_rendered(
+                handle,
+                &[
+                    r#"tollgate_store_errors_total{store="scripted",error="timeout"} 1"#,
+                    r#"tollgate_store_up{store="scripted"} 1"#,
+                    r#"tollgate_store_breaker_state{store="scripted",state="closed"} 1"#,
+                    r#"tollgate_store_breaker_state{store="scripted",state="half_open"} 0"#,
+                ],
+            );
         });
-        let text = handle.render();
-        for line in [
-            r#"tollgate_store_errors_total{store="scripted",error="unavailable"} 3"#,
-            r#"tollgate_fallback_decisions_total{policy="deny"} 5"#,
-            r#"tollgate_store_up{store="scripted"} 0"#,
-            r#"tollgate_store_breaker_state{store="scripted",state="open"} 1"#,
-            r#"tollgate_store_breaker_state{store="scripted",state="closed"} 0"#,
-        ] {
-            assert!(text.contains(line), "{line} in\n{text}");
-        }
-
-        primary.set(Script::Hang);
-        clock.advance(Duration::from_millis(250));
-        runtime.block_on(one(&store, &q, &k)).unwrap();
-        primary.set(Script::Answer);
-        clock.advance(Duration::from_millis(500));
-        runtime.block_on(one(&store, &q, &k)).unwrap();
-        let text = handle.render();
-        for line in [
-            r#"tollgate_store_errors_total{store="scripted",error="timeout"} 1"#,
-            r#"tollgate_store_up{store="scripted"} 1"#,
-            r#"tollgate_store_breaker_state{store="scripted",state="closed"} 1"#,
-            r#"tollgate_store_breaker_state{store="scripted",state="half_open"} 0"#,
-        ] {
-            assert!(text.contains(line), "{line} in\n{text}");
-        }
     }
 
     #[tokio::test]
@@ -1383,92 +1382,90 @@ mod tests {
 
     #[test]
     fn the_gauges_count_partitions_and_the_store_is_up_only_when_all_are_closed() {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        let _local = metrics::set_default_local_recorder(&recorder);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        let shards = TwoShards::new();
-        shards.b.set(Script::Unavailable);
-        let clock = ManualClock::new(START);
-        let store = sharded(&shards, OnStoreError::Allow, &clock);
-        let q = quota(10);
-        runtime.block_on(async {
-            for _ in 0..3 {
-                batch(&store, &q, &["a", "b"]).await;
-            }
+        crate::metrics::with_local_recorder(|handle| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            let shards = TwoShards::new();
+            shards.b.set(Script::Unavailable);
+            let clock = ManualClock::new(START);
+            let store = sharded(&shards, OnStoreError::Allow, &clock);
+            let q = quota(10);
+            runtime.block_on(async {
+                for _ in 0..3 {
+                    batch(&store, &q, &["a", "b"]).await;
+                }
+            });
+            crate::metrics::assert_rendered(
+                handle,
+                &[
+                    r#"tollgate_store_up{store="scripted"} 0"#,
+                    r#"tollgate_store_breaker_state{store="scripted",state="open"} 1"#,
+                    r#"tollgate_store_breaker_state{store="scripted",state="closed"} 1"#,
+                    r#"tollgate_fallback_decisions_total{policy="allow"} 3"#,
+                ],
+            );
+            shards.b.set(Script::Answer);
+            clock.advance(Duration::from_millis(250));
+            runtime.block_on(batch(&store, &q, &["b"]));
+            crate::metrics::assert_rendered(
+                handle,
+                &[
+                    r#"tollgate_store_up{store="scripted"} 1"#,
+                    r#"tollgate_store_breaker_state{store="scripted",state="open"} 0"#,
+                    r#"tollgate_store_breaker_state{store="scripted",state="closed"} 2"#,
+                ],
+            );
         });
-        let text = handle.render();
-        for line in [
-            r#"tollgate_store_up{store="scripted"} 0"#,
-            r#"tollgate_store_breaker_state{store="scripted",state="open"} 1"#,
-            r#"tollgate_store_breaker_state{store="scripted",state="closed"} 1"#,
-            r#"tollgate_fallback_decisions_total{policy="allow"} 3"#,
-        ] {
-            assert!(text.contains(line), "{line} in\n{text}");
-        }
-        shards.b.set(Script::Answer);
-        clock.advance(Duration::from_millis(250));
-        runtime.block_on(batch(&store, &q, &["b"]));
-        let text = handle.render();
-        for line in [
-            r#"tollgate_store_up{store="scripted"} 1"#,
-            r#"tollgate_store_breaker_state{store="scripted",state="open"} 0"#,
-            r#"tollgate_store_breaker_state{store="scripted",state="closed"} 2"#,
-        ] {
-            assert!(text.contains(line), "{line} in\n{text}");
-        }
     }
 
     #[test]
     fn the_whole_store_breaker_is_dropped_once_partitions_are_named() {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        let _local = metrics::set_default_local_recorder(&recorder);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        let shards = TwoShards::new();
-        shards.named.store(false, Ordering::SeqCst);
-        shards.a.set(Script::Unavailable);
-        let clock = ManualClock::new(START);
-        let store = sharded(&shards, OnStoreError::Allow, &clock);
-        let q = quota(10);
-        runtime.block_on(async {
-            for _ in 0..3 {
-                batch(&store, &q, &["a"]).await;
-            }
-        });
-        assert_eq!(store.partition_state(Partition::WHOLE), BreakerState::Open);
-        assert!(
-            handle
-                .render()
-                .contains(r#"tollgate_store_up{store="scripted"} 0"#)
-        );
+        crate::metrics::with_local_recorder(|handle| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            let shards = TwoShards::new();
+            shards.named.store(false, Ordering::SeqCst);
+            shards.a.set(Script::Unavailable);
+            let clock = ManualClock::new(START);
+            let store = sharded(&shards, OnStoreError::Allow, &clock);
+            let q = quota(10);
+            runtime.block_on(async {
+                for _ in 0..3 {
+                    batch(&store, &q, &["a"]).await;
+                }
+            });
+            assert_eq!(store.partition_state(Partition::WHOLE), BreakerState::Open);
+            assert!(
+                handle
+                    .render()
+                    .contains(r#"tollgate_store_up{store="scripted"} 0"#)
+            );
 
-        // The routing is known: no key maps to the whole store any more.
-        shards.named.store(true, Ordering::SeqCst);
-        shards.a.set(Script::Answer);
-        let d = runtime.block_on(batch(&store, &q, &["a", "b"]));
-        assert_eq!(
-            (d[0].remaining, d[1].remaining),
-            (FROM_PRIMARY, FROM_PRIMARY)
-        );
-        assert_eq!(
-            (store.state(), store.open_partitions()),
-            (BreakerState::Closed, 0)
-        );
-        let text = handle.render();
-        for line in [
-            r#"tollgate_store_up{store="scripted"} 1"#,
-            r#"tollgate_store_breaker_state{store="scripted",state="open"} 0"#,
-            r#"tollgate_store_breaker_state{store="scripted",state="closed"} 2"#,
-        ] {
-            assert!(text.contains(line), "{line} in\n{text}");
-        }
+            // The routing is known: no key maps to the whole store any more.
+            shards.named.store(true, Ordering::SeqCst);
+            shards.a.set(Script::Answer);
+            let d = runtime.block_on(batch(&store, &q, &["a", "b"]));
+            assert_eq!(
+                (d[0].remaining, d[1].remaining),
+                (FROM_PRIMARY, FROM_PRIMARY)
+            );
+            assert_eq!(
+                (store.state(), store.open_partitions()),
+                (BreakerState::Closed, 0)
+            );
+            crate::metrics::assert_rendered(
+                handle,
+                &[
+                    r#"tollgate_store_up{store="scripted"} 1"#,
+                    r#"tollgate_store_breaker_state{store="scripted",state="open"} 0"#,
+                    r#"tollgate_store_breaker_state{store="scripted",state="closed"} 2"#,
+                ],
+            );
+        });
     }
 
     #[test]
