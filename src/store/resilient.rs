@@ -947,6 +947,14 @@ mod tests {
         );
     }
 
+    /// A current-thread runtime with a timer, for tests that step a `ManualClock` between calls.
+    fn timed_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
     #[test]
     fn quotas_scale_to_a_share_of_at_least_one() {
         let n = |i| NonZeroU32::new(i).unwrap();
@@ -1383,10 +1391,7 @@ mod tests {
     #[test]
     fn the_gauges_count_partitions_and_the_store_is_up_only_when_all_are_closed() {
         crate::metrics::with_local_recorder(|handle| {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build()
-                .unwrap();
+            let runtime = timed_runtime();
             let shards = TwoShards::new();
             shards.b.set(Script::Unavailable);
             let clock = ManualClock::new(START);
@@ -1423,10 +1428,7 @@ mod tests {
     #[test]
     fn the_whole_store_breaker_is_dropped_once_partitions_are_named() {
         crate::metrics::with_local_recorder(|handle| {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build()
-                .unwrap();
+            let runtime = timed_runtime();
             let shards = TwoShards::new();
             shards.named.store(false, Ordering::SeqCst);
             shards.a.set(Script::Unavailable);
