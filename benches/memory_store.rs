@@ -69,7 +69,7 @@ impl Decide for Baseline {
 fn quota() -> Quota {
     Quota::new(
         Algorithm::FixedWindow,
-        u64::MAX / 2,
+        tollgate::algorithm::MAX_LIMIT,
         Duration::from_secs(3600),
         None,
     )
