@@ -5,7 +5,9 @@
 //! - [`algorithm`]: the five algorithms as pure functions of (quota, state, now, hits).
 //! - [`config`]: envoyproxy/ratelimit's YAML rules, validated into an immutable snapshot and matched.
 //! - [`keys`]: the injective encoding of counter keys.
-//! - [`store`]: where counters live; [`store::memory`] is embedded.
+//! - [`store`]: where counters live: [`store::memory`] (embedded) and [`store::redis`] (a fleet,
+//!   one Lua script per decision), wrapped by [`store::overlimit`] (keys known to be over their
+//!   limit) and [`store::resilient`] (timeouts, per-shard circuit breakers, `--on-store-error`).
 //! - [`limiter`]: a request's descriptors → rules → store → per-descriptor statuses.
 //! - [`direct`]: the seeds' per-user calls (`rate_limit`, `allow`, `allow_request`, leaky bucket),
 //!   without rule files.
