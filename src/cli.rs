@@ -64,8 +64,9 @@ pub struct ServeArgs {
     /// `redis-cluster://h1:p1,h2:p2`, `redis-sentinel://h1:p1,h2:p2[/db]?sentinelServiceName=NAME`.
     #[arg(long, env = "TOLLGATE_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
-    /// Connections to Redis (each pipelines many requests).
-    #[arg(long, env = "TOLLGATE_REDIS_POOL_SIZE", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    /// Connections to each Redis node (each pipelines many requests); in a Cluster, to each master
+    /// per gRPC thread, since each thread keeps its own.
+    #[arg(long, env = "TOLLGATE_REDIS_POOL_SIZE", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub redis_pool_size: u16,
     /// How often the memory store drops counters whose windows have passed.
     #[arg(long, env = "TOLLGATE_SWEEP_INTERVAL", default_value = "5s", value_parser = parse_duration)]
@@ -206,7 +207,7 @@ mod tests {
         assert_eq!(args.grpc_addr.port(), 8081);
         assert_eq!(args.http_addr.port(), 8080);
         assert_eq!(args.store, StoreKind::Memory);
-        assert_eq!(args.redis_pool_size, 4);
+        assert_eq!(args.redis_pool_size, 1);
         assert_eq!(args.redis_url, None);
     }
 

@@ -29,6 +29,14 @@
 //! which follows redirections, and triggers a rebuild of the table. The pool also serves while
 //! the routing is unknown, and keeps the routing current.
 //!
+//! Each master has one pool per thread that runs a single-threaded runtime (the server's gRPC
+//! threads), made on that thread's first use, so fred's reader and writer tasks run where the
+//! decision was asked: a command is written and its answer read without waking another thread.
+//! One pool shared by all threads put every connection task on whichever thread first built it,
+//! and each decision from another thread crossed threads twice. Other runtimes (multi-threaded)
+//! share one pool per master. A Cluster thus holds threads × masters × `pool_size` connections,
+//! plus `pool_size` per node for the cluster pool.
+//!
 //! Connections: a pool of fred clients, each pipelining and following `MOVED`/`ASK`, reconnecting by
 //! itself with exponential backoff (100 ms to 5 s) and logging each change of its connection state.
 //! Commands fail fast while a client is disconnected and never take longer than the configured
@@ -98,7 +106,8 @@ pub struct RedisOptions {
     /// `redis-sentinel://h1:p1,h2:p2[/db]?sentinelServiceName=NAME`, or any other form of fred's
     /// `Config::from_url` (extra hosts may also be given as `?node=h:p`).
     pub url: String,
-    /// Connections (each one pipelines many requests).
+    /// Connections per node (each one pipelines many requests); in a Cluster, to each master per
+    /// single-threaded runtime (see the module docs).
     pub pool_size: usize,
     /// The longest any command may take.
     pub timeout: Duration,
@@ -114,11 +123,41 @@ impl std::fmt::Debug for RedisOptions {
     }
 }
 
-/// A Cluster's slot table: each slot's partition number and the index of its master's pool.
+/// A Cluster's slot table: each slot's partition number and the index of its master.
 #[derive(Default)]
 struct Routing {
     slots: Vec<(u32, usize)>,
-    masters: Vec<(Server, Pool)>,
+    masters: Vec<Master>,
+}
+
+/// A Cluster master and its pools, one per [`Lane`], each made on first use in its lane.
+struct Master {
+    server: Server,
+    pools: Vec<(Lane, Pool)>,
+}
+
+/// Which pool of a master serves the caller: each thread running a single-threaded runtime has its
+/// own (`Some`), any other runtime shares one (`None`). A `ThreadId` is never reused, so a pool is
+/// never handed to a later runtime on the same thread.
+type Lane = Option<std::thread::ThreadId>;
+
+thread_local! {
+    static THREAD: std::thread::ThreadId = std::thread::current().id();
+}
+
+/// The caller's lane, or `None` outside a Tokio runtime.
+fn current_lane() -> Option<Lane> {
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    Some(match runtime.runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => Some(THREAD.with(|t| *t)),
+        _ => None,
+    })
+}
+
+/// A client of `pool` if one is connected (while it connects, or reconnects, the cluster pool serves).
+fn connected(pool: &Pool) -> Option<fred::prelude::Client> {
+    let client = pool.next_connected();
+    client.is_connected().then(|| client.clone())
 }
 
 /// A fred client builder with the store's connection settings.
@@ -260,7 +299,7 @@ impl RedisStore {
         self
     }
 
-    /// Rebuilds the slot table from fred's cached routing, keeping the clients of masters that
+    /// Rebuilds the slot table from fred's cached routing, keeping the pools of masters that
     /// still serve slots and closing the others; leaves `routing_changed` set while the routing
     /// is not known yet.
     fn refresh_routing(&self) {
@@ -285,14 +324,15 @@ impl RedisStore {
         let mut masters = Vec::with_capacity(first_slot.len());
         let mut index: BTreeMap<&Server, usize> = BTreeMap::new();
         for &server in first_slot.keys() {
-            let client = match old.iter().position(|(s, _)| s == server) {
-                Some(i) => Some(old.swap_remove(i).1),
-                None => self.master_client(server),
+            let master = match old.iter().position(|m| m.server == *server) {
+                Some(i) => old.swap_remove(i),
+                None => Master {
+                    server: server.clone(),
+                    pools: Vec::new(),
+                },
             };
-            if let Some(client) = client {
-                index.insert(server, masters.len());
-                masters.push((server.clone(), client));
-            }
+            index.insert(server, masters.len());
+            masters.push(master);
         }
         let mut slots = vec![(Partition::WHOLE.0, usize::MAX); SLOTS];
         for range in ranges {
@@ -311,18 +351,16 @@ impl RedisStore {
         }
         *current = Routing { slots, masters };
         drop(current);
-        for (server, pool) in old {
+        for master in old {
+            let server = &master.server;
             tracing::debug!(%server, "Redis node no longer a master; closing its connections");
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    let _ = pool.quit().await;
-                });
-            }
+            quit_all(master.pools.into_iter().map(|(_, pool)| pool));
         }
     }
 
-    /// A pool of clients of the one master `server`, connecting in the background.
-    fn master_client(&self, server: &Server) -> Option<Pool> {
+    /// A pool of clients of the one master `server`, connecting in the background; its
+    /// connection tasks run on the caller's runtime.
+    fn master_pool(&self, server: &Server) -> Option<Pool> {
         let mut config = self.node_config.clone()?;
         config.server = ServerConfig::Centralized {
             server: server.clone(),
@@ -340,8 +378,9 @@ impl RedisStore {
         }
     }
 
-    /// The client of the master that serves `slot`, if the routing is known and it is connected
-    /// (while it connects, or reconnects, the cluster pool serves).
+    /// A client, in the caller's lane, of the master that serves `slot`, if the routing is known
+    /// and it is connected (while it connects, or reconnects, the cluster pool serves). The
+    /// lane's pool is made here on first use, so its tasks run on the caller's runtime.
     fn master_for(&self, slot: u16) -> Option<fred::prelude::Client> {
         if !self.clustered {
             return None;
@@ -349,11 +388,25 @@ impl RedisStore {
         if self.routing_changed.swap(false, Ordering::AcqRel) {
             self.refresh_routing();
         }
-        let routing = self.routing.read();
-        let &(_, master) = routing.slots.get(usize::from(slot))?;
-        let (_, pool) = routing.masters.get(master)?;
-        let client = pool.next_connected();
-        client.is_connected().then(|| client.clone())
+        let lane = current_lane()?;
+        let slot = usize::from(slot);
+        {
+            let routing = self.routing.read();
+            let &(_, master) = routing.slots.get(slot)?;
+            let master = routing.masters.get(master)?;
+            if let Some((_, pool)) = master.pools.iter().find(|(l, _)| *l == lane) {
+                return connected(pool);
+            }
+        }
+        let mut routing = self.routing.write();
+        let &(_, master) = routing.slots.get(slot)?;
+        let master = routing.masters.get_mut(master)?;
+        if let Some((_, pool)) = master.pools.iter().find(|(l, _)| *l == lane) {
+            return connected(pool);
+        }
+        let pool = self.master_pool(&master.server)?;
+        master.pools.push((lane, pool.clone()));
+        connected(&pool)
     }
 
     /// Sends the group's script (`EVALSHA`, or `EVAL` after `NOSCRIPT`) through `client`.
@@ -546,16 +599,26 @@ impl Store for RedisStore {
 
 impl Drop for RedisStore {
     fn drop(&mut self) {
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let pool = self.pool.clone();
-            let masters = std::mem::take(&mut self.routing.write().masters);
-            runtime.spawn(async move {
+        let masters = std::mem::take(&mut self.routing.write().masters);
+        let pools = masters
+            .into_iter()
+            .flat_map(|m| m.pools.into_iter().map(|(_, p)| p));
+        quit_all(std::iter::once(self.pool.clone()).chain(pools));
+    }
+}
+
+/// Closes `pools` from a task on the current runtime (each pool's own tasks may run on another).
+fn quit_all(pools: impl Iterator<Item = Pool>) {
+    let pools: Vec<Pool> = pools.collect();
+    if pools.is_empty() {
+        return;
+    }
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            for pool in pools {
                 let _ = pool.quit().await;
-                for (_, master) in masters {
-                    let _ = master.quit().await;
-                }
-            });
-        }
+            }
+        });
     }
 }
 
@@ -694,6 +757,27 @@ mod tests {
         ] {
             assert!(Config::from_url(url).is_ok(), "{url}");
         }
+    }
+
+    #[test]
+    fn each_single_threaded_runtime_thread_is_its_own_lane() {
+        assert_eq!(current_lane(), None);
+        let lane = || {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(async { current_lane() })
+        };
+        let here = lane();
+        assert_eq!(here, Some(Some(std::thread::current().id())));
+        let other = std::thread::spawn(lane).join().unwrap();
+        assert!(other.is_some_and(|l| l.is_some() && l != here.flatten()));
+        let shared = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap()
+            .block_on(async { tokio::spawn(async { current_lane() }).await.unwrap() });
+        assert_eq!(shared, Some(None));
     }
 
     #[test]
