@@ -173,14 +173,7 @@ async fn keys_spread_over_the_cluster_masters() {
             .iter()
             .map(|u| CounterKey::new("spread", &q, [("user", u.as_str())]))
             .collect();
-        let hits: Vec<Hit> = keys
-            .iter()
-            .map(|key| Hit {
-                key,
-                quota: &q,
-                hits: 1,
-            })
-            .collect();
+        let hits = one_hit_each(&keys, &q);
         let decisions = store.decide(&hits).await.unwrap();
         assert!(decisions.iter().all(|d| d.allowed));
     }
@@ -289,14 +282,7 @@ async fn one_evalsha_per_slot() {
         .iter()
         .map(|k| fred::util::redis_keyslot(&k.redis_key()))
         .collect();
-    let hits: Vec<Hit> = keys
-        .iter()
-        .map(|key| Hit {
-            key,
-            quota: &q,
-            hits: 1,
-        })
-        .collect();
+    let hits = one_hit_each(&keys, &q);
     // Warm up (the script is loaded at connect; a first call must not count a NOSCRIPT retry).
     store.decide(&hits[..1]).await.unwrap();
     let masters = cluster.masters();
@@ -593,4 +579,15 @@ async fn a_cluster_failover_is_followed() {
         "no decision after the failover\n{}",
         cluster.describe()
     );
+}
+
+/// One hit on each of `keys`, under `quota`.
+fn one_hit_each<'a>(keys: &'a [CounterKey], quota: &'a Quota) -> Vec<Hit<'a>> {
+    keys.iter()
+        .map(|key| Hit {
+            key,
+            quota,
+            hits: 1,
+        })
+        .collect()
 }
