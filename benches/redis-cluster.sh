@@ -14,6 +14,7 @@
 #        OUT=dir keeps the temp dir (logs, perf.data) instead of deleting it.
 #        REPLICAS=0 builds the Cluster of 3 masters only; AOF=no turns persistence off;
 #        RUNS="open-10k closed" runs only the named runs.
+#        SERVE_ARGS="--grpc-threads 1" adds flags to `tollgate serve`.
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
@@ -134,6 +135,8 @@ HTTP=$(free_port)
 serve_args=(serve --config "$WORK/rules.yaml" --store redis --redis-url "$URL"
     --grpc-addr "127.0.0.1:$GRPC" --http-addr "127.0.0.1:$HTTP" --log-level warn)
 [[ -n ${POOL:-} ]] && serve_args+=(--redis-pool-size "$POOL")
+# shellcheck disable=SC2206 # split on purpose: several flags
+[[ -n ${SERVE_ARGS:-} ]] && serve_args+=($SERVE_ARGS)
 "$TOLLGATE" "${serve_args[@]}" 2>"$WORK/tollgate.log" &
 TG=$!
 PIDS+=("$TG")

@@ -60,6 +60,10 @@ pub struct ServeArgs {
     /// How long in-flight calls may take to finish once the ports close.
     #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// Threads serving gRPC (like Envoy's --concurrency) [default: one per CPU available].
+    /// Fewer than the CPUs leaves them to what shares the machine, e.g. Redis beside tollgate.
+    #[arg(long, env = "TOLLGATE_GRPC_THREADS")]
+    pub grpc_threads: Option<std::num::NonZeroUsize>,
     /// The Redis server for `--store redis`: `redis://[user:pass@]host:port[/db]`, `rediss://…` (TLS),
     /// `redis-cluster://h1:p1,h2:p2`, `redis-sentinel://h1:p1,h2:p2[/db]?sentinelServiceName=NAME`.
     #[arg(long, env = "TOLLGATE_REDIS_URL", hide_env_values = true)]

@@ -175,6 +175,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         response_headers: args.response_headers,
         drain_delay: args.drain_delay,
         drain_timeout: args.drain_timeout,
+        grpc_threads: args.grpc_threads,
     };
     let result = server::run(
         grpc,

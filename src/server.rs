@@ -39,6 +39,9 @@ pub struct ServeOptions {
     pub drain_delay: Duration,
     /// How long in-flight calls may take to finish once the ports stop accepting.
     pub drain_timeout: Duration,
+    /// Threads serving gRPC, each a single-threaded runtime with its own connections; `None`:
+    /// one per CPU available to the process.
+    pub grpc_threads: Option<NonZeroUsize>,
 }
 
 impl Default for ServeOptions {
@@ -47,6 +50,7 @@ impl Default for ServeOptions {
             response_headers: false,
             drain_delay: Duration::ZERO,
             drain_timeout: Duration::from_secs(20),
+            grpc_threads: None,
         }
     }
 }
@@ -105,7 +109,10 @@ pub async fn run(
     // Dropped connections at the drain timeout: each gRPC thread stops at once.
     let abandon = CancellationToken::new();
     let _abandon_on_return = abandon.clone().drop_guard();
-    let threads = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    let threads = options
+        .grpc_threads
+        .or_else(|| std::thread::available_parallelism().ok())
+        .map_or(1, NonZeroUsize::get);
     let mut lanes = Vec::with_capacity(threads);
     let mut finished = Vec::with_capacity(threads);
     for index in 0..threads {

@@ -386,3 +386,40 @@ fn drain_delay_turns_healthcheck_503_before_exit() {
         .expect("exits after the drain delay");
     assert!(status.success(), "{status}\n{}", tg.log());
 }
+
+/// The names of the process's gRPC threads (`tollgate-grpc-N`), from /proc.
+fn grpc_threads(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("/proc lists the threads")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|comm| comm.trim().to_string())
+        .filter(|comm| comm.starts_with("tollgate-grpc-"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn grpc_threads_sets_how_many_threads_serve_and_each_serves() {
+    let (_dir, tg) = start(&["--grpc-threads", "3"]);
+    assert_eq!(
+        grpc_threads(tg.pid()),
+        ["tollgate-grpc-0", "tollgate-grpc-1", "tollgate-grpc-2"]
+    );
+    // Connections are handed out round robin: six of them reach every thread twice.
+    for i in 0..6 {
+        let mut c = tg.client().await;
+        let user = format!("user-{i}");
+        assert_eq!(
+            grpc::check(&mut c, "api", &[("user_id", &user)]).await,
+            Code::Ok
+        );
+    }
+}
+
+#[test]
+fn zero_grpc_threads_is_refused_by_name() {
+    let out = common::tollgate::run(&["serve", "--grpc-threads", "0"]);
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("--grpc-threads"), "{}", out.stderr);
+}
