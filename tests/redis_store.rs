@@ -1,7 +1,8 @@
 //! The Redis store against real servers with Redis' own `TIME` (no clock override): limits hold,
 //! keys expire, keys spread over the Cluster's slots and cannot be steered by client values, a
-//! flushed script reloads by itself, a request costs one `EVALSHA` per slot, the URL forms work, and
-//! the memory each algorithm keeps per active key (printed; run with `--no-capture` to read it).
+//! flushed script reloads by itself, a request costs one `EVALSHA` per slot, the URL forms work,
+//! each gRPC thread decides through its own connection, and the memory each algorithm keeps per
+//! active key (printed; run with `--no-capture` to read it).
 
 mod common;
 
@@ -590,4 +591,52 @@ fn one_hit_each<'a>(keys: &'a [CounterKey], quota: &'a Quota) -> Vec<Hit<'a>> {
             hits: 1,
         })
         .collect()
+}
+
+/// Each gRPC thread decides through its own connection to a single server, so a decision never
+/// waits on another thread: with two threads, two connections carry `EVALSHA` (beside the shared
+/// pool, which serves while they connect).
+#[tokio::test]
+async fn each_grpc_thread_decides_through_its_own_connection() {
+    use common::Tollgate;
+    use common::grpc;
+    let server = RedisServer::start();
+    let url = server.url();
+    let flags = [
+        "--store",
+        "redis",
+        "--redis-url",
+        url.as_str(),
+        "--grpc-threads",
+        "2",
+    ];
+    let (_dir, tg) = Tollgate::with_rules(FLEET_RULES, &flags);
+    // Connections go to the threads round robin: one client each.
+    let mut clients = [tg.client().await, tg.client().await];
+    let deciding = || {
+        server
+            .cli(&["CLIENT", "LIST"])
+            .lines()
+            .filter(|c| c.contains("cmd=evalsha"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut user = 0;
+    let both = loop {
+        user += 1;
+        let user = format!("user-{user}");
+        for c in clients.iter_mut() {
+            grpc::check(c, "api", &[("user_id", &user)]).await;
+        }
+        if deciding() == 2 || Instant::now() > deadline {
+            break deciding() == 2;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        both,
+        "connections that sent EVALSHA last: {}\n{}",
+        deciding(),
+        server.cli(&["CLIENT", "LIST"])
+    );
 }

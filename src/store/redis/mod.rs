@@ -29,13 +29,15 @@
 //! which follows redirections, and triggers a rebuild of the table. The pool also serves while
 //! the routing is unknown, and keeps the routing current.
 //!
-//! Each master has one pool per thread that runs a single-threaded runtime (the server's gRPC
-//! threads), made on that thread's first use, so fred's reader and writer tasks run where the
-//! decision was asked: a command is written and its answer read without waking another thread.
-//! One pool shared by all threads put every connection task on whichever thread first built it,
-//! and each decision from another thread crossed threads twice. Other runtimes (multi-threaded)
-//! share one pool per master. A Cluster thus holds threads × masters × `pool_size` connections,
-//! plus `pool_size` per node for the cluster pool.
+//! Each master (or the single server, standalone or found through Sentinel) has one pool per
+//! thread that runs a single-threaded runtime (the server's gRPC threads), made on that thread's
+//! first use, so fred's reader and writer tasks run where the decision was asked: a command is
+//! written and its answer read without waking another thread. One pool shared by all threads put
+//! every connection task on whichever thread first built it, and each decision from another
+//! thread crossed threads twice. Other runtimes (multi-threaded) share one pool per master, and
+//! use the store's own pool for a single server. A Cluster thus holds threads × masters ×
+//! `pool_size` connections, plus `pool_size` per node for the cluster pool; a single server
+//! threads × `pool_size`, plus `pool_size`.
 //!
 //! Connections: a pool of fred clients, each pipelining and following `MOVED`/`ASK`, reconnecting by
 //! itself with exponential backoff (100 ms to 5 s) and logging each change of its connection state.
@@ -133,7 +135,26 @@ struct Routing {
 /// A Cluster master and its pools, one per [`Lane`], each made on first use in its lane.
 struct Master {
     server: Server,
-    pools: Vec<(Lane, Pool)>,
+    pools: Vec<LanePool>,
+}
+
+/// A pool made in one lane, and the runtime its connection tasks run on.
+struct LanePool {
+    lane: Lane,
+    pool: Pool,
+    runtime: tokio::runtime::Handle,
+}
+
+impl LanePool {
+    /// Closes the pool's connections from its own runtime, where its tasks run. A runtime that
+    /// has ended (a gRPC thread at shutdown) took its tasks and connections with it; the spawned
+    /// task is then dropped unrun.
+    fn quit(self) {
+        let pool = self.pool;
+        drop(self.runtime.spawn(async move {
+            let _ = pool.quit().await;
+        }));
+    }
 }
 
 /// Which pool of a master serves the caller: each thread running a single-threaded runtime has its
@@ -152,6 +173,11 @@ fn current_lane() -> Option<Lane> {
         tokio::runtime::RuntimeFlavor::CurrentThread => Some(THREAD.with(|t| *t)),
         _ => None,
     })
+}
+
+/// The pool of `lane` among `pools`.
+fn in_lane(pools: &[LanePool], lane: Lane) -> Option<&Pool> {
+    pools.iter().find(|p| p.lane == lane).map(|p| &p.pool)
 }
 
 /// A client of `pool` if one is connected (while it connects, or reconnects, the cluster pool serves).
@@ -197,8 +223,11 @@ pub struct RedisStore {
     clock: Option<Arc<dyn Clock>>,
     /// In a Cluster, who serves each slot (empty until the routing is known).
     routing: RwLock<Routing>,
-    /// The cluster pool's configuration, from which each master's own pool is made.
-    node_config: Option<Config>,
+    /// The store's configuration, from which each lane's pool is made (in a Cluster, with one
+    /// master as its server).
+    config: Config,
+    /// A single server's pools, one per lane.
+    single: RwLock<Vec<LanePool>>,
     pool_size: usize,
     /// Set when fred reports a change of the cluster (or a master redirects): rebuild `routing` on
     /// the next lookup.
@@ -239,8 +268,7 @@ impl RedisStore {
         config.fail_fast = false;
         let clustered = config.server.is_clustered();
         let timeout = options.timeout;
-        let node_config = clustered.then(|| config.clone());
-        let pool = client_builder(config, timeout)
+        let pool = client_builder(config.clone(), timeout)
             .build_pool(options.pool_size.max(1))
             .map_err(|e| StoreError::Config(format!("Redis client: {}", e.details())))?;
         let routing_changed = Arc::new(AtomicBool::new(true));
@@ -264,7 +292,8 @@ impl RedisStore {
             timeout,
             clock: None,
             routing: RwLock::new(Routing::default()),
-            node_config,
+            config,
+            single: RwLock::new(Vec::new()),
             pool_size: options.pool_size.max(1),
             routing_changed,
         };
@@ -354,59 +383,78 @@ impl RedisStore {
         for master in old {
             let server = &master.server;
             tracing::debug!(%server, "Redis node no longer a master; closing its connections");
-            quit_all(master.pools.into_iter().map(|(_, pool)| pool));
+            master.pools.into_iter().for_each(LanePool::quit);
         }
     }
 
-    /// A pool of clients of the one master `server`, connecting in the background; its
-    /// connection tasks run on the caller's runtime.
-    fn master_pool(&self, server: &Server) -> Option<Pool> {
-        let mut config = self.node_config.clone()?;
-        config.server = ServerConfig::Centralized {
-            server: server.clone(),
-        };
+    /// A pool for `lane` made from `config`, connecting in the background; its connection
+    /// tasks run on the caller's runtime.
+    fn lane_pool(&self, lane: Lane, mut config: Config) -> Option<LanePool> {
         config.fail_fast = false;
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
         match client_builder(config, self.timeout).build_pool(self.pool_size) {
             Ok(pool) => {
                 drop(pool.connect_pool());
-                Some(pool)
+                Some(LanePool {
+                    lane,
+                    pool,
+                    runtime,
+                })
             }
             Err(e) => {
-                tracing::warn!(%server, error = %e, "cannot make a pool for this Redis master; using the cluster pool");
+                tracing::warn!(error = %e, "cannot make a Redis pool for this thread; using the shared one");
                 None
             }
         }
     }
 
-    /// A client, in the caller's lane, of the master that serves `slot`, if the routing is known
-    /// and it is connected (while it connects, or reconnects, the cluster pool serves). The
-    /// lane's pool is made here on first use, so its tasks run on the caller's runtime.
-    fn master_for(&self, slot: u16) -> Option<fred::prelude::Client> {
+    /// A client in the caller's lane, if it is connected (while it connects, or reconnects, the
+    /// store's own pool serves): of the master that serves `slot` if the routing is known, or of
+    /// the single server. The lane's pool is made here on first use, so its tasks run on the
+    /// caller's runtime.
+    fn lane_client(&self, slot: u16) -> Option<fred::prelude::Client> {
+        let lane = current_lane()?;
         if !self.clustered {
-            return None;
+            // Without a lane of its own, a caller shares the store's pool.
+            lane?;
+            if let Some(pool) = in_lane(&self.single.read(), lane) {
+                return connected(pool);
+            }
+            let mut pools = self.single.write();
+            if let Some(pool) = in_lane(&pools, lane) {
+                return connected(pool);
+            }
+            let made = self.lane_pool(lane, self.config.clone())?;
+            let client = connected(&made.pool);
+            pools.push(made);
+            return client;
         }
         if self.routing_changed.swap(false, Ordering::AcqRel) {
             self.refresh_routing();
         }
-        let lane = current_lane()?;
         let slot = usize::from(slot);
         {
             let routing = self.routing.read();
             let &(_, master) = routing.slots.get(slot)?;
             let master = routing.masters.get(master)?;
-            if let Some((_, pool)) = master.pools.iter().find(|(l, _)| *l == lane) {
+            if let Some(pool) = in_lane(&master.pools, lane) {
                 return connected(pool);
             }
         }
         let mut routing = self.routing.write();
         let &(_, master) = routing.slots.get(slot)?;
         let master = routing.masters.get_mut(master)?;
-        if let Some((_, pool)) = master.pools.iter().find(|(l, _)| *l == lane) {
+        if let Some(pool) = in_lane(&master.pools, lane) {
             return connected(pool);
         }
-        let pool = self.master_pool(&master.server)?;
-        master.pools.push((lane, pool.clone()));
-        connected(&pool)
+        let mut config = self.config.clone();
+        config.server = ServerConfig::Centralized {
+            server: master.server.clone(),
+        };
+        let made = self.lane_pool(lane, config)?;
+        let client = connected(&made.pool);
+        master.pools.push(made);
+        client
     }
 
     /// Sends the group's script (`EVALSHA`, or `EVAL` after `NOSCRIPT`) through `client`.
@@ -451,7 +499,7 @@ impl RedisStore {
             let group = &group;
             async move { self.eval(&client, group).await }
         };
-        let reply = match self.master_for(group.slot) {
+        let reply = match self.lane_client(group.slot) {
             Some(master) => match self.eval(&master.with_options(&options), &group).await {
                 Err(e) if redirected(&e) => {
                     self.routing_changed.store(true, Ordering::Release);
@@ -600,25 +648,18 @@ impl Store for RedisStore {
 impl Drop for RedisStore {
     fn drop(&mut self) {
         let masters = std::mem::take(&mut self.routing.write().masters);
-        let pools = masters
+        let single = std::mem::take(&mut *self.single.write());
+        masters
             .into_iter()
-            .flat_map(|m| m.pools.into_iter().map(|(_, p)| p));
-        quit_all(std::iter::once(self.pool.clone()).chain(pools));
-    }
-}
-
-/// Closes `pools` from a task on the current runtime (each pool's own tasks may run on another).
-fn quit_all(pools: impl Iterator<Item = Pool>) {
-    let pools: Vec<Pool> = pools.collect();
-    if pools.is_empty() {
-        return;
-    }
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(async move {
-            for pool in pools {
+            .flat_map(|m| m.pools)
+            .chain(single)
+            .for_each(LanePool::quit);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let pool = self.pool.clone();
+            runtime.spawn(async move {
                 let _ = pool.quit().await;
-            }
-        });
+            });
+        }
     }
 }
 
