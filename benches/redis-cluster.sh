@@ -174,6 +174,13 @@ redis_cpu() {
     echo "$masters $replicas"
 }
 
+# gRPC calls the server answered within 1 ms by its own clock (its latency histogram's bucket):
+# from the decoded request to the encoded answer, so without the network and the wake-ups around it.
+server_within_1ms() {
+    curl -fs "http://127.0.0.1:$HTTP/metrics" |
+        awk '$1 ~ /^tollgate_grpc_request_duration_seconds_bucket\{.*le="0.001"/ {s += $2} END {print s + 0}'
+}
+
 # Microseconds during which some runnable task waited for a CPU (PSI); 0 without /proc/pressure.
 cpu_wait_us() {
     sed -n 's/^some .*total=\([0-9]*\).*/\1/p' /proc/pressure/cpu 2>/dev/null || echo 0
@@ -188,8 +195,10 @@ run() {
     [[ -z ${RUNS:-} || " $RUNS " == *" $name "* ]] || return 0
     local port
     for port in "${MASTERS[@]}"; do redis-cli -p "$port" CONFIG RESETSTAT >/dev/null; done
-    local hits0 fb0 tg0 rm0 rr0 w0 t0 perf_pid= rperf_pid=
+    local hits0 fb0 tg0 rm0 rr0 w0 t0 s0 s10 perf_pid= rperf_pid=
     hits0=$(metric tollgate_local_cache_hits_total)
+    s0=$(metric tollgate_grpc_request_duration_seconds_count)
+    s10=$(server_within_1ms)
     fb0=$(metric tollgate_fallback_decisions_total)
     tg0=$(cpu_s "$TG")
     read -r rm0 rr0 < <(redis_cpu)
@@ -208,7 +217,8 @@ run() {
         kill -INT "$perf_pid" "$rperf_pid"
         wait "$perf_pid" "$rperf_pid" || true
     fi
-    local hits fb evals tg rm rr psi lg
+    local hits fb evals tg rm rr psi lg srv
+    srv=$(echo "scale=2; 100 * ($(server_within_1ms) - $s10) / ($(metric tollgate_grpc_request_duration_seconds_count) - $s0)" | bc)
     lg=$(awk '{printf "%.2f", $1 + $2}' "$WORK/loadgen.time")
     psi=$(( ($(cpu_wait_us) - w0) * 100000 / ($(date +%s%N) - t0) ))
     hits=$(($(metric tollgate_local_cache_hits_total) - hits0))
@@ -219,9 +229,9 @@ run() {
     rm=$(printf '%.2f' "$(echo "$rm - $rm0" | bc)")
     rr=$(printf '%.2f' "$(echo "$rr - $rr0" | bc)")
     json=$(jq -c --arg name "$name" --argjson per "$per" --argjson hits "$hits" --argjson fb "$fb" \
-        --argjson evals "$evals" --argjson tg "$tg" --argjson rm "$rm" --argjson rr "$rr" --argjson psi "$psi" --argjson lg "$lg" \
+        --argjson evals "$evals" --argjson tg "$tg" --argjson rm "$rm" --argjson rr "$rr" --argjson psi "$psi" --argjson lg "$lg" --argjson srv "$srv" \
         '{run: $name} + . + {decisions: (.requests * $per), evalsha: $evals, cache_hits: $hits, fallback: $fb,
-          tollgate_cpu_s: $tg, redis_masters_cpu_s: $rm, redis_replicas_cpu_s: $rr, loadgen_cpu_s: $lg, cpu_pressure_pct: $psi}' <<<"$json")
+          tollgate_cpu_s: $tg, redis_masters_cpu_s: $rm, redis_replicas_cpu_s: $rr, loadgen_cpu_s: $lg, cpu_pressure_pct: $psi, server_within_1ms_pct: $srv}' <<<"$json")
     echo "$json"
     echo "$json" >>"$RESULTS"
 }
@@ -238,15 +248,17 @@ run open-5k-2desc 2 "${open[@]}" --descriptor 'user_id={user}' --descriptor 'ip=
 run over-limit 1 --users 1000 --concurrency "$CONCURRENCY" --descriptor 'tight_user={user}' --rate 5000
 
 echo
-printf '%-14s %9s %9s %7s %7s %7s %7s %9s %9s %9s %8s %8s %19s %4s\n' run target rps p50_us p99_us p999_us \
-    max_us denied decisions evalsha cache fallback cpu_tg/m/r/lg psi%
+printf '%-14s %9s %9s %7s %7s %7s %7s %9s %9s %9s %8s %8s %19s %4s %7s\n' run target rps p50_us p99_us p999_us \
+    max_us denied decisions evalsha cache fallback cpu_tg/m/r/lg psi% srv1ms%
 jq -r '[.run, (.target_rps // "closed"), (.rps | floor), .p50_us, .p99_us, .p999_us, .max_us,
         .denied, .decisions, .evalsha, .cache_hits, .fallback,
-        "\(.tollgate_cpu_s)/\(.redis_masters_cpu_s)/\(.redis_replicas_cpu_s)/\(.loadgen_cpu_s)", .cpu_pressure_pct] | @tsv' "$RESULTS" |
-    while IFS=$'\t' read -r a b c d e f g h i j k l m n; do
-        printf '%-14s %9s %9s %7s %7s %7s %7s %9s %9s %9s %8s %8s %19s %4s\n' "$a" "$b" "$c" "$d" "$e" "$f" "$g" "$h" "$i" "$j" "$k" "$l" "$m" "$n"
+        "\(.tollgate_cpu_s)/\(.redis_masters_cpu_s)/\(.redis_replicas_cpu_s)/\(.loadgen_cpu_s)", .cpu_pressure_pct,
+        .server_within_1ms_pct] | @tsv' "$RESULTS" |
+    while IFS=$'\t' read -r a b c d e f g h i j k l m n o; do
+        printf '%-14s %9s %9s %7s %7s %7s %7s %9s %9s %9s %8s %8s %19s %4s %7s\n' "$a" "$b" "$c" "$d" "$e" "$f" "$g" "$h" "$i" "$j" "$k" "$l" "$m" "$n" "$o"
     done
 echo "(latencies in µs; evalsha = EVALSHA calls on the masters; cache = tollgate_local_cache_hits_total;"
 echo " fallback = decisions answered by --on-store-error after a store timeout or an open breaker;"
 echo " cpu_tg/m/r/lg = CPU seconds of tollgate / the 3 masters / the 3 replicas / the load generator;"
-echo " psi% = share of the run during which some task waited for a CPU: above ~20%, tails are queueing)"
+echo " psi% = share of the run during which some task waited for a CPU: above ~20%, tails are queueing;"
+echo " srv1ms% = calls the server answered within 1 ms by its own clock, store round trip included)"
