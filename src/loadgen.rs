@@ -24,7 +24,7 @@
 //!   the achieved rate falls below the target and the latencies say so. The tokio timer ticks in
 //!   milliseconds (a request left up to 2 ms after its time: that alone put the p50 of a 1,000/s
 //!   run at 1.3 ms), so each load thread paces its workers with a microsecond timer on its own
-//!   event loop ([`pacer`]), releasing requests as they fall due, at most every 100 µs; a waiting
+//!   event loop (module `pacer`), releasing requests as they fall due, at most every 100 µs; a waiting
 //!   worker costs nothing until then.
 //!
 //! Users: every `{user}` in a descriptor value becomes `user-<i>` with `i = request index mod
