@@ -594,8 +594,9 @@ fn one_hit_each<'a>(keys: &'a [CounterKey], quota: &'a Quota) -> Vec<Hit<'a>> {
 }
 
 /// Each gRPC thread decides through its own connection to a single server, so a decision never
-/// waits on another thread: with two threads, two connections carry `EVALSHA` (beside the shared
-/// pool, which serves while they connect).
+/// waits on another thread: with two threads, tollgate holds three connections (the shared pool's,
+/// made at start, which serves while the others connect, and one per thread, made on its first
+/// decision), and the two per-thread ones carry the `EVALSHA`s.
 #[tokio::test]
 async fn each_grpc_thread_decides_through_its_own_connection() {
     use common::Tollgate;
@@ -613,30 +614,44 @@ async fn each_grpc_thread_decides_through_its_own_connection() {
     let (_dir, tg) = Tollgate::with_rules(FLEET_RULES, &flags);
     // Connections go to the threads round robin: one client each.
     let mut clients = [tg.client().await, tg.client().await];
-    let deciding = || {
-        server
-            .cli(&["CLIENT", "LIST"])
+    // tollgate's connections, oldest first, each with the last command it sent.
+    let connections = || {
+        let list = server.cli(&["CLIENT", "LIST"]);
+        let mut connections: Vec<(u64, String)> = list
             .lines()
-            .filter(|c| c.contains("cmd=evalsha"))
-            .count()
+            .filter(|c| !c.contains("cmd=client|list"))
+            .map(|c| {
+                let field = |name: &str| {
+                    c.split(' ')
+                        .find_map(|f| f.strip_prefix(name))
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                (field("id=").parse().unwrap_or(0), field("cmd="))
+            })
+            .collect();
+        connections.sort();
+        connections
+    };
+    let per_thread_decide = |connections: &[(u64, String)]| {
+        connections.len() == 3 && connections[1..].iter().all(|(_, cmd)| cmd == "evalsha")
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut user = 0;
-    let both = loop {
+    loop {
         user += 1;
         let user = format!("user-{user}");
         for c in clients.iter_mut() {
             grpc::check(c, "api", &[("user_id", &user)]).await;
         }
-        if deciding() == 2 || Instant::now() > deadline {
-            break deciding() == 2;
+        let now = connections();
+        if per_thread_decide(&now) {
+            break;
         }
+        assert!(
+            Instant::now() < deadline,
+            "expected the shared connection and two per-thread ones deciding; got {now:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(
-        both,
-        "connections that sent EVALSHA last: {}\n{}",
-        deciding(),
-        server.cli(&["CLIENT", "LIST"])
-    );
+    }
 }
