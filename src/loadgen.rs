@@ -499,8 +499,9 @@ async fn worker(
     }
 }
 
-/// Open loop: requests per second one load thread is given. The pacer wakes every load thread
-/// that has a request due, and those wake-ups, not the requests, are most of an open loop's cost.
+/// Open loop: requests per second one load thread is given. Each thread's pacer wakes it for
+/// every tick with a request due, and those wake-ups, not the requests, are most of an open
+/// loop's cost.
 const OPEN_LOOP_RATE_PER_THREAD: u64 = 50_000;
 
 /// How many load threads: one per core, but no more than connections or workers, and in an open

@@ -150,11 +150,15 @@ impl LanePool {
     /// has ended (a gRPC thread at shutdown) took its tasks and connections with it; the spawned
     /// task is then dropped unrun.
     fn quit(self) {
-        let pool = self.pool;
-        drop(self.runtime.spawn(async move {
-            let _ = pool.quit().await;
-        }));
+        quit_on(&self.runtime, self.pool);
     }
+}
+
+/// Closes `pool`'s connections from a task on `runtime`.
+fn quit_on(runtime: &tokio::runtime::Handle, pool: Pool) {
+    drop(runtime.spawn(async move {
+        let _ = pool.quit().await;
+    }));
 }
 
 /// Which pool of a master serves the caller: each thread running a single-threaded runtime has its
@@ -387,25 +391,33 @@ impl RedisStore {
         }
     }
 
-    /// A pool for `lane` made from `config`, connecting in the background; its connection
-    /// tasks run on the caller's runtime.
-    fn lane_pool(&self, lane: Lane, mut config: Config) -> Option<LanePool> {
-        config.fail_fast = false;
+    /// A client of `lane`'s pool among `pools`, if it is connected; the pool is made from
+    /// `config` on first use, connecting in the background, its tasks on the caller's runtime.
+    fn lane_client_among(
+        &self,
+        pools: &mut Vec<LanePool>,
+        lane: Lane,
+        config: impl FnOnce() -> Config,
+    ) -> Option<fred::prelude::Client> {
+        if let Some(pool) = in_lane(pools, lane) {
+            return connected(pool);
+        }
         let runtime = tokio::runtime::Handle::try_current().ok()?;
-        match client_builder(config, self.timeout).build_pool(self.pool_size) {
-            Ok(pool) => {
-                drop(pool.connect_pool());
-                Some(LanePool {
-                    lane,
-                    pool,
-                    runtime,
-                })
-            }
+        let pool = match client_builder(config(), self.timeout).build_pool(self.pool_size) {
+            Ok(pool) => pool,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot make a Redis pool for this thread; using the shared one");
-                None
+                return None;
             }
-        }
+        };
+        drop(pool.connect_pool());
+        let client = connected(&pool);
+        pools.push(LanePool {
+            lane,
+            pool,
+            runtime,
+        });
+        client
     }
 
     /// A client in the caller's lane, if it is connected (while it connects, or reconnects, the
@@ -420,14 +432,7 @@ impl RedisStore {
             if let Some(pool) = in_lane(&self.single.read(), lane) {
                 return connected(pool);
             }
-            let mut pools = self.single.write();
-            if let Some(pool) = in_lane(&pools, lane) {
-                return connected(pool);
-            }
-            let made = self.lane_pool(lane, self.config.clone())?;
-            let client = connected(&made.pool);
-            pools.push(made);
-            return client;
+            return self.lane_client_among(&mut self.single.write(), lane, || self.config.clone());
         }
         if self.routing_changed.swap(false, Ordering::AcqRel) {
             self.refresh_routing();
@@ -444,17 +449,11 @@ impl RedisStore {
         let mut routing = self.routing.write();
         let &(_, master) = routing.slots.get(slot)?;
         let master = routing.masters.get_mut(master)?;
-        if let Some(pool) = in_lane(&master.pools, lane) {
-            return connected(pool);
-        }
-        let mut config = self.config.clone();
-        config.server = ServerConfig::Centralized {
-            server: master.server.clone(),
-        };
-        let made = self.lane_pool(lane, config)?;
-        let client = connected(&made.pool);
-        master.pools.push(made);
-        client
+        let server = master.server.clone();
+        self.lane_client_among(&mut master.pools, lane, || Config {
+            server: ServerConfig::Centralized { server },
+            ..self.config.clone()
+        })
     }
 
     /// Sends the group's script (`EVALSHA`, or `EVAL` after `NOSCRIPT`) through `client`.
@@ -655,10 +654,7 @@ impl Drop for RedisStore {
             .chain(single)
             .for_each(LanePool::quit);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let pool = self.pool.clone();
-            runtime.spawn(async move {
-                let _ = pool.quit().await;
-            });
+            quit_on(&runtime, self.pool.clone());
         }
     }
 }
