@@ -64,6 +64,17 @@ fn user(name: &str) -> RateLimitRequest {
 }
 
 /// A tollgate serving `rules` on the Redis at `url` with `policy` and `extra` flags.
+/// One of a fleet of `INSTANCES` on `url` with `RULES`, `STORE_TIMEOUT` and `policy`.
+fn start_fleet_member(url: &str, policy: &str) -> (tempfile::TempDir, Tollgate) {
+    start_on_redis(
+        RULES,
+        url,
+        STORE_TIMEOUT,
+        policy,
+        &["--instances", INSTANCES],
+    )
+}
+
 fn start_on_redis(
     rules: &str,
     url: &str,
@@ -278,24 +289,8 @@ async fn killing_a_cluster_master_under_load_loses_no_answer_and_no_count() {
     let mut cluster =
         block_in_place(|| RedisCluster::start_with(&["--cluster-require-full-coverage", "no"]));
     let url = cluster.cluster_url();
-    let (_r0, tg0) = block_in_place(|| {
-        start_on_redis(
-            RULES,
-            &url,
-            STORE_TIMEOUT,
-            "local",
-            &["--instances", INSTANCES],
-        )
-    });
-    let (_r1, tg1) = block_in_place(|| {
-        start_on_redis(
-            RULES,
-            &url,
-            STORE_TIMEOUT,
-            "local",
-            &["--instances", INSTANCES],
-        )
-    });
+    let (_r0, tg0) = block_in_place(|| start_fleet_member(&url, "local"));
+    let (_r1, tg1) = block_in_place(|| start_fleet_member(&url, "local"));
     let (mut c0, mut c1) = (tg0.client().await, tg1.client().await);
 
     // The victim spends its 10 through both instances; its counter is the only key so far.
@@ -498,7 +493,7 @@ async fn every_policy_answers_through_a_full_outage_and_redis_returns() {
     let fleet_: Vec<(tempfile::TempDir, Tollgate)> = block_in_place(|| {
         policies
             .iter()
-            .map(|p| start_on_redis(RULES, &url, STORE_TIMEOUT, p, &["--instances", INSTANCES]))
+            .map(|p| start_fleet_member(&url, p))
             .collect()
     });
     let mut clients = Vec::new();
@@ -603,15 +598,7 @@ async fn every_policy_answers_through_a_full_outage_and_redis_returns() {
 async fn tollgate_started_while_redis_is_down_serves_locally_then_uses_redis() {
     let mut redis = block_in_place(RedisServer::start);
     block_in_place(|| redis.stop());
-    let (_rules, tg) = block_in_place(|| {
-        start_on_redis(
-            RULES,
-            &redis.url(),
-            STORE_TIMEOUT,
-            "local",
-            &["--instances", INSTANCES],
-        )
-    });
+    let (_rules, tg) = block_in_place(|| start_fleet_member(&redis.url(), "local"));
     let mut c = tg.client().await;
     let out = send_n(&mut c, &user("early"), 8).await;
     assert!(out.errors.is_empty(), "{out:?}");
@@ -639,15 +626,7 @@ async fn tollgate_started_while_redis_is_down_serves_locally_then_uses_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_redis_costs_callers_at_most_the_timeout() {
     let mut redis = block_in_place(RedisServer::start);
-    let (_rules, tg) = block_in_place(|| {
-        start_on_redis(
-            RULES,
-            &redis.url(),
-            STORE_TIMEOUT,
-            "local",
-            &["--instances", INSTANCES],
-        )
-    });
+    let (_rules, tg) = block_in_place(|| start_fleet_member(&redis.url(), "local"));
     let mut c = tg.client().await;
     assert_eq!(
         fleet::count_ok_from_store(&tg, &mut c, &user("warm"), 1).await,
