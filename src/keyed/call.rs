@@ -94,13 +94,7 @@ impl<'a> Call<'a> {
         capacity: u64,
         leak_rate: f64,
     ) -> Result<Self, KeyedError> {
-        let leak = Rate::per_second(leak_rate)?;
-        let quota = Quota::new(
-            Algorithm::LeakyBucket,
-            leak.count(),
-            leak.period(),
-            Some(clamp(capacity)),
-        )?;
+        let quota = Rate::per_second(leak_rate)?.bucket(Algorithm::LeakyBucket, capacity)?;
         Self::new("leaky_bucket", [("user", user_id)], quota)
     }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::{Call, KeyedError, KeyedLimiter, Rate, clamp};
+use super::{Call, KeyedError, KeyedLimiter, Rate};
 use crate::algorithm::{Algorithm, Quota};
 
 /// A token bucket: `capacity` tokens, refilled at `refill`.
@@ -34,12 +34,7 @@ impl BucketPolicy {
     /// `capacity` (at least 1; above [`MAX_COUNT`](super::MAX_COUNT) taken as it) tokens,
     /// refilled at `refill`.
     pub fn new(capacity: u64, refill: Rate) -> Result<Self, KeyedError> {
-        let quota = Quota::new(
-            Algorithm::TokenBucket,
-            refill.count(),
-            refill.period(),
-            Some(clamp(capacity)),
-        )?;
+        let quota = refill.bucket(Algorithm::TokenBucket, capacity)?;
         Ok(Self { quota, refill })
     }
 

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use super::KeyedError;
-use crate::algorithm::MAX_WINDOW;
+use crate::algorithm::{Algorithm, MAX_WINDOW, Quota, QuotaError};
 
 /// The largest count of a [`Rate`], and the largest limit or capacity the keyed calls pass on:
 /// [`MAX_LIMIT`](crate::algorithm::MAX_LIMIT), the largest any quota takes (`u32::MAX`).
@@ -102,6 +102,11 @@ impl Rate {
     /// The period over which [`count`](Self::count) requests are allowed (`W`).
     pub fn period(&self) -> Duration {
         self.period
+    }
+
+    /// A bucket of `algorithm` holding `capacity` (taken as at most [`MAX_COUNT`]) at this rate.
+    pub(super) fn bucket(self, algorithm: Algorithm, capacity: u64) -> Result<Quota, QuotaError> {
+        Quota::new(algorithm, self.count, self.period, Some(clamp(capacity)))
     }
 
     /// The rate in requests per second, rounded to `f64`.
