@@ -9,8 +9,8 @@
 //!   one Lua script per decision), wrapped by [`store::overlimit`] (keys known to be over their
 //!   limit) and [`store::resilient`] (timeouts, per-shard circuit breakers, `--on-store-error`).
 //! - [`limiter`]: a request's descriptors → rules → store → per-descriptor statuses.
-//! - [`direct`]: the seeds' per-user calls (`rate_limit`, `allow`, `allow_request`, leaky bucket),
-//!   without rule files.
+//! - [`keyed`]: one keyed limiter over any store, and the per-user call shapes on top of it
+//!   (`rate_limit`, `allow`, `allow_request`, leaky bucket), without rule files.
 //! - [`grpc`]: Envoy's `RateLimitService` v3 translated onto the limiter.
 //! - [`http`]: the admin port (`/healthcheck`, `/metrics`, `/rlconfig`, `/json`, `/check`).
 //! - [`metrics`]: metric names, descriptions and recording helpers.
@@ -24,9 +24,9 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod config;
-pub mod direct;
 pub mod grpc;
 pub mod http;
+pub mod keyed;
 pub mod keys;
 pub mod limiter;
 pub mod loadgen;
