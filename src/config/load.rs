@@ -9,17 +9,21 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::ConfigError;
 use super::build::build;
 use super::locate::{NodePath, locate};
 use super::matcher::DomainRules;
 use super::raw::RawFile;
+use super::{ConfigError, LoadOptions};
 
 /// Directory depth limit, against symlink loops that canonicalization cannot see.
 const MAX_DEPTH: usize = 16;
 
 /// One file's text to one domain.
-pub(crate) fn parse_text(file: &Path, text: &str) -> Result<DomainRules, Vec<ConfigError>> {
+pub(crate) fn parse_text(
+    file: &Path,
+    text: &str,
+    options: LoadOptions,
+) -> Result<DomainRules, Vec<ConfigError>> {
     let error = |(line, column): (usize, usize), message: String| ConfigError {
         file: file.to_owned(),
         line,
@@ -41,7 +45,7 @@ pub(crate) fn parse_text(file: &Path, text: &str) -> Result<DomainRules, Vec<Con
             return Err(vec![error(at, strip_positions(&e.to_string()))]);
         }
     };
-    build(file, raw).map_err(|problems| {
+    build(file, raw, options).map_err(|problems| {
         problems
             .into_iter()
             .map(|(path, message)| error(locate(text, &path), message))
@@ -106,7 +110,10 @@ fn parse_position(s: &str) -> Option<(usize, String)> {
 }
 
 /// Every domain under `path` (a file or a directory), or every error found.
-pub(crate) fn load_path(path: &Path) -> Result<Vec<DomainRules>, Vec<ConfigError>> {
+pub(crate) fn load_path(
+    path: &Path,
+    options: LoadOptions,
+) -> Result<Vec<DomainRules>, Vec<ConfigError>> {
     let io_error = |p: &Path, what: &str, e: std::io::Error| ConfigError {
         file: p.to_owned(),
         line: 1,
@@ -148,24 +155,35 @@ pub(crate) fn load_path(path: &Path) -> Result<Vec<DomainRules>, Vec<ConfigError
                 continue;
             }
         };
-        match parse_text(&file, &text) {
-            Ok(domain) => {
-                if let Some(first) = domains.iter().find(|d| d.name == domain.name) {
+        match parse_text(&file, &text, options) {
+            Ok(domain) => match domains.iter_mut().find(|d| d.name == domain.name) {
+                None => domains.push(domain),
+                Some(first) => {
+                    let message = if options.merge_domains {
+                        match first.merge(domain) {
+                            Ok(()) => continue,
+                            Err(shown) => format!(
+                                "duplicate descriptor `{shown}` in merged domain `{}`: already defined in {}",
+                                first.name,
+                                first.source.display()
+                            ),
+                        }
+                    } else {
+                        format!(
+                            "duplicate domain `{}`: already defined in {}",
+                            domain.name,
+                            first.source.display()
+                        )
+                    };
                     let (line, column) = locate(&text, &NodePath::default().field("domain"));
                     errors.push(ConfigError {
                         file: file.clone(),
                         line,
                         column,
-                        message: format!(
-                            "duplicate domain `{}`: already defined in {}",
-                            domain.name,
-                            first.source.display()
-                        ),
+                        message,
                     });
-                } else {
-                    domains.push(domain);
                 }
-            }
+            },
             Err(mut e) => errors.append(&mut e),
         }
     }
