@@ -18,12 +18,14 @@ use super::{LoadOptions, Rule, Unit};
 use crate::algorithm::{Algorithm, Quota, QuotaError};
 
 pub(crate) type Problem = (NodePath, String);
+/// A `replaces` name and where it was written.
+pub(crate) type Replaces = (String, NodePath);
 
 pub(crate) fn build(
     source: &Path,
     raw: RawFile,
     options: LoadOptions,
-) -> Result<DomainRules, Vec<Problem>> {
+) -> Result<(DomainRules, Vec<Replaces>), Vec<Problem>> {
     let root = NodePath::default();
     let mut b = Builder {
         default_algorithm: options.default_algorithm,
@@ -48,24 +50,34 @@ pub(crate) fn build(
         &root.field("descriptors"),
         &mut Vec::new(),
     );
+    // A merged domain's other files may name the limit: its check waits for them (`unresolved`).
+    let mut unresolved = Vec::new();
     for (name, path) in std::mem::take(&mut b.replaces) {
-        if !b.names.contains(&name) {
-            let message = format!(
-                "replaces `{name}`, but no rate limit in domain `{}` has that name",
-                b.domain
-            );
+        if b.names.contains(&name) {
+            continue;
+        }
+        if options.merge_domains {
+            unresolved.push((name, path));
+        } else {
+            let message = unknown_replaces(&name, &b.domain);
             b.problems.push((path, message));
         }
     }
     if !b.problems.is_empty() {
         return Err(b.problems);
     }
-    Ok(DomainRules {
+    let rules = DomainRules {
         name: b.domain.into(),
         source: source.to_owned(),
         root: tree,
         rules: b.rules,
-    })
+        unresolved: Vec::new(),
+    };
+    Ok((rules, unresolved))
+}
+
+pub(crate) fn unknown_replaces(name: &str, domain: &str) -> String {
+    format!("replaces `{name}`, but no rate limit in domain `{domain}` has that name")
 }
 
 struct Builder {
@@ -74,7 +86,7 @@ struct Builder {
     problems: Vec<Problem>,
     rules: Vec<RuleEntry>,
     names: HashSet<String>,
-    replaces: Vec<(String, NodePath)>,
+    replaces: Vec<Replaces>,
 }
 
 /// A descriptor's own settings, before it is placed in the tree.

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::build::build;
+use super::build::{build, unknown_replaces};
 use super::locate::{NodePath, locate};
 use super::matcher::DomainRules;
 use super::raw::RawFile;
@@ -45,12 +45,20 @@ pub(crate) fn parse_text(
             return Err(vec![error(at, strip_positions(&e.to_string()))]);
         }
     };
-    build(file, raw, options).map_err(|problems| {
+    let (mut rules, unresolved) = build(file, raw, options).map_err(|problems| {
         problems
             .into_iter()
             .map(|(path, message)| error(locate(text, &path), message))
-            .collect()
-    })
+            .collect::<Vec<_>>()
+    })?;
+    rules.unresolved = unresolved
+        .into_iter()
+        .map(|(name, path)| {
+            let message = unknown_replaces(&name, &rules.name);
+            (name, error(locate(text, &path), message))
+        })
+        .collect();
+    Ok(rules)
 }
 
 fn is_only_comments(text: &str) -> bool {
@@ -187,11 +195,27 @@ pub(crate) fn load_path(
             Err(mut e) => errors.append(&mut e),
         }
     }
+    errors.extend(domains.iter_mut().flat_map(unresolved_replaces));
     if errors.is_empty() {
         Ok(domains)
     } else {
         Err(errors)
     }
+}
+
+/// The `replaces` of a merged domain that name no limit in any of its files.
+pub(crate) fn unresolved_replaces(domain: &mut DomainRules) -> Vec<ConfigError> {
+    let unresolved = std::mem::take(&mut domain.unresolved);
+    unresolved
+        .into_iter()
+        .filter(|(name, _)| {
+            !domain
+                .rules
+                .iter()
+                .any(|r| r.rule.name.as_deref() == Some(name.as_str()))
+        })
+        .map(|(_, error)| error)
+        .collect()
 }
 
 fn collect(

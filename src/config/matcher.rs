@@ -119,6 +119,9 @@ pub(crate) struct DomainRules {
     pub source: std::path::PathBuf,
     pub root: Level,
     pub rules: Vec<RuleEntry>,
+    /// `replaces` names not found in this file, kept while files of one domain are merged
+    /// (with where each was written, once located).
+    pub unresolved: Vec<(String, super::ConfigError)>,
 }
 
 impl DomainRules {
@@ -182,7 +185,13 @@ impl DomainRules {
             }
         }
         let offset = self.rules.len();
-        let DomainRules { root, rules, .. } = other;
+        let DomainRules {
+            root,
+            rules,
+            unresolved,
+            ..
+        } = other;
+        self.unresolved.extend(unresolved);
         for (key, mut theirs) in root.keys {
             theirs.shift_rules(offset);
             let ours = self.root.keys.entry(key).or_default();

@@ -137,7 +137,13 @@ impl Snapshot {
         text: &str,
         options: LoadOptions,
     ) -> Result<Self, Vec<ConfigError>> {
-        load::parse_text(Path::new(file_name), text, options).map(|d| Self::from_domains(vec![d]))
+        let mut domain = load::parse_text(Path::new(file_name), text, options)?;
+        let errors = load::unresolved_replaces(&mut domain);
+        if errors.is_empty() {
+            Ok(Self::from_domains(vec![domain]))
+        } else {
+            Err(errors)
+        }
     }
 
     fn from_domains(mut domains: Vec<DomainRules>) -> Self {

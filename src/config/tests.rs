@@ -1055,12 +1055,12 @@ fn files_of_one_domain_merge_when_asked() {
     write(
         dir.path(),
         "a.yaml",
-        "domain: test-domain\ndescriptors:\n  - key: key1\n    value: value1\n    rate_limit: {unit: minute, requests_per_unit: 10}\n",
+        "domain: test-domain\ndescriptors:\n  - key: key1\n    value: value1\n    rate_limit: {unit: minute, requests_per_unit: 10, replaces: [{name: sub}]}\n",
     );
     write(
         dir.path(),
         "b.yaml",
-        "domain: test-domain\ndescriptors:\n  - key: key2\n    value: value2\n    rate_limit: {unit: minute, requests_per_unit: 20}\n  - key: key1\n    descriptors:\n      - key: sub\n        rate_limit: {unit: second, requests_per_unit: 3}\n",
+        "domain: test-domain\ndescriptors:\n  - key: key2\n    value: value2\n    rate_limit: {unit: minute, requests_per_unit: 20}\n  - key: key1\n    descriptors:\n      - key: sub\n        rate_limit: {name: sub, unit: second, requests_per_unit: 3}\n",
     );
     let merge = LoadOptions {
         merge_domains: true,
@@ -1077,6 +1077,34 @@ fn files_of_one_domain_merge_when_asked() {
     assert_eq!(limit(&[("key1", "other"), ("sub", "x")]), Some(3));
     assert_eq!(limit(&[]), None);
     assert_eq!(s.rule_count(), 3);
+    // `replaces` may name a limit of another file of the domain; a name in none is refused.
+    assert_eq!(
+        s.find("test-domain", &[("key1", "value1")])
+            .unwrap()
+            .rule
+            .replaces,
+        ["sub"]
+    );
+    let lone = "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: day, requests_per_unit: 1, replaces: [{name: nope}]}\n";
+    let e = Snapshot::parse_with("t.yaml", lone, merge).unwrap_err();
+    assert_eq!(
+        e[0].to_string(),
+        "t.yaml:4:69: replaces `nope`, but no rate limit in domain `d` has that name"
+    );
+    // `replaces` may name a limit of another file of the domain; a name in none is refused.
+    assert_eq!(
+        s.find("test-domain", &[("key1", "value1")])
+            .unwrap()
+            .rule
+            .replaces,
+        ["sub"]
+    );
+    let lone = "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: day, requests_per_unit: 1, replaces: [{name: nope}]}\n";
+    let e = Snapshot::parse_with("t.yaml", lone, merge).unwrap_err();
+    assert_eq!(
+        e[0].to_string(),
+        "t.yaml:4:69: replaces `nope`, but no rate limit in domain `d` has that name"
+    );
     // Without the option the second file is refused (envoyproxy's duplicate_domain.yaml).
     assert!(Snapshot::load(dir.path()).is_err());
     // A top-level descriptor defined in both files is refused even when merging.
@@ -1113,4 +1141,48 @@ fn the_default_algorithm_applies_to_rules_that_name_none() {
     let s = Snapshot::parse_with("t.yaml", text, fixed).unwrap();
     assert_eq!(algorithm(&s, "a"), Some(Algorithm::FixedWindow));
     assert_eq!(algorithm(&s, "b"), Some(Algorithm::TokenBucket));
+}
+
+#[test]
+fn envoyproxy_refusals_are_refused_here_with_a_position() {
+    // The peer's non_string_key, non_map_list, misspelled_key(2), replaces_self, replaces_empty,
+    // bad_limit_unit, empty_key, empty_domain, duplicate_key and unlimited_with_unit files.
+    let cases = [
+        ("0.25: test-domain\ndescriptors: []\n", "t.yaml:1:"),
+        ("domain: d\ndescriptors:\n  - a\n  - b\n", "t.yaml:3:"),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    ratelimit:\n      unit: day\n",
+            "t.yaml:4:",
+        ),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: day\n      requestsperunit: 5\n",
+            "t.yaml:6:",
+        ),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {name: n, unit: day, requests_per_unit: 5, replaces: [{name: n}]}\n",
+            "t.yaml:4:",
+        ),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: day, requests_per_unit: 5, replaces: [{name: ''}]}\n",
+            "t.yaml:4:",
+        ),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: fortnight, requests_per_unit: 5}\n",
+            "t.yaml:4:",
+        ),
+        ("domain: d\ndescriptors:\n  - key: ''\n", "t.yaml:3:"),
+        ("domain: ''\ndescriptors: []\n", "t.yaml:1:"),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    value: v\n  - key: k\n    value: v\n",
+            "t.yaml:6:",
+        ),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unlimited: true, unit: day}\n",
+            "t.yaml:4:",
+        ),
+    ];
+    for (text, at) in cases {
+        let e = error(text);
+        assert!(e.starts_with(at), "{text}: {e}");
+    }
 }
