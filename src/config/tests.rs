@@ -1091,20 +1091,6 @@ fn files_of_one_domain_merge_when_asked() {
         e[0].to_string(),
         "t.yaml:4:69: replaces `nope`, but no rate limit in domain `d` has that name"
     );
-    // `replaces` may name a limit of another file of the domain; a name in none is refused.
-    assert_eq!(
-        s.find("test-domain", &[("key1", "value1")])
-            .unwrap()
-            .rule
-            .replaces,
-        ["sub"]
-    );
-    let lone = "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: day, requests_per_unit: 1, replaces: [{name: nope}]}\n";
-    let e = Snapshot::parse_with("t.yaml", lone, merge).unwrap_err();
-    assert_eq!(
-        e[0].to_string(),
-        "t.yaml:4:69: replaces `nope`, but no rate limit in domain `d` has that name"
-    );
     // Without the option the second file is refused (envoyproxy's duplicate_domain.yaml).
     assert!(Snapshot::load(dir.path()).is_err());
     // A top-level descriptor defined in both files is refused even when merging.
