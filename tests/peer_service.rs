@@ -25,6 +25,9 @@ descriptors:
   - key: ip
     value: 50.0.0.5
     rate_limit: {unit: second, requests_per_unit: 0}
+  - key: ip
+    value: 50.0.0.6
+    rate_limit: {unit: minute, requests_per_unit: 0}
   - key: free
     rate_limit: {unlimited: true, requests_per_unit: 10}
   - key: trial
@@ -207,6 +210,11 @@ async fn unlimited_bans_unknown_domains_and_empty_descriptors() {
             .requests_per_unit,
         0
     );
+    assert_eq!(reset_secs(&resp.statuses[0]), 1);
+    // A ban per minute resets at the minute's end, as every limit does.
+    let resp = ask(&mut c, one(&[("ip", "50.0.0.6")])).await;
+    assert_eq!(grpc::overall(&resp), Code::OverLimit);
+    assert_eq!(reset_secs(&resp.statuses[0]), 40);
     // An unknown domain: OK with no limit, even with a limit override of 0.
     let banned_override = RlsRequest::new("elsewhere")
         .descriptor(grpc::descriptor(&[("user", "x")]).limit(0, Unit::Second));

@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use super::plan::{Effect, Plan};
 use super::{Code, Request, Response, Settings, Status};
 use crate::algorithm::{Algorithm, Decision};
+use crate::clock::{Clock, Nanos, SystemClock};
 use crate::metrics::{self as m, HitCounters, HitSplit};
 
 /// Folds the statuses of one request into its overall code.
@@ -103,12 +104,13 @@ fn limited_status(
     effect: &Effect<'_>,
     decision: Option<Decision>,
 ) -> Status {
-    // A ban, or a store answer missing (the limiter checks the count): over, nothing counted.
-    let decision = decision.unwrap_or(Decision {
+    // A ban (the store is not asked): over until the end of its unit's aligned window, as the
+    // peer reports every limit; this server's clock stands in for the store's.
+    let decision = decision.unwrap_or_else(|| Decision {
         allowed: false,
         limit: 0,
         remaining: 0,
-        reset_after: effect.limit.window,
+        reset_after: until_aligned_end(SystemClock.now(), effect.limit.window),
         exceeds_capacity: true,
     });
     let used_before = if decision.allowed {
@@ -157,6 +159,12 @@ fn limited_status(
             decision.reset_after
         }),
     }
+}
+
+/// From `now` to the end of the epoch-aligned window of length `window` that holds it.
+fn until_aligned_end(now: Nanos, window: Duration) -> Duration {
+    let window = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX).max(1);
+    Duration::from_nanos(window - now % window)
 }
 
 /// Rounded up, as the peer's aligned windows report whole seconds to their end.
@@ -219,4 +227,22 @@ fn dynamic_metadata(request: &Request, passed: Map<String, Value>) -> Map<String
         fields.insert("metadata".into(), Value::Object(passed));
     }
     fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_ends_and_whole_seconds() {
+        let s = Duration::from_secs;
+        assert_eq!(until_aligned_end(20 * 1_000_000_000, s(60)), s(40));
+        assert_eq!(until_aligned_end(60 * 1_000_000_000, s(60)), s(60));
+        assert_eq!(
+            until_aligned_end(1_500_000_000, s(1)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(whole_seconds(Duration::from_millis(39_250)), s(40));
+        assert_eq!(whole_seconds(s(40)), s(40));
+    }
 }
