@@ -18,7 +18,7 @@ pub const RESULT_NEAR_LIMIT: &str = "near_limit";
 pub const RESULT_OVER_LIMIT: &str = "over_limit";
 pub const RESULT_SHADOW_MODE: &str = "shadow_mode";
 /// envoyproxy/ratelimit's series, as its documented statsd-exporter mapping names them (labels
-/// `domain`, `key1`, `key2`), counted with `--envoy-ratelimit-metrics`. See [`hits`].
+/// `domain`, `key1`, `key2`), counted with `--envoy-ratelimit-metrics`; see [`HitSplit`] for the split.
 pub const PEER_TOTAL_HITS: &str = "ratelimit_service_rate_limit_total_hits";
 pub const PEER_WITHIN_LIMIT: &str = "ratelimit_service_rate_limit_within_limit";
 pub const PEER_NEAR_LIMIT: &str = "ratelimit_service_rate_limit_near_limit";

@@ -3,11 +3,11 @@
 //! It is the whole of the service's semantics, with no transport in it: the gRPC service, the HTTP
 //! `/json` and `/check` endpoints and the library all call [`Limiter::should_rate_limit`], which
 //! takes three steps:
-//! 1. [`plan`]: the rule (or `limit` override) of each descriptor, `replaces` applied;
+//! 1. `plan`: the rule (or `limit` override) of each descriptor, `replaces` applied;
 //! 2. decide: one store call for every counted descriptor. Each descriptor is decided on its own, as
 //!    in envoyproxy/ratelimit: a request that is over one limit still spends quota on the others it
 //!    is within, unless [`Settings::stop_charging_when_over`] asks otherwise;
-//! 3. [`conclude`]: statuses, the overall code (shadow and quota modes), metrics, metadata.
+//! 3. `conclude`: statuses, the overall code (shadow and quota modes), metrics, metadata.
 //!
 //! With `stop_charging_when_over` the decide step first asks the store what is left (hits of 0
 //! spend nothing) and charges the request only if every descriptor fits. Between the two calls

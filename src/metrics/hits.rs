@@ -25,7 +25,9 @@ use super::{
     RESULT_NEAR_LIMIT, RESULT_OVER_LIMIT, RESULT_SHADOW_MODE, RESULT_WITHIN_LIMIT,
 };
 
-/// One descriptor's hits, split as in the module docs.
+/// One descriptor's hits, split as envoyproxy/ratelimit splits them. With `n = floor(limit·ratio)`:
+/// admitted hits above `n` are near, the rest within; refused hits beyond the limit are over, those
+/// between `max(n, used)` and the limit near, the rest within. Every hit is in one field.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HitSplit {
     pub within: u64,
@@ -69,7 +71,7 @@ impl HitSplit {
 /// them into the recorder's registry on every hit: under load that was a visible share of the
 /// server's CPU. Here a hit costs one read lock and one hash of borrowed strings. The map is
 /// bounded: a rule with `detailed_metric` or `value_to_metric` puts request values in its label,
-/// and past [`HitCounters::MAX`] labels such hits go through the registry as before.
+/// and past `HitCounters::MAX` labels such hits go through the registry as before.
 #[derive(Default)]
 pub struct HitCounters {
     map: RwLock<HashMap<HitLabels, metrics::Counter>>,
