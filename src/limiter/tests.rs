@@ -535,3 +535,41 @@ fn hits_are_counted_under_the_peers_split_and_paths() {
         ));
     });
 }
+
+#[tokio::test]
+async fn a_quota_in_shadow_mode_never_counts_as_over() {
+    // The peer's TestServiceQuotaModeWithShadowMode / MixedModeWithShadowMode: a rule in shadow
+    // mode reports OK, so a quota in shadow mode is a quota that passed.
+    let text = r#"
+domain: qs
+descriptors:
+  - key: q
+    quota_mode: true
+    shadow_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 0}
+  - key: r
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 0}
+  - key: s
+    shadow_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 0}
+"#;
+    let l = Limiter::new(
+        LiveRules::from_snapshot(Snapshot::parse("qs.yaml", text).unwrap()),
+        Arc::new(MemoryStore::new(Arc::new(ManualClock::new(0)))),
+        Settings::default(),
+    );
+    let resp = ask(&l, &req("qs", &[&[("q", "1")], &[("r", "1")]])).await;
+    assert_eq!(resp.statuses[0].code, Code::Ok);
+    assert_eq!(resp.statuses[1].code, Code::OverLimit);
+    assert_eq!(
+        resp.overall_code,
+        Code::Ok,
+        "one of two quotas passed (in shadow)"
+    );
+    let resp = ask(&l, &req("qs", &[&[("q", "1")]])).await;
+    assert_eq!(resp.overall_code, Code::Ok);
+    let resp = ask(&l, &req("qs", &[&[("s", "1")], &[("r", "1")]])).await;
+    assert_eq!(resp.statuses[0].code, Code::Ok);
+    assert_eq!(resp.overall_code, Code::OverLimit, "the only quota is over");
+}
