@@ -72,7 +72,7 @@ async fn rules_arrive_change_and_are_removed() {
     let ads = AdsServer::start().await;
     let tollgate = start_tollgate(&ads);
     let subscribe = ads
-        .wait_for("subscribe", APPLIED, |s| s.kind == Kind::Subscribe)
+        .wait_for("subscribe", RECONNECTED, |s| s.kind == Kind::Subscribe)
         .await;
     let node = ads::node(&subscribe);
     assert_eq!(node.id, "test-node");
@@ -223,7 +223,7 @@ async fn envoy_gateway_variables_select_xds() {
     ]);
     let tollgate = tokio::task::block_in_place(|| builder.start());
     let subscribe = ads
-        .wait_for("subscribe", APPLIED, |s| s.kind == Kind::Subscribe)
+        .wait_for("subscribe", RECONNECTED, |s| s.kind == Kind::Subscribe)
         .await;
     let node = ads::node(&subscribe);
     assert_eq!(node.id, "envoy-ratelimit");
@@ -235,4 +235,129 @@ async fn envoy_gateway_variables_select_xds() {
         grpc::check(&mut client, "api", &[("user", "alice")]).await,
         Code::OverLimit
     );
+}
+
+/// A CA, a server certificate for `envoy-gateway` and 127.0.0.1, and a client certificate, made
+/// with the `openssl` command in `dir`: Envoy Gateway's layout (`ca.crt`, `tls.crt`, `tls.key`).
+fn make_certificates(dir: &std::path::Path) {
+    let openssl = common::require_binary("openssl");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&openssl)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let ca = [
+        &["req", "-x509"][..],
+        &ec,
+        &["-keyout", "ca.key", "-out", "ca.crt"],
+    ];
+    run(&[&ca.concat()[..], &["-days", "2", "-subj", "/CN=test-ca"]].concat());
+    let leaves = [
+        ("server", "DNS:envoy-gateway,IP:127.0.0.1", "serverAuth"),
+        ("tls", "DNS:envoy-ratelimit", "clientAuth"),
+    ];
+    for (name, san, usage) in leaves {
+        let (key, csr, crt) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+        );
+        let ext = format!("{name}.ext");
+        std::fs::write(
+            dir.join(&ext),
+            format!("subjectAltName={san}\nextendedKeyUsage={usage}\n"),
+        )
+        .unwrap();
+        let subject = format!("/CN={name}");
+        run(&[
+            &["req"][..],
+            &ec,
+            &["-keyout", &key, "-out", &csr, "-subj", &subject],
+        ]
+        .concat());
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &crt,
+            "-extfile",
+            &ext,
+        ]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_to_the_server_with_envoy_gateway_variables() {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path());
+    let read = |name: &str| std::fs::read(certs.path().join(name)).unwrap();
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read("server.crt"), read("server.key")))
+        .client_ca_root(Certificate::from_pem(read("ca.crt")));
+    let ads = AdsServer::start_with(Some(tls)).await;
+    let path = |name: &str| certs.path().join(name).to_str().unwrap().to_string();
+    let host_port = ads.host_port();
+    let (ca, cert, key) = (path("ca.crt"), path("tls.crt"), path("tls.key"));
+    let mut env = vec![
+        ("CONFIG_TYPE", "GRPC_XDS_SOTW"),
+        ("CONFIG_GRPC_XDS_SERVER_URL", host_port.as_str()),
+        ("CONFIG_GRPC_XDS_NODE_ID", "envoy-ratelimit"),
+        ("CONFIG_GRPC_XDS_SERVER_USE_TLS", "true"),
+        ("CONFIG_GRPC_XDS_SERVER_TLS_CACERT", ca.as_str()),
+        ("CONFIG_GRPC_XDS_SERVER_TLS_SAN", "envoy-gateway"),
+        ("XDS_CLIENT_BACKOFF_INITIAL_INTERVAL", "100ms"),
+        ("XDS_CLIENT_BACKOFF_MAX_INTERVAL", "400ms"),
+    ];
+
+    // Without a client certificate the server refuses the connection: no stream, no rules.
+    let builder = Tollgate::builder().envs(&env);
+    let refused = tokio::task::block_in_place(|| builder.start());
+    assert!(
+        tokio::task::block_in_place(|| refused.wait_for_log("reconnecting", RECONNECTED)),
+        "{}",
+        refused.log()
+    );
+    assert_eq!(
+        ads.streams(),
+        0,
+        "a client without a certificate got a stream"
+    );
+
+    env.push(("CONFIG_GRPC_XDS_CLIENT_TLS_CERT", cert.as_str()));
+    env.push(("CONFIG_GRPC_XDS_CLIENT_TLS_KEY", key.as_str()));
+    let builder = Tollgate::builder().envs(&env);
+    let tollgate = tokio::task::block_in_place(|| builder.start());
+    let subscribe = ads
+        .wait_for("subscribe over mTLS", RECONNECTED, |s| {
+            s.kind == Kind::Subscribe
+        })
+        .await;
+    assert_eq!(ads::node(&subscribe).id, "envoy-ratelimit");
+    let mut client = client(&tollgate).await;
+    push(&ads, vec![per_minute("api", 2)]).await;
+    assert_eq!(allowed(&mut client, "api", 3).await, 2);
 }
