@@ -147,15 +147,17 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     tasks.spawn(async move {
         let _ = sweeper.await;
     });
+    // In xDS mode the watcher only keeps SIGHUP harmless: there is no file to reload.
+    if config.is_some() || xds.is_some() {
+        let watcher = rules.watch(shutdown.clone());
+        tasks.spawn(async move {
+            let _ = watcher.await;
+        });
+    }
     if let Some(xds) = xds {
         let client = crate::xds::spawn(xds, Arc::clone(&rules), shutdown.clone());
         tasks.spawn(async move {
             let _ = client.await;
-        });
-    } else if config.is_some() {
-        let watcher = rules.watch(shutdown.clone());
-        tasks.spawn(async move {
-            let _ = watcher.await;
         });
     }
     let limiter = Arc::new(Limiter::new(

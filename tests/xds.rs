@@ -183,7 +183,7 @@ async fn rules_keep_serving_while_the_server_is_away_and_it_reconnects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_of_unchanged_rules_survive_other_updates_and_resends() {
     let ads = AdsServer::start().await;
-    let tollgate = start_tollgate(&ads);
+    let mut tollgate = start_tollgate(&ads);
     let mut client = client(&tollgate).await;
     push(&ads, vec![per_minute("a", 3), per_minute("b", 3)]).await;
     assert_eq!(allowed(&mut client, "a", 2).await, 2);
@@ -205,6 +205,14 @@ async fn counters_of_unchanged_rules_survive_other_updates_and_resends() {
     );
     assert_eq!(allowed(&mut client, "a", 1).await, 0);
     assert_eq!(allowed(&mut client, "b", 1).await, 0);
+
+    // SIGHUP has no file to reload in xDS mode: it is logged, and the rules and counters stay.
+    tollgate.send_signal("HUP");
+    assert!(tokio::task::block_in_place(|| {
+        tollgate.wait_for_log("nothing to reload", RECONNECTED)
+    }));
+    assert_eq!(allowed(&mut client, "a", 1).await, 0);
+    assert_eq!(generation(&tollgate).await, before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

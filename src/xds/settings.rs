@@ -52,7 +52,7 @@ pub struct XdsArgs {
     /// Connect to the management server over TLS (implied by an `https://` URL).
     #[arg(long, env = "TOLLGATE_XDS_TLS", num_args = 0..=1, default_missing_value = "true")]
     pub xds_tls: Option<bool>,
-    /// PEM CA bundle that signs the management server's certificate [default: the system roots].
+    /// PEM CA bundle that signs the management server's certificate (required with TLS).
     #[arg(long, env = "TOLLGATE_XDS_CA_CERT")]
     pub xds_ca_cert: Option<PathBuf>,
     /// PEM client certificate for mTLS to the management server (with --xds-client-key).
@@ -103,6 +103,8 @@ pub enum SettingsError {
     NoServerUrl,
     #[error("--xds-client-cert and --xds-client-key go together")]
     HalfIdentity,
+    #[error("TLS to the xDS server needs --xds-ca-cert (or CONFIG_GRPC_XDS_SERVER_TLS_CACERT)")]
+    NoCa,
     #[error("`{url}` asks for {scheme}, but --xds-tls is {tls}")]
     SchemeMismatch {
         url: String,
@@ -163,6 +165,9 @@ impl XdsArgs {
         };
         if self.xds_client_cert.is_some() != self.xds_client_key.is_some() {
             return Err(SettingsError::HalfIdentity);
+        }
+        if tls && self.xds_ca_cert.is_none() {
+            return Err(SettingsError::NoCa);
         }
         let tls = tls.then(|| TlsFiles {
             ca_cert: self.xds_ca_cert.clone(),
@@ -402,9 +407,15 @@ mod tests {
             .resolve()
         };
         assert_eq!(xds(XdsArgs::default()), Err(SettingsError::NoServerUrl));
+        let no_ca = XdsArgs {
+            xds_server_url: Some("https://h:1".into()),
+            ..XdsArgs::default()
+        };
+        assert_eq!(xds(no_ca), Err(SettingsError::NoCa));
         let half = XdsArgs {
             xds_server_url: Some("h:1".into()),
             xds_tls: Some(true),
+            xds_ca_cert: Some("ca".into()),
             xds_client_cert: Some("c".into()),
             ..XdsArgs::default()
         };
