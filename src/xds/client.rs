@@ -27,6 +27,10 @@ use crate::reload::LiveRules;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest response accepted: a cluster's whole rule set arrives in one message.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// HTTP/2 pings on the stream, so a server that vanished without closing the connection (a node
+/// lost, a partition) is noticed and the client reconnects instead of waiting forever.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why one attempt to open the stream failed.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +136,9 @@ async fn connect(settings: &XdsSettings) -> Result<Channel, XdsError> {
             source,
         })?
         .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
         .tcp_nodelay(true);
     if let Some(files) = &settings.tls {
         endpoint = endpoint

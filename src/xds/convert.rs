@@ -21,6 +21,8 @@ use crate::config::{ConfigError, Snapshot};
 /// Why a response's resources cannot become rules; sent back as the NACK's `error_detail`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConvertError {
+    #[error("the response has type `{0}`, not `{expected}`", expected = RateLimitConfig::type_url())]
+    WrongResponseType(String),
     #[error("resource {index} has type `{type_url}`, not `{expected}`", expected = RateLimitConfig::type_url())]
     WrongType { index: usize, type_url: String },
     #[error("resource {index} is not a RateLimitConfig: {message}")]

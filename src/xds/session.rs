@@ -140,10 +140,7 @@ impl Subscription {
 
     fn apply(&mut self, response: &DiscoveryResponse) -> Result<Outcome, ConvertError> {
         if response.type_url != RateLimitConfig::type_url() {
-            return Err(ConvertError::WrongType {
-                index: 0,
-                type_url: response.type_url.clone(),
-            });
+            return Err(ConvertError::WrongResponseType(response.type_url.clone()));
         }
         let configs = convert::decode(&response.resources)?;
         if self.applied.as_ref() == Some(&configs) {
