@@ -431,6 +431,45 @@ mod tests {
         ));
     }
 
+    #[derive(Debug, clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        xds: XdsArgs,
+    }
+
+    fn flags(args: &[&str]) -> Result<XdsArgs, clap::Error> {
+        use clap::Parser;
+        let argv = std::iter::once("tollgate").chain(args.iter().copied());
+        Flags::try_parse_from(argv).map(|f| f.xds)
+    }
+
+    #[test]
+    fn flags_parse_with_optional_booleans_and_durations() {
+        let args = flags(&[
+            "--config-source",
+            "xds",
+            "--xds-server-url",
+            "h:1",
+            "--xds-tls",
+            "--xds-ca-cert",
+            "ca.pem",
+            "--xds-retry-initial",
+            "250ms",
+        ])
+        .unwrap();
+        let settings = args.resolve().unwrap().unwrap();
+        assert_eq!(settings.server_url, "https://h:1");
+        assert_eq!(settings.retry_initial, Duration::from_millis(250));
+        assert_eq!(flags(&["--xds-tls", "false"]).unwrap().xds_tls, Some(false));
+        assert_eq!(
+            flags(&[]).unwrap().xds_tls,
+            None,
+            "unset leaves room for the peer's"
+        );
+        assert!(flags(&["--xds-retry-max", "0s"]).is_err());
+        assert!(flags(&["--config-source", "grpc"]).is_err());
+    }
+
     #[test]
     fn metadata_and_headers_parse_as_the_peer_does() {
         assert_eq!(
