@@ -107,6 +107,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TOLLGATE_INSTANCES", default_value = "1")]
     pub instances: NonZeroU32,
     #[command(flatten)]
+    pub xds: Box<crate::xds::XdsArgs>,
+    #[command(flatten)]
     pub log: LogArgs,
 }
 

@@ -105,7 +105,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 /// `tollgate serve`: runs until SIGTERM or SIGINT, then drains.
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let metrics = crate::metrics::install().context("installing the metrics recorder")?;
-    let rules = LiveRules::with_options(args.config.clone(), args.rules.load_options()).map_err(
+    let peer_xds = crate::xds::xds_env_defaults(|name| std::env::var(name).ok())?;
+    let xds = (*args.xds).clone().or(peer_xds).resolve()?;
+    if xds.is_some() && args.config.is_some() {
+        tracing::warn!("--config-source xds: the rules come from xDS; --config is not read");
+    }
+    let config = args.config.clone().filter(|_| xds.is_none());
+    let rules = LiveRules::with_options(config.clone(), args.rules.load_options()).map_err(
         |errors| {
             for e in &errors {
                 tracing::error!("{e}");
@@ -143,10 +149,17 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     tasks.spawn(async move {
         let _ = sweeper.await;
     });
-    if args.config.is_some() {
+    // In xDS mode the watcher only keeps SIGHUP harmless: there is no file to reload.
+    if config.is_some() || xds.is_some() {
         let watcher = rules.watch(shutdown.clone());
         tasks.spawn(async move {
             let _ = watcher.await;
+        });
+    }
+    if let Some(xds) = xds {
+        let client = crate::xds::spawn(xds, Arc::clone(&rules), shutdown.clone());
+        tasks.spawn(async move {
+            let _ = client.await;
         });
     }
     let limiter = Arc::new(Limiter::new(

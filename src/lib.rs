@@ -17,6 +17,7 @@
 //! - [`reload`]: watches rule files and SIGHUP, swaps in validated snapshots.
 //! - [`server`]: wires it together: `run(listeners, settings, shutdown)`.
 //! - [`loadgen`]: `tollgate bench`, a closed- or open-loop load generator for any RLS server.
+//! - [`xds`]: rules from an xDS management server (ADS), as Envoy Gateway serves them.
 //! - [`cli`]: the `tollgate` command line.
 
 pub mod algorithm;
@@ -34,3 +35,4 @@ pub mod metrics;
 pub mod reload;
 pub mod server;
 pub mod store;
+pub mod xds;

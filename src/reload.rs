@@ -170,6 +170,22 @@ impl LiveRules {
         }
     }
 
+    /// Publishes rules validated elsewhere (an xDS response) as the next generation, whose number
+    /// it returns; `source` names them in the log.
+    pub fn publish(&self, snapshot: Snapshot, source: &str) -> u64 {
+        let _one_at_a_time = self.reloading.lock();
+        let number = self.current.load().number + 1;
+        self.current.store(Arc::new(Generation {
+            snapshot,
+            number,
+            loaded_at: SystemTime::now(),
+        }));
+        metrics::counter!(CONFIG_RELOADS, "result" => "success").increment(1);
+        metrics::gauge!(CONFIG_GENERATION).set(number as f64);
+        tracing::info!(generation = number, source, "rules published");
+        number
+    }
+
     /// Starts the task that reloads the rules when their files change and on SIGHUP, until
     /// `shutdown` is cancelled. The watches and the SIGHUP handler are in place when this returns.
     /// Must be called within a tokio runtime.

@@ -146,6 +146,30 @@ impl Snapshot {
         }
     }
 
+    /// The domains of several snapshots as one, for rules that arrive a domain at a time (xDS).
+    /// A domain found twice is refused, as in a directory.
+    pub fn merge(parts: impl IntoIterator<Item = Snapshot>) -> Result<Self, ConfigError> {
+        let mut domains: Vec<DomainRules> = Vec::new();
+        for domain in parts.into_iter().flat_map(|s| s.domains) {
+            if let Some(first) = domains.iter().find(|d| d.name == domain.name) {
+                let message = format!(
+                    "duplicate domain `{}`: already defined in {}",
+                    domain.name,
+                    first.source.display()
+                );
+                let (file, line, column) = (domain.source, 1, 1);
+                return Err(ConfigError {
+                    file,
+                    line,
+                    column,
+                    message,
+                });
+            }
+            domains.push(domain);
+        }
+        Ok(Self::from_domains(domains))
+    }
+
     fn from_domains(mut domains: Vec<DomainRules>) -> Self {
         domains.sort_by(|a, b| a.name.cmp(&b.name));
         let index = domains
