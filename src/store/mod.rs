@@ -72,6 +72,12 @@ pub trait Store: Send + Sync + 'static {
     fn partition(&self, _key: &CounterKey) -> Partition {
         Partition::WHOLE
     }
+
+    /// The decision of `hit` this store already knows without asking its backend (the
+    /// over-limit cache's known denials): cheap, no I/O. Stores that must ask keep the default.
+    fn known(&self, _hit: &Hit<'_>) -> Option<Decision> {
+        None
+    }
 }
 
 /// Runs every future concurrently on this task and returns their outputs in order.

@@ -270,6 +270,17 @@ impl Store for OverLimitCache {
     fn partition(&self, key: &CounterKey) -> Partition {
         self.inner.partition(key)
     }
+
+    fn known(&self, hit: &Hit<'_>) -> Option<Decision> {
+        if hit.hits > 1 || self.is_empty() {
+            return self.inner.known(hit);
+        }
+        let known = self.lookup(hit.key, self.clock.now());
+        if known.is_some() {
+            metrics::counter!(m::LOCAL_CACHE_HITS).increment(1);
+        }
+        known.or_else(|| self.inner.known(hit))
+    }
 }
 
 #[cfg(test)]

@@ -123,7 +123,15 @@ impl Default for ResilienceOptions {
 /// [`MonotonicClock`]. Run [`ResilientStore::spawn_sweeper`] beside it so that the local fallback's
 /// counters do not outlive their windows.
 pub fn protect(primary: Arc<dyn Store>, options: &ResilienceOptions) -> Arc<ResilientStore> {
-    let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::new());
+    protect_with_clock(primary, options, Arc::new(MonotonicClock::new()))
+}
+
+/// [`protect`] with breaker, cache and fallback time read from `clock` (monotonic in production).
+pub fn protect_with_clock(
+    primary: Arc<dyn Store>,
+    options: &ResilienceOptions,
+    clock: Arc<dyn Clock>,
+) -> Arc<ResilientStore> {
     let cached = OverLimitCache::new(primary, clock.clone(), options.over_limit_cache_entries);
     Arc::new(ResilientStore::with_clock(Arc::new(cached), options, clock))
 }
@@ -244,71 +252,71 @@ impl ResilientStore {
         self.local.spawn_sweeper(every, shutdown)
     }
 
-    /// Answers `hits` of `breaker`'s partition by the policy, after `error` (or with the circuit
-    /// open when `None`).
+    /// Answers `hits` of `breaker`'s partition without the store, after `error` (or with the
+    /// circuit open when `None`): what the inner layers already know (a key known over its limit
+    /// stays denied), and the policy for the rest.
     fn fallback(
         &self,
         breaker: &Breaker,
         hits: &[Hit<'_>],
         error: Option<StoreError>,
     ) -> Result<Vec<Decision>, StoreError> {
+        let known: SmallVec<[Option<Decision>; 4]> =
+            hits.iter().map(|h| self.primary.known(h)).collect();
+        let unknown = known.iter().filter(|k| k.is_none()).count();
+        if unknown == 0 {
+            return Ok(known.into_iter().flatten().collect());
+        }
         let policy = self.options.on_error;
         metrics::counter!(m::FALLBACK_DECISIONS, "policy" => policy.as_str())
-            .increment(hits.len() as u64);
-        match policy {
+            .increment(unknown as u64);
+        let now = self.clock.now();
+        let n = self.options.instances;
+        let retry = breaker.retry_after(now);
+        let by_policy = |h: &Hit<'_>| match policy {
             OnStoreError::Local => {
-                let now = self.clock.now();
-                let n = self.options.instances;
-                Ok(hits
-                    .iter()
-                    .map(|h| {
-                        let quota = scaled_quota(h.quota, n);
-                        self.local.decide_at(
-                            &Hit {
-                                quota: &quota,
-                                ..*h
-                            },
-                            now,
-                        )
-                    })
-                    .collect())
+                let quota = scaled_quota(h.quota, n);
+                self.local.decide_at(
+                    &Hit {
+                        quota: &quota,
+                        ..*h
+                    },
+                    now,
+                )
             }
-            OnStoreError::Allow => Ok(hits
-                .iter()
-                .map(|h| Decision {
-                    allowed: true,
-                    limit: h.quota.burst(),
-                    remaining: h.quota.burst(),
-                    reset_after: Duration::ZERO,
-                    exceeds_capacity: false,
-                })
-                .collect()),
-            OnStoreError::Deny => {
-                let retry = breaker.retry_after(self.clock.now());
-                Ok(hits
-                    .iter()
-                    .map(|h| Decision {
-                        allowed: false,
-                        limit: h.quota.burst(),
-                        remaining: 0,
-                        reset_after: retry,
-                        exceeds_capacity: false,
-                    })
-                    .collect())
-            }
-            OnStoreError::Error => Err(error.unwrap_or_else(|| {
+            OnStoreError::Allow | OnStoreError::Error => Decision {
+                allowed: true,
+                limit: h.quota.burst(),
+                remaining: h.quota.burst(),
+                reset_after: Duration::ZERO,
+                exceeds_capacity: false,
+            },
+            OnStoreError::Deny => Decision {
+                allowed: false,
+                limit: h.quota.burst(),
+                remaining: 0,
+                reset_after: retry,
+                exceeds_capacity: false,
+            },
+        };
+        if policy == OnStoreError::Error {
+            return Err(error.unwrap_or_else(|| {
                 let part = if breaker.partition == Partition::WHOLE {
                     String::new()
                 } else {
                     format!(" (partition {})", breaker.partition)
                 };
                 StoreError::Unavailable(format!(
-                    "{} store circuit open after failures{part}; next probe in {:?}",
+                    "{} store circuit open after failures{part}; next probe in {retry:?}",
                     self.primary.kind(),
-                    breaker.retry_after(self.clock.now())
                 ))
-            })),
+            }));
         }
+        Ok(hits
+            .iter()
+            .zip(known)
+            .map(|(h, k)| k.unwrap_or_else(|| by_policy(h)))
+            .collect())
     }
 
     /// Decides `hits`, all of `partition`, through that partition's breaker.
@@ -715,7 +723,11 @@ mod tests {
         Hang,
         /// Answers once the test adds a permit to the gate.
         Gate,
+        /// Denies every hit, to retry in [`DENIED_FOR`].
+        Deny,
     }
+
+    const DENIED_FOR: Duration = Duration::from_secs(10);
 
     /// A store that does what the test tells it to, and counts its calls.
     struct Scripted {
@@ -753,6 +765,18 @@ mod tests {
                 Script::Protocol => return Err(StoreError::Protocol("garbled".into())),
                 Script::Hang => std::future::pending::<()>().await,
                 Script::Gate => self.gate.acquire().await.map(|p| p.forget()).unwrap(),
+                Script::Deny => {
+                    return Ok(hits
+                        .iter()
+                        .map(|h| Decision {
+                            allowed: false,
+                            limit: h.quota.burst(),
+                            remaining: 0,
+                            reset_after: DENIED_FOR,
+                            exceeds_capacity: false,
+                        })
+                        .collect());
+                }
             }
             Ok(hits
                 .iter()
@@ -1200,8 +1224,18 @@ mod tests {
         });
     }
 
+    /// `primary` as [`protect`] wraps it, on `clock`.
+    fn protected(
+        primary: &Arc<Scripted>,
+        options: ResilienceOptions,
+        clock: &ManualClock,
+    ) -> ResilientStore {
+        let store = protect_with_clock(primary.clone(), &options, Arc::new(clock.clone()));
+        Arc::into_inner(store).unwrap()
+    }
+
     #[tokio::test]
-    async fn protect_puts_the_cache_inside_the_breaker() {
+    async fn protect_answers_through_the_primary() {
         let primary = Scripted::new(Script::Answer);
         let store: Arc<dyn Store> = protect(primary.clone(), &ResilienceOptions::default());
         assert_eq!(store.kind(), "scripted");
@@ -1216,6 +1250,76 @@ mod tests {
             .unwrap();
         assert_eq!(d[0].remaining, FROM_PRIMARY);
         assert_eq!(primary.calls(), 1);
+    }
+
+    /// Fails if `protect` drops the over-limit cache, or asks it only after the fallback: a key the
+    /// store denied stays denied while its partition's breaker is open, whatever the policy, and
+    /// without a call to the store.
+    #[tokio::test]
+    async fn protect_keeps_denying_a_known_key_while_the_breaker_is_open() {
+        for policy in [
+            OnStoreError::Local,
+            OnStoreError::Allow,
+            OnStoreError::Deny,
+            OnStoreError::Error,
+        ] {
+            let primary = Scripted::new(Script::Deny);
+            let clock = ManualClock::new(START);
+            let store = protected(&primary, options(policy), &clock);
+            let q = quota(10);
+            let (k, other) = (key(&q, "a"), key(&q, "b"));
+            let denied = one(&store, &q, &k).await.unwrap();
+            assert!(!denied.allowed, "{policy}");
+
+            primary.set(Script::Unavailable);
+            for _ in 0..3 {
+                let _ = one(&store, &q, &other).await;
+            }
+            assert_eq!(store.state(), BreakerState::Open, "{policy}");
+            let calls = primary.calls();
+            // Less than the backoff: the breaker stays open, no probe.
+            clock.advance(Duration::from_millis(100));
+            let d = one(&store, &q, &k).await;
+            assert_eq!(
+                d.ok(),
+                Some(Decision {
+                    allowed: false,
+                    limit: 10,
+                    remaining: 0,
+                    reset_after: DENIED_FOR - Duration::from_millis(100),
+                    exceeds_capacity: false,
+                }),
+                "{policy}: the cached denial holds while the breaker is open"
+            );
+            assert_eq!(primary.calls(), calls, "{policy}");
+            assert_eq!(store.state(), BreakerState::Open, "{policy}");
+        }
+    }
+
+    /// Fails if `protect` puts the cache outside the breaker: the cache learns only from the
+    /// store's own answers, so a denial by the `deny` policy ends when the store is back.
+    #[tokio::test]
+    async fn protect_never_caches_a_fallback_denial() {
+        let primary = Scripted::new(Script::Unavailable);
+        let clock = ManualClock::new(START);
+        let store = protected(&primary, options(OnStoreError::Deny), &clock);
+        let (q, k) = (quota(10), key(&quota(10), "a"));
+        for _ in 0..3 {
+            one(&store, &q, &k).await.unwrap();
+        }
+        assert_eq!(store.state(), BreakerState::Open);
+        clock.advance(Duration::from_millis(100));
+        let refused = one(&store, &q, &k).await.unwrap();
+        assert_eq!(
+            (refused.allowed, refused.reset_after),
+            (false, Duration::from_millis(250)),
+            "the policy's denial outlasts the next probe"
+        );
+
+        primary.set(Script::Answer);
+        clock.advance(Duration::from_millis(150));
+        assert_eq!(one(&store, &q, &k).await.unwrap().remaining, FROM_PRIMARY);
+        assert_eq!(store.state(), BreakerState::Closed);
     }
 
     /// Two shards: keys of users ending in `b` live in partition 2, the others in partition 1.
