@@ -364,7 +364,7 @@ impl Limiter {
                     || metrics::histogram!(m::STORE_DURATION, "store" => self.store.kind()),
                 )
                 .record(started.elapsed().as_secs_f64());
-            result?
+            result?.into_vec()
         };
         let mut decisions = decisions.into_iter();
 

@@ -379,10 +379,9 @@ pub(crate) mod testkit {
 
     use async_trait::async_trait;
 
-    use crate::algorithm::Decision;
     use crate::clock::{ManualClock, NANOS_PER_SEC};
     use crate::store::memory::MemoryStore;
-    use crate::store::{Hit, Store, StoreError};
+    use crate::store::{Batch, Decisions, Store, StoreError};
 
     /// A time far from the epoch, on a second boundary.
     pub const START: u64 = 1_700_000_000 * NANOS_PER_SEC;
@@ -398,7 +397,7 @@ pub(crate) mod testkit {
 
     #[async_trait]
     impl Store for DownStore {
-        async fn decide(&self, _: &[Hit<'_>]) -> Result<Vec<Decision>, StoreError> {
+        async fn decide_routed(&self, _: Batch<'_, '_>) -> Result<Decisions, StoreError> {
             Err(StoreError::Unavailable("down for the test".into()))
         }
 
