@@ -422,7 +422,12 @@ mod tests {
                 .await
                 .unwrap();
         }
-        assert!(cache.len() <= 64);
+        // At least one entry per shard of the new keys, so the comparison below is never 0 == 0.
+        assert!(
+            (32..=64).contains(&cache.len()),
+            "{} entries after the window passed",
+            cache.len()
+        );
         let cached_later = later
             .iter()
             .filter(|k| cache.lookup(k, clock.now()).is_some())
