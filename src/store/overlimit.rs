@@ -209,10 +209,6 @@ impl Store for OverLimitCache {
             .iter()
             .map(|r| self.cached(&r.hit, sent))
             .collect();
-        let cached = known.iter().flatten().count();
-        if cached > 0 {
-            metrics::counter!(m::LOCAL_CACHE_HITS).increment(cached as u64);
-        }
         let mut buf = SmallVec::new();
         let rest = batch.retain(&mut buf, |i| known[i].is_none());
         let decided = if rest.is_empty() {
@@ -220,6 +216,11 @@ impl Store for OverLimitCache {
         } else {
             self.inner.decide_routed(rest).await?
         };
+        // Counted once answered: after a failure, the layer above asks `known` again.
+        let cached = batch.len() - rest.len();
+        if cached > 0 {
+            metrics::counter!(m::LOCAL_CACHE_HITS).increment(cached as u64);
+        }
         for (r, d) in rest.hits().iter().zip(&decided) {
             if r.hit.hits == 1 && !d.allowed && !d.exceeds_capacity && !d.reset_after.is_zero() {
                 let wait = u64::try_from(d.reset_after.as_nanos()).unwrap_or(u64::MAX);

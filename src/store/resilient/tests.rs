@@ -807,15 +807,20 @@ fn the_gauges_count_partitions_and_the_store_is_up_only_when_all_are_closed() {
         shards.b.set(Script::Answer);
         clock.advance(Duration::from_millis(250));
         runtime.block_on(batch(&store, &q, &["b"]));
-        crate::metrics::assert_rendered(
-            handle,
-            &[
-                r#"tollgate_store_up{store="scripted"} 1"#,
-                r#"tollgate_store_breaker_state{store="scripted",state="open"} 0"#,
-                r#"tollgate_store_breaker_state{store="scripted",state="closed"} 2"#,
-            ],
-        );
+        assert_two_partitions_up(handle);
     });
+}
+
+/// The gauges once both partitions of [`TwoShards`] are closed.
+fn assert_two_partitions_up(handle: &metrics_exporter_prometheus::PrometheusHandle) {
+    crate::metrics::assert_rendered(
+        handle,
+        &[
+            r#"tollgate_store_up{store="scripted"} 1"#,
+            r#"tollgate_store_breaker_state{store="scripted",state="open"} 0"#,
+            r#"tollgate_store_breaker_state{store="scripted",state="closed"} 2"#,
+        ],
+    );
 }
 
 #[test]
@@ -852,14 +857,7 @@ fn the_whole_store_breaker_is_dropped_once_partitions_are_named() {
             (store.state(), store.open_partitions()),
             (BreakerState::Closed, 0)
         );
-        crate::metrics::assert_rendered(
-            handle,
-            &[
-                r#"tollgate_store_up{store="scripted"} 1"#,
-                r#"tollgate_store_breaker_state{store="scripted",state="open"} 0"#,
-                r#"tollgate_store_breaker_state{store="scripted",state="closed"} 2"#,
-            ],
-        );
+        assert_two_partitions_up(handle);
     });
 }
 
