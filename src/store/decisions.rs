@@ -104,3 +104,57 @@ impl<'d> IntoIterator for &'d Decisions {
         self.0.iter()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::algorithm::{Algorithm, Quota};
+    use crate::keys::CounterKey;
+    use crate::store::{Hit, Route};
+
+    fn decision(remaining: u64) -> Decision {
+        Decision {
+            allowed: true,
+            limit: 9,
+            remaining,
+            reset_after: Duration::ZERO,
+            exceeds_capacity: false,
+        }
+    }
+
+    #[test]
+    fn an_answer_must_hold_one_decision_per_hit() {
+        let q = Quota::new(Algorithm::FixedWindow, 9, Duration::from_secs(1), None).unwrap();
+        let key = CounterKey::new("d", &q, [("u", "a")]);
+        let route = Route::default();
+        let hit = Hit {
+            key: &key,
+            quota: &q,
+            hits: 1,
+        };
+        let mut hits = [Routed { hit, route: &route }; 2];
+        let (batch, _) = Batch::sort(&mut hits);
+        let keep = |_: &Routed<'_>, d| Ok(d);
+        for wrong in [vec![], vec![decision(1)], vec![decision(1); 3]] {
+            let got = Decisions::checked(batch, wrong, keep);
+            assert!(matches!(got, Err(StoreError::Protocol(_))), "{got:?}");
+        }
+        let right = Decisions::checked(batch, vec![decision(1), decision(2)], keep).unwrap();
+        assert_eq!(right.len(), 2);
+    }
+
+    #[test]
+    fn cached_answers_are_filled_in_and_the_request_order_restored() {
+        let known: SmallVec<[Option<Decision>; 4]> =
+            [None, Some(decision(7)), None].into_iter().collect();
+        let rest = Decisions(vec![decision(1), decision(2)]);
+        let filled = Decisions::fill(known, rest);
+        let remaining = |d: &Decisions| d.iter().map(|d| d.remaining).collect::<Vec<_>>();
+        assert_eq!(remaining(&filled), [1, 7, 2]);
+        // Batch position i held request position order[i].
+        assert_eq!(remaining(&filled.clone().restore(&[2, 0, 1])), [7, 2, 1]);
+        assert_eq!(remaining(&filled.restore(&[])), [1, 7, 2]);
+    }
+}
