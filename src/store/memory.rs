@@ -1,6 +1,6 @@
 //! The embedded store: every counter of one instance in this process' memory.
 //!
-//! Layout: the [shared sharded table](super::sharded) (by default at least 4 × the cores shards),
+//! Layout: the shared sharded table (`store::sharded`) (by default at least 4 × the cores shards),
 //! each shard a `hashbrown::HashTable` of entries. The hash is kept in the entry, so a table that grows or shrinks
 //! never hashes a key again, and so are the key's bytes (up to 72 of them, enough for a domain and one
 //! or two short descriptor entries): a lookup in a big, cold table then costs the cache misses on the

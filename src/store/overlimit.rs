@@ -15,7 +15,7 @@
 //! clock that steps back would only keep entries longer than needed, never shorter, but a cached
 //! `reset_after` would then overstate the wait.
 //!
-//! Cost: the [shared sharded table](super::sharded), each shard a small hash table of `(key, deadline)`;
+//! Cost: the shared sharded table (`store::sharded`), each shard a small hash table of `(key, deadline)`;
 //! a lookup is one hash and one uncontended lock, and is skipped entirely while the cache is empty
 //! (the usual state when nobody is limited). Memory is bounded by `max_entries` (each ~the key's
 //! bytes + 40): an expired entry is dropped when met, and a full shard first drops its expired

@@ -8,12 +8,14 @@ use std::time::Duration;
 use fred::prelude::{Builder, Config, EventInterface, ReconnectPolicy, TcpConfig};
 use fred::types::config::UnresponsiveConfig;
 
-/// TCP connect (and TLS handshake) timeout, and the timeout of fred's own AUTH/SELECT/CLUSTER calls.
+/// TCP connect (and TLS handshake) timeout, and the timeout of fred's own AUTH/SELECT/CLUSTER
+/// calls.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A connection with a command unanswered this long is closed and reconnected (a frozen server).
 const UNRESPONSIVE_AFTER: Duration = Duration::from_secs(2);
 const RECONNECT_MIN_MS: u32 = 100;
 const RECONNECT_MAX_MS: u32 = 5_000;
+
 /// A fred client builder with the store's connection settings.
 ///
 /// `backstop` is fred's own command timeout: see [`RedisOptions::timeout`](super::RedisOptions).

@@ -1,15 +1,15 @@
 //! The Redis store: counters shared by a fleet, in standalone Redis, Sentinel or Cluster.
 //!
-//! Every decision runs server-side in one Lua script, [`decide.lua`](SCRIPT) (sent by [`script`]), which holds the same
-//! math as [`crate::algorithm`] in microseconds (its header documents the state layout and how it
+//! Every decision runs server-side in one Lua script, [`decide.lua`](SCRIPT) (sent and decoded by
+//! `redis::script`), which holds the same math as [`crate::algorithm`] in microseconds (its header documents the state layout and how it
 //! stays exact in Lua's doubles). The script reads the time from Redis' own `TIME`, so instances with
 //! skewed clocks agree; a window that is not a whole number of microseconds is rounded up to one, and
 //! `reset_after` comes back rounded up to the microsecond.
 //!
 //! A key's [`Route`] is computed once per hit ([`Store::route`]): its name
 //! ([`CounterKey::redis_key`](crate::keys::CounterKey::redis_key)), its Cluster slot (the name's
-//! hash tag) and, in a Cluster, its partition from the [slot table](routing) (every key of a single
-//! server is in [`Partition::WHOLE`]). A batch arrives ordered by slot: each slot's run is decided
+//! hash tag) and, in a Cluster, its partition from the slot table of `redis::routing` (every key
+//! of a single server is in [`Partition::WHOLE`]). A batch arrives ordered by slot: each slot's run is decided
 //! atomically by one `EVALSHA`, and all runs concurrently, so a request costs one round trip
 //! whatever its descriptors. A single server (or Sentinel's master) takes all of a request's
 //! counters in one `EVALSHA`.
@@ -24,8 +24,8 @@
 //! the routing is unknown, and keeps the routing current.
 //!
 //! Each master (or the single server, standalone or found through Sentinel) has one pool per
-//! [lane](lanes): per thread that runs a single-threaded runtime (the server's gRPC threads), made on that thread's
-//! first use, so fred's reader and writer tasks run where the decision was asked: a command is
+//! lane (`redis::lanes`): per thread that runs a single-threaded runtime (the server's gRPC
+//! threads), made on that thread's first use, so fred's reader and writer tasks run where the decision was asked: a command is
 //! written and its answer read without waking another thread. One pool shared by all threads put
 //! every connection task on whichever thread first built it, and each decision from another
 //! thread crossed threads twice. Other runtimes (multi-threaded) share one pool per master, and
@@ -38,8 +38,7 @@
 //! Commands fail fast while a client is disconnected, so a caller gets an error instead of a
 //! queue. The store sets no deadline of its own: the resilient layer does, and fred's command
 //! timeout ([`RedisOptions::timeout`]) is only a backstop for a store used bare. The fallback
-//! policy is the caller's. An
-//! in-flight decision is not retried on a new connection, since the script may already have run.
+//! policy is the caller's. An in-flight decision is not retried on a new connection, since the script may already have run.
 //! Redis being down at start is not an error: the store answers errors until it is up.
 
 mod client;

@@ -7,7 +7,7 @@
 //! closes the breaker, failure reopens it with twice the backoff (from `backoff_start`, capped at
 //! `backoff_max`). A probe whose caller goes away reopens the breaker with the next call allowed
 //! to probe. The closed path costs one atomic load; transitions take a lock, are logged once each
-//! and counted by the [census](super::census).
+//! and counted by the census.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};

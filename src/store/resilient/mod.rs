@@ -4,15 +4,15 @@
 //! This layer is the one place that enforces the store deadline: every call to the primary store
 //! is bounded by `timeout` (tokio's timer; a Redis client's own command timeout is only a backstop
 //! for a store used bare, see [`RedisOptions`](crate::store::redis::RedisOptions)). A call that
-//! times out or fails, and every call while its partition's [breaker](breaker) is open, is
+//! times out or fails, and every call while its partition's breaker (`resilient::breaker`) is open, is
 //! answered without the store: first by what the inner layers already know ([`Store::known`]: the
-//! over-limit cache keeps denying a key it knows over its limit), then by the [policy](policy).
+//! over-limit cache keeps denying a key it knows over its limit), then by the policy ([`OnStoreError`]).
 //! So decisions return to the store by themselves when it recovers.
 //!
 //! One breaker per partition ([`Route::partition`](crate::store::Route): a Redis Cluster shard, or
 //! the whole store): a batch's runs of one partition are called concurrently, each bounded by the
 //! timeout, and hits of an open partition are answered at once, so a dead master costs only its
-//! own keys. The [census](census) aggregates the breakers into gauges. A store that names its
+//! own keys. The census (`resilient::census`) aggregates the breakers into gauges. A store that names its
 //! partitions uses the whole-store one only while it cannot tell (a Cluster whose routing is not
 //! known yet): its breaker is dropped when a named partition appears, so it cannot hold
 //! `store_up` at 0 once no key maps to it. A named partition that no key maps to any more (slots
