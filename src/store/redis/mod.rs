@@ -1,45 +1,47 @@
 //! The Redis store: counters shared by a fleet, in standalone Redis, Sentinel or Cluster.
 //!
 //! Every decision runs server-side in one Lua script, [`decide.lua`](SCRIPT) (sent and decoded by
-//! `redis::script`), which holds the same math as [`crate::algorithm`] in microseconds (its header documents the state layout and how it
-//! stays exact in Lua's doubles). The script reads the time from Redis' own `TIME`, so instances with
-//! skewed clocks agree; a window that is not a whole number of microseconds is rounded up to one, and
-//! `reset_after` comes back rounded up to the microsecond.
+//! `redis::script`), which holds the same math as [`crate::algorithm`] in microseconds (its header
+//! documents the state layout and how it stays exact in Lua's doubles). The script reads the time
+//! from Redis' own `TIME`, so instances with skewed clocks agree; a window that is not a whole
+//! number of microseconds is rounded up to one, and `reset_after` comes back rounded up to the
+//! microsecond.
 //!
 //! A key's [`Route`] is computed once per hit ([`Store::route`]): its name
 //! ([`CounterKey::redis_key`](crate::keys::CounterKey::redis_key)), its Cluster slot (the name's
-//! hash tag) and, in a Cluster, its partition from the slot table of `redis::routing` (every key
-//! of a single server is in [`Partition::WHOLE`]). A batch arrives ordered by slot: each slot's run is decided
-//! atomically by one `EVALSHA`, and all runs concurrently, so a request costs one round trip
-//! whatever its descriptors. A single server (or Sentinel's master) takes all of a request's
+//! hash tag) and, in a Cluster, its partition from the slot table of `redis::routing` (every key of
+//! a single server is in [`Partition::WHOLE`]). A batch arrives ordered by slot: each slot's run is
+//! decided atomically by one `EVALSHA`, and all runs concurrently, so a request costs one round
+//! trip whatever its descriptors. A single server (or Sentinel's master) takes all of a request's
 //! counters in one `EVALSHA`.
 //!
-//! In a Cluster, the scripts go through a pool per master, not through the cluster pool: a
-//! fred cluster client stops serving every slot while it reconnects to any one node (its
-//! reconnection resyncs all nodes, and fails until the dead master's slots have a new owner), so
-//! one dead master would stall the healthy ones too. A master's own pool fails alone (while none
-//! of its connections is up, its slots go through the cluster pool, bounded by the timeout). A
-//! `MOVED`/`ASK` answer (the routing changed under us) is retried once through the cluster pool,
-//! which follows redirections, and triggers a rebuild of the table. The pool also serves while
-//! the routing is unknown, and keeps the routing current.
+//! In a Cluster, the scripts go through a pool per master, not through the cluster pool: a fred
+//! cluster client stops serving every slot while it reconnects to any one node (its reconnection
+//! resyncs all nodes, and fails until the dead master's slots have a new owner), so one dead master
+//! would stall the healthy ones too. A master's own pool fails alone (while none of its connections
+//! is up, its slots go through the cluster pool, bounded by the timeout). A `MOVED`/`ASK` answer
+//! (the routing changed under us) is retried once through the cluster pool, which follows
+//! redirections, and triggers a rebuild of the table. The pool also serves while the routing is
+//! unknown, and keeps the routing current.
 //!
-//! Each master (or the single server, standalone or found through Sentinel) has one pool per
-//! lane (`redis::lanes`): per thread that runs a single-threaded runtime (the server's gRPC
-//! threads), made on that thread's first use, so fred's reader and writer tasks run where the decision was asked: a command is
-//! written and its answer read without waking another thread. One pool shared by all threads put
-//! every connection task on whichever thread first built it, and each decision from another
-//! thread crossed threads twice. Other runtimes (multi-threaded) share one pool per master, and
-//! use the store's own pool for a single server. A Cluster thus holds threads × masters ×
-//! `pool_size` connections, plus `pool_size` per node for the cluster pool; a single server
+//! Each master (or the single server, standalone or found through Sentinel) has one pool per lane
+//! (`redis::lanes`): per thread that runs a single-threaded runtime (the server's gRPC threads),
+//! made on that thread's first use, so fred's reader and writer tasks run where the decision was
+//! asked: a command is written and its answer read without waking another thread. One pool shared
+//! by all threads put every connection task on whichever thread first built it, and each decision
+//! from another thread crossed threads twice. Other runtimes (multi-threaded) share one pool per
+//! master, and use the store's own pool for a single server. A Cluster thus holds threads × masters
+//! × `pool_size` connections, plus `pool_size` per node for the cluster pool; a single server
 //! threads × `pool_size`, plus `pool_size`.
 //!
-//! Connections: a pool of fred clients, each pipelining and following `MOVED`/`ASK`, reconnecting by
-//! itself with exponential backoff (100 ms to 5 s) and logging each change of its connection state.
-//! Commands fail fast while a client is disconnected, so a caller gets an error instead of a
+//! Connections: a pool of fred clients, each pipelining and following `MOVED`/`ASK`, reconnecting
+//! by itself with exponential backoff (100 ms to 5 s) and logging each change of its connection
+//! state. Commands fail fast while a client is disconnected, so a caller gets an error instead of a
 //! queue. The store sets no deadline of its own: the resilient layer does, and fred's command
 //! timeout ([`RedisOptions::timeout`]) is only a backstop for a store used bare. The fallback
-//! policy is the caller's. An in-flight decision is not retried on a new connection, since the script may already have run.
-//! Redis being down at start is not an error: the store answers errors until it is up.
+//! policy is the caller's. An in-flight decision is not retried on a new connection, since the
+//! script may already have run. Redis being down at start is not an error: the store answers errors
+//! until it is up.
 
 mod client;
 mod error;
