@@ -11,6 +11,12 @@
 //! would have made (a property test holds it to that against the memory store), it only saves the
 //! calls that hammer an exhausted key, which is what clients do once they are limited.
 //!
+//! It learns only from the wrapped store's own answers, which is why [`protect`] puts it inside the
+//! circuit breaker; the breaker asks it ([`Store::known`]) before answering by its fallback policy,
+//! so a key it knows over its limit stays denied while the store is unreachable.
+//!
+//! [`protect`]: crate::store::resilient::protect
+//!
 //! The clock must be monotonic ([`MonotonicClock`](crate::clock::MonotonicClock) in production): a
 //! clock that steps back would only keep entries longer than needed, never shorter, but a cached
 //! `reset_after` would then overstate the wait.
