@@ -591,9 +591,10 @@ async fn protect_never_caches_a_fallback_denial() {
     let primary = Scripted::new(Script::Unavailable);
     let clock = ManualClock::new(START);
     let store = protected(&primary, options(OnStoreError::Deny), &clock);
-    let (q, k) = (quota(10), key(&quota(10), "a"));
+    let q = quota(10);
+    let (k, other) = (key(&q, "a"), key(&q, "b"));
     for _ in 0..3 {
-        one(&store, &q, &k).await.unwrap();
+        one(&store, &q, &other).await.unwrap();
     }
     assert_eq!(store.state(), BreakerState::Open);
     clock.advance(Duration::from_millis(100));
