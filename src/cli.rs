@@ -51,9 +51,36 @@ pub struct ServeArgs {
     /// Global shadow mode: every answer is OK; over-limit hits are still counted in metrics.
     #[arg(long, env = "TOLLGATE_SHADOW_MODE")]
     pub shadow_mode: bool,
-    /// Add X-RateLimit-Limit/-Remaining/-Reset headers to responses (for Envoy to pass on).
-    #[arg(long, env = "TOLLGATE_RESPONSE_HEADERS")]
-    pub response_headers: bool,
+    /// Rate-limit headers for Envoy to add to responses: `peer` (envoyproxy/ratelimit's
+    /// RateLimit-Limit/-Remaining/-Reset, names below), `ietf` (the draft's RateLimit and
+    /// RateLimit-Policy) or `off`. The bare flag means `peer`.
+    #[arg(long, env = "TOLLGATE_RESPONSE_HEADERS", value_enum, default_value_t = ResponseHeaders::Off,
+          num_args = 0..=1, default_missing_value = "peer")]
+    pub response_headers: ResponseHeaders,
+    /// Name of the header carrying the limit, with `--response-headers peer`.
+    #[arg(long, env = "TOLLGATE_LIMIT_HEADER", default_value = "RateLimit-Limit", value_parser = parse_header_name)]
+    pub limit_header: String,
+    /// Name of the header carrying the hits remaining, with `--response-headers peer`.
+    #[arg(long, env = "TOLLGATE_REMAINING_HEADER", default_value = "RateLimit-Remaining", value_parser = parse_header_name)]
+    pub remaining_header: String,
+    /// Name of the header carrying the seconds until reset, with `--response-headers peer`.
+    #[arg(long, env = "TOLLGATE_RESET_HEADER", default_value = "RateLimit-Reset", value_parser = parse_header_name)]
+    pub reset_header: String,
+    /// Report healthy (/healthcheck, gRPC health) only while the rules in force hold a domain.
+    #[arg(long, env = "TOLLGATE_HEALTHY_ONLY_WITH_RULES")]
+    pub healthy_only_with_rules: bool,
+    /// Let several rule files share a domain, merging their descriptors.
+    #[arg(long, env = "TOLLGATE_MERGE_DOMAIN_CONFIG")]
+    pub merge_domain_config: bool,
+    /// Once any descriptor of a request is over its limit, charge none of its descriptors.
+    #[arg(long, env = "TOLLGATE_STOP_CHARGING_WHEN_OVER")]
+    pub stop_charging_when_over: bool,
+    /// Global quota mode: every descriptor is a quota-mode descriptor.
+    #[arg(long, env = "TOLLGATE_QUOTA_MODE")]
+    pub quota_mode: bool,
+    /// Keys the over-limit cache in front of a remote store may hold.
+    #[arg(long, env = "TOLLGATE_OVER_LIMIT_CACHE_ENTRIES", default_value_t = crate::store::overlimit::DEFAULT_MAX_ENTRIES)]
+    pub over_limit_cache_entries: usize,
     /// After SIGTERM, keep serving this long with health checks failing, before closing the ports.
     #[arg(long, env = "TOLLGATE_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
     pub drain_delay: Duration,
@@ -97,9 +124,22 @@ impl ServeArgs {
             timeout: self.store_timeout,
             on_error: self.on_store_error,
             instances: self.instances,
+            over_limit_cache_entries: self.over_limit_cache_entries,
             ..ResilienceOptions::default()
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ResponseHeaders {
+    /// No rate-limit headers.
+    #[value(alias = "false")]
+    Off,
+    /// envoyproxy/ratelimit's `RateLimit-Limit`, `-Remaining`, `-Reset` (names configurable).
+    #[value(alias = "true")]
+    Peer,
+    /// draft-ietf-httpapi-ratelimit-headers: `RateLimit` and `RateLimit-Policy`.
+    Ietf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -182,6 +222,13 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     match parse_duration(s)? {
         d if d.is_zero() => Err(format!("`{s}` must be longer than zero")),
         d => Ok(d),
+    }
+}
+
+fn parse_header_name(s: &str) -> Result<String, String> {
+    match axum::http::HeaderName::from_bytes(s.as_bytes()) {
+        Ok(_) => Ok(s.to_owned()),
+        Err(_) => Err(format!("`{s}` is not a valid HTTP header name")),
     }
 }
 

@@ -8,9 +8,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{BenchArgs, CheckArgs, LogArgs, LogFormat, ServeArgs, StoreKind};
+use crate::cli::{BenchArgs, CheckArgs, LogArgs, LogFormat, ResponseHeaders, ServeArgs, StoreKind};
 use crate::clock::SystemClock;
 use crate::config::Snapshot;
+use crate::grpc::headers;
 use crate::limiter::{Limiter, Settings};
 use crate::reload::LiveRules;
 use crate::server::{self, ServeOptions};
@@ -172,7 +173,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     tasks.close();
 
     let options = ServeOptions {
-        response_headers: args.response_headers,
+        response_headers: header_style(&args),
+        healthy_only_with_rules: args.healthy_only_with_rules,
         drain_delay: args.drain_delay,
         drain_timeout: args.drain_timeout,
         grpc_threads: args.grpc_threads,
@@ -189,6 +191,18 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     shutdown.cancel();
     tasks.wait().await;
     result.context("serving")
+}
+
+fn header_style(args: &ServeArgs) -> headers::Style {
+    match args.response_headers {
+        ResponseHeaders::Off => headers::Style::Off,
+        ResponseHeaders::Peer => headers::Style::Peer(headers::PeerNames {
+            limit: args.limit_header.clone(),
+            remaining: args.remaining_header.clone(),
+            reset: args.reset_header.clone(),
+        }),
+        ResponseHeaders::Ietf => headers::Style::Ietf,
+    }
 }
 
 /// Listens for SIGTERM and SIGINT from the moment it returns (before "serving" is logged, so a

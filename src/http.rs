@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -32,15 +31,30 @@ use crate::limiter::{self, Code, LimitOverride, Limiter};
 #[derive(Debug, Default)]
 pub struct Health {
     draining: AtomicBool,
+    /// envoyproxy/ratelimit's `HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED`: no domain, not healthy.
+    needs_rules: bool,
 }
 
 impl Health {
+    pub fn new(needs_rules: bool) -> Self {
+        Self {
+            draining: AtomicBool::new(false),
+            needs_rules,
+        }
+    }
+
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Not draining, and holding rules if they are required.
+    pub fn is_serving(&self, limiter: &Limiter) -> bool {
+        let without_rules = self.needs_rules && limiter.rules().current().snapshot.is_empty();
+        !self.is_draining() && !without_rules
     }
 }
 
@@ -64,6 +78,8 @@ pub fn router(state: AdminState) -> Router {
 async fn healthcheck(State(s): State<AdminState>) -> Response {
     if s.health.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if !s.health.is_serving(&s.limiter) {
+        (StatusCode::SERVICE_UNAVAILABLE, "no rules loaded\n").into_response()
     } else {
         (StatusCode::OK, "OK\n").into_response()
     }
@@ -94,13 +110,12 @@ async fn rlconfig(State(s): State<AdminState>) -> Response {
     .into_response()
 }
 
-async fn json_endpoint(
-    State(s): State<AdminState>,
-    body: Result<axum::Json<JsonRequest>, JsonRejection>,
-) -> Response {
-    let request = match body {
-        Ok(axum::Json(r)) => r,
-        Err(e) => return bad_request(&e.body_text()),
+/// Reads the body as JSON whatever its content type: envoyproxy/ratelimit's documented call is
+/// `curl --data @-`, which sends `application/x-www-form-urlencoded`.
+async fn json_endpoint(State(s): State<AdminState>, body: axum::body::Bytes) -> Response {
+    let request: JsonRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(&format!("the body is not a RateLimitRequest: {e}")),
     };
     match request.into_request() {
         Ok(r) => decide(&s, &r).await,
