@@ -1,0 +1,504 @@
+//! envoyproxy/ratelimit's own integration and server test cases (`test/integration/`,
+//! `test/server/`), and its example deployment, against the real binary started the peer's way:
+//! by environment variables only (`RUNTIME_ROOT`, `PORT`, `GRPC_PORT`, `REDIS_*`, …), no flags.
+//!
+//! The rule files are the peer's, unchanged (tests/fixtures/envoyproxy_deploy). Cases the peer
+//! answers differently on purpose are in docs/migration.md, "Deployment differences"; the
+//! config, service and limiter cases live in the tests of those parts.
+
+mod common;
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::grpc::{self, Code, DescriptorStatus, RateLimitResponse};
+use common::process::{self, Proc};
+use common::{RedisCluster, RedisSentinel, RedisServer, http};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
+
+/// `tollgate serve`, configured only by the environment, on loopback ports it was given by
+/// `PORT` and `GRPC_PORT`.
+struct Peer {
+    proc: Proc,
+    grpc: u16,
+    http: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Peer {
+    /// Starts with `env` (nothing inherited) and waits until both ports answer.
+    fn start(env: &[(&str, &str)]) -> Peer {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = common::free_ports(2);
+        let (grpc, http) = (ports[0], ports[1]);
+        let mut cmd = Command::new(common::tollgate::binary());
+        cmd.arg("serve").env_clear();
+        cmd.envs([
+            ("HOST", "127.0.0.1".to_string()),
+            ("PORT", http.to_string()),
+            ("GRPC_HOST", "127.0.0.1".to_string()),
+            ("GRPC_PORT", grpc.to_string()),
+        ]);
+        cmd.envs(env.iter().copied());
+        let log = process::new_log(dir.path(), "tollgate.log");
+        let mut proc = Proc::spawn(format!("tollgate grpc:{grpc}"), cmd, &log);
+        let up = common::wait_until(Duration::from_secs(20), || {
+            assert!(proc.try_status().is_none(), "exited:\n{}", proc.log());
+            let addr = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            TcpStream::connect(addr(grpc)).is_ok()
+                && http::probe_status(addr(http), "/healthcheck").is_some()
+        });
+        assert!(up, "ports not up in 20 s:\n{}", proc.log());
+        Peer {
+            proc,
+            grpc,
+            http,
+            _dir: dir,
+        }
+    }
+
+    fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc)
+    }
+
+    fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http)
+    }
+
+    async fn client(&self) -> grpc::RlsClient {
+        grpc::connect(&self.grpc_url()).await
+    }
+
+    async fn health(&self, service: &str) -> i32 {
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let channel = tonic::transport::Channel::from_shared(self.grpc_url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+    }
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/envoyproxy_deploy")
+}
+
+/// The peer's runtime layout, `<root>/current/ratelimit/config/`, holding `files` from
+/// `fixtures/<from>`; returns the temp dir and the variables that point the service at it.
+fn runtime(from: &str, files: &[&str]) -> (tempfile::TempDir, Vec<(&'static str, String)>) {
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("current/ratelimit/config");
+    std::fs::create_dir_all(&config).unwrap();
+    for file in files {
+        std::fs::copy(fixtures().join(from).join(file), config.join(file)).unwrap();
+    }
+    let current = root.path().join("current").display().to_string();
+    let env = vec![
+        ("RUNTIME_ROOT", current),
+        ("RUNTIME_SUBDIRECTORY", "ratelimit".to_string()),
+    ];
+    (root, env)
+}
+
+fn config_dir(root: &tempfile::TempDir) -> PathBuf {
+    root.path().join("current/ratelimit/config")
+}
+
+const INTEGRATION_FILES: [&str; 3] = ["basic.yaml", "another.yaml", "share_threshold.yaml"];
+
+/// Starts a tollgate on the peer's integration rules, plus `extra` variables.
+fn integration_peer(extra: &[(&str, &str)]) -> (tempfile::TempDir, Peer) {
+    let (root, env) = runtime("runtime", &INTEGRATION_FILES);
+    let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    all.extend_from_slice(extra);
+    let peer = Peer::start(&all);
+    (root, peer)
+}
+
+/// A status as (code, limit and unit, remaining).
+type Shape = (Code, Option<(u32, Unit)>, u32);
+
+fn limited(code: Code, limit: u32, unit: Unit, remaining: u32) -> Shape {
+    (code, Some((limit, unit)), remaining)
+}
+
+fn shape(status: &DescriptorStatus) -> Shape {
+    let limit = status.current_limit.as_ref().map(|l| {
+        (
+            l.requests_per_unit,
+            Unit::try_from(l.unit).unwrap_or(Unit::Unknown),
+        )
+    });
+    (grpc::code_of(status.code), limit, status.limit_remaining)
+}
+
+fn shapes(resp: &RateLimitResponse) -> Vec<Shape> {
+    resp.statuses.iter().map(shape).collect()
+}
+
+async fn ask(
+    c: &mut grpc::RlsClient,
+    domain: &str,
+    descriptors: &[&[(&str, &str)]],
+) -> RateLimitResponse {
+    grpc::should_rate_limit(c, grpc::rls_request(domain, descriptors)).await
+}
+
+/// A value no earlier run used, as the peer's `rand.Int()`.
+fn unique() -> String {
+    common::fleet::now_since_epoch().as_nanos().to_string()
+}
+
+/// The peer's `testBasicBaseConfig`: unknown domain, a per-second rule, 25 hits on a 20/minute
+/// rule, then two descriptors of which one runs out.
+async fn basic_config(peer: &Peer) {
+    // Counts within one minute (and hour): start with room before the boundary.
+    common::fleet::window_with_room(
+        Duration::from_secs(60),
+        Duration::from_secs(15),
+        Duration::ZERO,
+    )
+    .await;
+    let mut c = peer.client().await;
+    let resp = ask(&mut c, "foo", &[&[("hello", "world")]]).await;
+    assert_eq!(grpc::overall(&resp), Code::Ok);
+    assert_eq!(shapes(&resp), [(Code::Ok, None, 0)]);
+
+    let resp = ask(&mut c, "basic", &[&[("key1", "foo")]]).await;
+    assert_eq!(shapes(&resp), [limited(Code::Ok, 50, Unit::Second, 49)]);
+
+    let user = unique();
+    for i in 0..25u32 {
+        let resp = ask(&mut c, "another", &[&[("key2", &user)]]).await;
+        let (code, remaining) = if i >= 20 {
+            (Code::OverLimit, 0)
+        } else {
+            (Code::Ok, 19 - i)
+        };
+        assert_eq!(grpc::overall(&resp), code, "hit {i}");
+        assert_eq!(
+            shapes(&resp),
+            [limited(code, 20, Unit::Minute, remaining)],
+            "hit {i}"
+        );
+        assert!(resp.statuses[0].duration_until_reset.is_some(), "hit {i}");
+    }
+
+    let user = unique();
+    for i in 0..15u32 {
+        let resp = ask(&mut c, "another", &[&[("key2", &user)], &[("key3", &user)]]).await;
+        let (code, remaining3) = if i >= 10 {
+            (Code::OverLimit, 0)
+        } else {
+            (Code::Ok, 9 - i)
+        };
+        assert_eq!(grpc::overall(&resp), code, "hit {i}");
+        assert_eq!(
+            shapes(&resp),
+            [
+                limited(Code::Ok, 20, Unit::Minute, 19 - i),
+                limited(code, 10, Unit::Hour, remaining3)
+            ],
+            "hit {i}"
+        );
+    }
+
+    // The peer: seconds to the day's end. The sliding default: until the quota is whole again,
+    // at most two days (docs/migration.md, "Deployment differences").
+    let resp = ask(&mut c, "another", &[&[("key4", "durTest")]]).await;
+    let reset = grpc::until_reset(&resp.statuses[0]);
+    assert!(
+        reset > Duration::ZERO && reset <= Duration::from_secs(2 * 86_400),
+        "{reset:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_config_on_the_memory_store() {
+    let (_root, peer) = integration_peer(&[]);
+    basic_config(&peer).await;
+}
+
+const PASSWORD: &str = "s3cret/+@";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_config_on_redis_with_auth() {
+    // The password is set once the harness has seen the server up, and cleared at the end so
+    // that it can stop it.
+    let redis = tokio::task::block_in_place(RedisServer::start);
+    redis.cli(&["CONFIG", "SET", "requirepass", PASSWORD]);
+    let url = redis.addr();
+    let (_root, peer) = integration_peer(&[
+        ("REDIS_SOCKET_TYPE", "tcp"),
+        ("REDIS_URL", &url),
+        ("REDIS_AUTH", PASSWORD),
+        ("REDIS_POOL_SIZE", "10"),
+        ("LOCAL_CACHE_SIZE_IN_BYTES", "1000"),
+    ]);
+    basic_config(&peer).await;
+    let authed = |args: &[&str]| {
+        let mut all = vec!["-a", PASSWORD, "--no-auth-warning"];
+        all.extend_from_slice(args);
+        common::redis::cli_output(redis.port(), &all).unwrap()
+    };
+    // The counters are Redis's.
+    assert_ne!(authed(&["DBSIZE"]).trim(), "0");
+    authed(&["CONFIG", "SET", "requirepass", ""]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_config_on_a_redis_cluster() {
+    let cluster = tokio::task::block_in_place(RedisCluster::start);
+    let urls = cluster.addrs().join(",");
+    let (_root, peer) = integration_peer(&[
+        ("REDIS_SOCKET_TYPE", "tcp"),
+        ("REDIS_TYPE", "cluster"),
+        ("REDIS_URL", &urls),
+    ]);
+    basic_config(&peer).await;
+    assert!(!cluster.keys().is_empty(), "no key in the Cluster");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_config_through_redis_sentinel() {
+    let (master, sentinel) = tokio::task::block_in_place(|| {
+        let master = RedisServer::start();
+        let sentinel = RedisSentinel::start(&master);
+        (master, sentinel)
+    });
+    let sentinel_port = sentinel
+        .url()
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let url = format!("{},127.0.0.1:{sentinel_port}", RedisSentinel::MASTER);
+    let (_root, peer) = integration_peer(&[
+        ("REDIS_SOCKET_TYPE", "tcp"),
+        ("REDIS_TYPE", "SENTINEL"),
+        ("REDIS_URL", &url),
+    ]);
+    basic_config(&peer).await;
+    assert!(!master.keys().is_empty(), "no key in the master");
+}
+
+/// The peer's `testConfigReload`, watching the root and not: a file added to the config
+/// directory brings its domain; removed, the domain is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_added_to_the_runtime_directory_is_loaded_and_removed_unloaded() {
+    for watch_root in ["true", "false"] {
+        let (root, peer) = integration_peer(&[("RUNTIME_WATCH_ROOT", watch_root)]);
+        let mut c = peer.client().await;
+        let resp = ask(&mut c, "reload", &[&[("block", "foo")]]).await;
+        assert_eq!(
+            shapes(&resp),
+            [(Code::Ok, None, 0)],
+            "watch root {watch_root}"
+        );
+
+        let file = config_dir(&root).join("reload.yaml");
+        std::fs::copy(fixtures().join("runtime/reload.yaml.later"), &file).unwrap();
+        let generation = wait_for_generation(&peer, 2).await;
+        assert!(
+            generation,
+            "reload.yaml not loaded (watch root {watch_root})"
+        );
+        let resp = ask(&mut c, "reload", &[&[("key1", "foo")]]).await;
+        assert_eq!(shapes(&resp), [limited(Code::Ok, 50, Unit::Second, 49)]);
+        let resp = ask(&mut c, "reload", &[&[("block", "foo")]]).await;
+        assert_eq!(
+            shapes(&resp),
+            [limited(Code::OverLimit, 0, Unit::Second, 0)]
+        );
+
+        std::fs::remove_file(&file).unwrap();
+        assert!(wait_for_generation(&peer, 3).await, "removal not loaded");
+        let resp = ask(&mut c, "reload", &[&[("key1", "foo")]]).await;
+        assert_eq!(shapes(&resp), [(Code::Ok, None, 0)]);
+    }
+}
+
+async fn wait_for_generation(peer: &Peer, generation: u64) -> bool {
+    let url = format!("{}/rlconfig", peer.http_url());
+    common::wait_until_async(Duration::from_secs(10), || async {
+        http::get(&url).await.json()["generation"].as_u64() >= Some(generation)
+    })
+    .await
+}
+
+/// The peer's `testShareThreshold`: `files/*` values share one counter; `files_no_share/*` don't.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn share_threshold_values_share_one_counter() {
+    common::fleet::window_with_room(
+        Duration::from_secs(3600),
+        Duration::from_secs(15),
+        Duration::ZERO,
+    )
+    .await;
+    let (_root, peer) = integration_peer(&[]);
+    let mut c = peer.client().await;
+    let domain = "share-threshold-test";
+    for i in 0..10u32 {
+        let resp = ask(&mut c, domain, &[&[("files", "files/a.pdf")]]).await;
+        assert_eq!(shapes(&resp), [limited(Code::Ok, 10, Unit::Hour, 9 - i)]);
+    }
+    let resp = ask(&mut c, domain, &[&[("files", "files/b.csv")]]).await;
+    assert_eq!(grpc::overall(&resp), Code::OverLimit);
+    assert_eq!(shapes(&resp), [limited(Code::OverLimit, 10, Unit::Hour, 0)]);
+    for i in 0..10 {
+        let value = format!("files_no_share/{}-{i}", unique());
+        let resp = ask(&mut c, domain, &[&[("files_no_share", &value)]]).await;
+        assert_eq!(shapes(&resp), [limited(Code::Ok, 10, Unit::Hour, 9)]);
+    }
+}
+
+/// The peer's `TestJsonHandler`, and its documented curl (a form content type).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_endpoint_answers_as_the_peer() {
+    let (_root, peer) = integration_peer(&[]);
+    let url = format!("{}/json", peer.http_url());
+    assert_eq!(http::post(&url, "application/json", "").await.status, 400);
+    assert_eq!(http::post(&url, "application/json", "}").await.status, 400);
+    // No descriptors: the service refuses the request.
+    assert_eq!(
+        http::post(&url, "application/json", r#"{"domain": "foo"}"#)
+            .await
+            .status,
+        400
+    );
+
+    let body = r#"{"domain": "basic", "descriptors": [{"entries": [{"key": "one_per_minute"}]}]}"#;
+    let form = "application/x-www-form-urlencoded";
+    common::fleet::window_with_room(
+        Duration::from_secs(60),
+        Duration::from_secs(5),
+        Duration::ZERO,
+    )
+    .await;
+    let ok = http::post(&url, form, body).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(ok.header("content-type"), Some("application/json"));
+    assert_eq!(ok.json()["overallCode"], "OK");
+    let over = http::post(&url, form, body).await;
+    assert_eq!(over.status, 429, "{}", over.body);
+    assert_eq!(over.json()["overallCode"], "OVER_LIMIT");
+}
+
+/// The peer's health tests, as seen from outside: `/healthcheck` and the gRPC health service
+/// under the name `ratelimit`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_under_the_peers_service_name() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let (_root, peer) = integration_peer(&[]);
+    let resp = http::get(&format!("{}/healthcheck", peer.http_url())).await;
+    assert_eq!((resp.status, resp.body.trim()), (200, "OK"));
+    for name in ["ratelimit", ""] {
+        assert_eq!(
+            peer.health(name).await,
+            ServingStatus::Serving as i32,
+            "{name:?}"
+        );
+    }
+}
+
+/// `HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED`: not healthy while no domain is loaded, healthy
+/// once a rule file lands, not healthy again once the last one is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_only_once_a_config_is_loaded() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let (root, env) = runtime("runtime", &[]);
+    let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    all.push(("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED", "true"));
+    let peer = Peer::start(&all);
+    let healthcheck = format!("{}/healthcheck", peer.http_url());
+    let states = || async {
+        (
+            http::get(&healthcheck).await.status,
+            peer.health("ratelimit").await,
+        )
+    };
+    let (serving, not_serving) = (
+        ServingStatus::Serving as i32,
+        ServingStatus::NotServing as i32,
+    );
+    assert_eq!(states().await, (503, not_serving));
+
+    let file = config_dir(&root).join("basic.yaml");
+    std::fs::copy(fixtures().join("runtime/basic.yaml"), &file).unwrap();
+    let healthy = common::wait_until_async(Duration::from_secs(10), || async {
+        states().await == (200, serving)
+    })
+    .await;
+    assert!(
+        healthy,
+        "not healthy after a rule file arrived: {:?}",
+        states().await
+    );
+
+    std::fs::remove_file(&file).unwrap();
+    let unhealthy = common::wait_until_async(Duration::from_secs(10), || async {
+        states().await == (503, not_serving)
+    })
+    .await;
+    assert!(
+        unhealthy,
+        "still healthy without rules: {:?}",
+        states().await
+    );
+}
+
+/// `LIMIT_RESPONSE_HEADERS_ENABLED` with a renamed header: the peer's three headers, its values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_headers_from_the_peers_variables() {
+    common::fleet::window_with_room(
+        Duration::from_secs(60),
+        Duration::from_secs(5),
+        Duration::ZERO,
+    )
+    .await;
+    let (_root, peer) = integration_peer(&[
+        ("LIMIT_RESPONSE_HEADERS_ENABLED", "true"),
+        ("LIMIT_REMAINING_HEADER", "X-Left"),
+    ]);
+    let mut c = peer.client().await;
+    let user = unique();
+    let resp = ask(&mut c, "another", &[&[("key2", &user)], &[("key3", &user)]]).await;
+    let headers: Vec<(&str, &str)> = resp
+        .response_headers_to_add
+        .iter()
+        .map(|h| (h.key.as_str(), h.value.as_str()))
+        .collect();
+    assert_eq!(headers[0], ("RateLimit-Limit", "10"));
+    assert_eq!(headers[1], ("X-Left", "9"));
+    assert_eq!(headers[2].0, "RateLimit-Reset");
+    let reset: u64 = headers[2].1.parse().unwrap();
+    // Seconds until the hour's quota is back: at most two windows for the sliding default.
+    assert!((1..=7200).contains(&reset), "{reset}");
+}
+
+/// A variable tollgate cannot honour is named at start-up, in one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_variables_are_named_in_one_line() {
+    let (_root, peer) = integration_peer(&[("USE_STATSD", "true"), ("CACHE_KEY_PREFIX", "rl_")]);
+    let named = common::wait_until(Duration::from_secs(5), || {
+        peer.proc.log().lines().any(|l| {
+            l.contains("not supported")
+                && l.contains("USE_STATSD")
+                && l.contains("CACHE_KEY_PREFIX")
+        })
+    });
+    assert!(named, "{}", peer.proc.log());
+}
