@@ -331,6 +331,43 @@ async fn a_file_added_to_the_runtime_directory_is_loaded_and_removed_unloaded() 
     }
 }
 
+/// The peer's production layout under `RUNTIME_WATCH_ROOT=true`: `RUNTIME_ROOT` is a symlink
+/// swapped atomically to a new version of the whole tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_the_runtime_root_symlink_reloads() {
+    let top = tempfile::tempdir().unwrap();
+    let version = |name: &str, files: &[&str]| {
+        let config = top.path().join(name).join("ratelimit/config");
+        std::fs::create_dir_all(&config).unwrap();
+        for file in files {
+            std::fs::copy(fixtures().join("runtime").join(file), config.join(file)).unwrap();
+        }
+    };
+    version("v1", &["basic.yaml"]);
+    version("v2", &["basic.yaml", "another.yaml"]);
+    let current = top.path().join("current");
+    std::os::unix::fs::symlink("v1", &current).unwrap();
+    let root = current.display().to_string();
+    let peer = Peer::start(&[
+        ("RUNTIME_ROOT", root.as_str()),
+        ("RUNTIME_SUBDIRECTORY", "ratelimit"),
+        ("RUNTIME_WATCH_ROOT", "true"),
+    ]);
+    let mut c = peer.client().await;
+    let resp = ask(&mut c, "another", &[&[("key2", &unique())]]).await;
+    assert_eq!(shapes(&resp), [(Code::Ok, None, 0)]);
+
+    let next = top.path().join("current.next");
+    std::os::unix::fs::symlink("v2", &next).unwrap();
+    std::fs::rename(&next, &current).unwrap();
+    assert!(
+        wait_for_generation(&peer, 2).await,
+        "the swap was not loaded"
+    );
+    let resp = ask(&mut c, "another", &[&[("key2", &unique())]]).await;
+    assert_eq!(shapes(&resp), [limited(Code::Ok, 20, Unit::Minute, 19)]);
+}
+
 async fn wait_for_generation(peer: &Peer, generation: u64) -> bool {
     let url = format!("{}/rlconfig", peer.http_url());
     common::wait_until_async(Duration::from_secs(10), || async {
