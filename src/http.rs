@@ -20,6 +20,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -61,6 +62,8 @@ impl Health {
 #[derive(Clone)]
 pub struct AdminState {
     pub limiter: Arc<Limiter>,
+    /// The rate-limit headers `/json` and `/check` report, as the gRPC answers carry them.
+    pub response_headers: crate::grpc::headers::Style,
     pub metrics: Option<PrometheusHandle>,
     pub health: Arc<Health>,
 }
@@ -157,7 +160,8 @@ async fn decide(s: &AdminState, request: &limiter::Request) -> Response {
                 Code::Ok => StatusCode::OK,
                 Code::OverLimit => StatusCode::TOO_MANY_REQUESTS,
             };
-            (status, axum::Json(response_json(&resp))).into_response()
+            let headers = crate::grpc::headers::headers(&s.response_headers, &resp);
+            (status, axum::Json(response_json(&resp, &headers))).into_response()
         }
         Err(e) if e.is_invalid_argument() => bad_request(&e.to_string()),
         Err(e) => error_body(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
@@ -330,7 +334,9 @@ fn duration_json(d: Duration) -> String {
     }
 }
 
-fn response_json(resp: &limiter::Response) -> Value {
+/// The body of `/json` and `/check`: the response in proto3's JSON mapping, with
+/// `responseHeadersToAdd` when `--response-headers` asks for them (as the peer's `/json` has).
+fn response_json(resp: &limiter::Response, headers: &[HeaderValue]) -> Value {
     let statuses: Vec<JsonStatus> = resp
         .statuses
         .iter()
@@ -345,10 +351,18 @@ fn response_json(resp: &limiter::Response) -> Value {
             duration_until_reset: s.duration_until_reset.map(duration_json),
         })
         .collect();
-    json!({
+    let mut body = json!({
         "overallCode": code_name(resp.overall_code),
         "statuses": statuses,
-    })
+    });
+    if !headers.is_empty() {
+        let headers: Vec<Value> = headers
+            .iter()
+            .map(|h| json!({ "key": h.key, "value": h.value }))
+            .collect();
+        body["responseHeadersToAdd"] = Value::Array(headers);
+    }
+    body
 }
 
 #[cfg(test)]

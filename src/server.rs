@@ -170,6 +170,7 @@ pub async fn run(
     });
     let admin = crate::http::router(AdminState {
         limiter,
+        response_headers: options.response_headers.clone(),
         metrics,
         health,
     });

@@ -524,6 +524,20 @@ async fn response_headers_from_the_peers_variables() {
     let reset: u64 = headers[2].1.parse().unwrap();
     // Seconds until the hour's quota is back: at most two windows for the sliding default.
     assert!((1..=7200).contains(&reset), "{reset}");
+    // The peer's /json body carries them too.
+    let body = serde_json::json!({"domain": "another", "descriptors": [
+        {"entries": [{"key": "key2", "value": unique()}]},
+    ]});
+    let resp = http::post_json(&format!("{}/json", peer.http_url()), &body).await;
+    let headers = &resp.json()["responseHeadersToAdd"];
+    assert_eq!(
+        headers[0],
+        serde_json::json!({"key": "RateLimit-Limit", "value": "20"})
+    );
+    assert_eq!(
+        headers[1],
+        serde_json::json!({"key": "X-Left", "value": "19"})
+    );
 }
 
 /// A variable tollgate cannot honour is named at start-up, in one line.
