@@ -359,6 +359,42 @@ mod tests {
     }
 
     #[test]
+    fn response_headers_take_a_style_and_header_names_are_checked() {
+        let style = |argv: &[&str]| {
+            let argv = ["tollgate", "serve"].iter().chain(argv);
+            match Cli::try_parse_from(argv).map(|c| c.command) {
+                Ok(Command::Serve(args)) => Ok(args.response_headers),
+                Ok(_) => panic!("serve expected"),
+                Err(e) => Err(e.kind()),
+            }
+        };
+        assert_eq!(style(&[]), Ok(ResponseHeaders::Off));
+        assert_eq!(style(&["--response-headers"]), Ok(ResponseHeaders::Peer));
+        assert_eq!(
+            style(&["--response-headers", "--shadow-mode"]),
+            Ok(ResponseHeaders::Peer)
+        );
+        assert_eq!(
+            style(&["--response-headers", "true"]),
+            Ok(ResponseHeaders::Peer)
+        );
+        assert_eq!(
+            style(&["--response-headers", "false"]),
+            Ok(ResponseHeaders::Off)
+        );
+        assert_eq!(
+            style(&["--response-headers", "ietf"]),
+            Ok(ResponseHeaders::Ietf)
+        );
+        assert!(style(&["--response-headers", "x"]).is_err());
+        assert!(style(&["--limit-header", "Bad Name"]).is_err());
+        assert_eq!(
+            style(&["--reset-header", "X-Reset"]),
+            Ok(ResponseHeaders::Off)
+        );
+    }
+
+    #[test]
     fn ratios_and_durations_are_checked() {
         assert!(parse_ratio("0.9").is_ok());
         assert!(parse_ratio("1.5").is_err());
