@@ -24,6 +24,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service: Envoy's RateLimitService over gRPC, and the admin HTTP port.
+    #[command(
+        after_help = "envoyproxy/ratelimit's environment variables (RUNTIME_ROOT, PORT, GRPC_PORT, REDIS_URL, \
+                      LOG_LEVEL, …) are read too, as defaults below flags and TOLLGATE_*; see docs/migration.md."
+    )]
     Serve(ServeArgs),
     /// Validate rule files; print `file:line:column: message` for each error and exit non-zero.
     Check(CheckArgs),
