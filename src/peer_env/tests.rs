@@ -119,6 +119,8 @@ fn log_level_and_format_take_logrus_names() {
     assert_eq!(args.log.log_format, LogFormat::Json);
     let (args, _) = ok(&[], &[("LOG_LEVEL", "Fatal"), ("LOG_FORMAT", "text")]);
     assert_eq!(args.log.log_level, "error");
+    let (args, _) = ok(&[], &[("LOG_LEVEL", "debug")]);
+    assert_eq!(args.log.log_level, "info,tollgate=debug");
     assert_eq!(args.log.log_format, LogFormat::Text);
     assert!(refused(&[("LOG_LEVEL", "loud")]).contains("LOG_LEVEL"));
 }

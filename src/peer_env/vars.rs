@@ -125,10 +125,12 @@ impl Peer<'_> {
 }
 
 /// logrus level names (case-insensitive) as tracing filters; `fatal` and `panic` log errors.
+/// The peer's `debug` and `trace` speak of the service itself, so here they apply to tollgate's
+/// own lines, and its libraries (h2, hyper, fred) stay at `info`.
 pub(super) fn log_level(level: &str) -> Result<&'static str> {
     Ok(match level.to_ascii_lowercase().as_str() {
-        "trace" => "trace",
-        "debug" => "debug",
+        "trace" => "info,tollgate=trace",
+        "debug" => "info,tollgate=debug",
         "info" => "info",
         "warn" | "warning" => "warn",
         "error" | "fatal" | "panic" => "error",
