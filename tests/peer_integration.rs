@@ -553,3 +553,155 @@ async fn unsupported_variables_are_named_in_one_line() {
     });
     assert!(named, "{}", peer.proc.log());
 }
+
+/// The peer's docker-compose.yml: `./examples` mounted at `/data` (here a temp dir holding its
+/// `ratelimit/config/*.yaml`), and its ratelimit service's environment, with Redis on loopback.
+fn compose_deployment(redis: &RedisServer) -> (tempfile::TempDir, Vec<(&'static str, String)>) {
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("ratelimit/config");
+    std::fs::create_dir_all(&config).unwrap();
+    for file in ["config.yaml", "example.yaml"] {
+        std::fs::copy(fixtures().join("compose").join(file), config.join(file)).unwrap();
+    }
+    let env = vec![
+        ("USE_STATSD", "false".to_string()),
+        ("LOG_LEVEL", "debug".to_string()),
+        ("REDIS_SOCKET_TYPE", "tcp".to_string()),
+        ("REDIS_URL", redis.addr()),
+        ("RUNTIME_ROOT", data.path().display().to_string()),
+        ("RUNTIME_SUBDIRECTORY", "ratelimit".to_string()),
+        ("MEMCACHE_HOST_PORT", "memcached:11211".to_string()),
+    ];
+    (data, env)
+}
+
+/// The peer's example deployment (docker-compose.yml): its environment, with Redis and the ports
+/// on loopback, and its rule directory `examples/ratelimit/config` mounted at
+/// `/data/ratelimit/config`. The answers are the ones its README documents for the curls it lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peers_example_deployment_runs_unchanged() {
+    let redis = tokio::task::block_in_place(RedisServer::start);
+    let (_data, env) = compose_deployment(&redis);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let peer = Peer::start(&env);
+    assert!(
+        !peer.proc.log().contains("not supported"),
+        "{}",
+        peer.proc.log()
+    );
+    common::fleet::window_with_room(
+        Duration::from_secs(60),
+        Duration::from_secs(10),
+        Duration::ZERO,
+    )
+    .await;
+    let mut c = peer.client().await;
+    let codes = |resp: RateLimitResponse| grpc::overall(&resp);
+    // curl localhost:8888/test: source_cluster=proxy, destination_cluster=mock, 1 per minute.
+    let test: &[(&str, &str)] = &[("source_cluster", "proxy"), ("destination_cluster", "mock")];
+    assert_eq!(codes(ask(&mut c, "rl", &[test]).await), Code::Ok);
+    assert_eq!(codes(ask(&mut c, "rl", &[test]).await), Code::OverLimit);
+    // curl /header -H "foo: foo": 2 per minute.
+    for expected in [Code::Ok, Code::Ok, Code::OverLimit] {
+        assert_eq!(
+            codes(ask(&mut c, "rl", &[&[("foo", "foo")]]).await),
+            expected
+        );
+    }
+    // curl /twoheader -H "foo: foo" -H "bar: bar": any bar under foo, 3 per minute.
+    for expected in [Code::Ok, Code::Ok, Code::Ok, Code::OverLimit] {
+        let resp = ask(&mut c, "rl", &[&[("foo", "foo"), ("bar", "bar")]]).await;
+        assert_eq!(codes(resp), expected);
+    }
+    // -H "baz: baz": 1 per second, "this will be rate limited".
+    let baz: &[(&str, &str)] = &[("foo", "foo"), ("baz", "baz")];
+    assert_eq!(codes(ask(&mut c, "rl", &[baz]).await), Code::Ok);
+    assert_eq!(codes(ask(&mut c, "rl", &[baz]).await), Code::OverLimit);
+    // -H "bar: banned": a limit of 0.
+    let banned = ask(&mut c, "rl", &[&[("foo", "foo"), ("bar", "banned")]]).await;
+    assert_eq!(codes(banned), Code::OverLimit);
+    // -H "baz: shady": shadow mode, never limited.
+    for _ in 0..5 {
+        let shady = ask(&mut c, "rl", &[&[("foo", "foo"), ("baz", "shady")]]).await;
+        assert_eq!(codes(shady), Code::Ok);
+    }
+    // -H "baz: not-so-shady": 3 per minute.
+    for expected in [Code::Ok, Code::Ok, Code::Ok, Code::OverLimit] {
+        let resp = ask(&mut c, "rl", &[&[("foo", "foo"), ("baz", "not-so-shady")]]).await;
+        assert_eq!(codes(resp), expected);
+    }
+    // The other file of the mounted directory.
+    let mongo = ask(&mut c, "mongo_cps", &[&[("database", "users")]]).await;
+    assert_eq!(shapes(&mongo), [limited(Code::Ok, 500, Unit::Second, 499)]);
+    assert!(!redis.keys().is_empty(), "the counters are not in Redis");
+}
+
+/// The peer's example Envoy config (examples/envoy/proxy.yaml), only its addresses and ports
+/// changed, in front of tollgate started as its compose file starts the peer: the README's curls
+/// get the answers it documents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peers_example_envoy_config_limits_through_envoy() {
+    let redis = tokio::task::block_in_place(RedisServer::start);
+    let (data, env) = compose_deployment(&redis);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let peer = Peer::start(&env);
+
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mock = upstream.local_addr().unwrap().port();
+    let app = axum::Router::new().fallback(|| async { "ok" });
+    tokio::spawn(async move { axum::serve(upstream, app).await });
+    let ports = common::free_ports(2);
+    let (admin, listener) = (ports[0], ports[1]);
+    let mut yaml = std::fs::read_to_string(fixtures().join("compose/proxy.yaml.envoy")).unwrap();
+    for (from, to) in [
+        ("address: ratelimit\n", "address: 127.0.0.1\n".to_string()),
+        ("address: envoy-mock\n", "address: 127.0.0.1\n".to_string()),
+        ("address: 0.0.0.0\n", "address: 127.0.0.1\n".to_string()),
+        ("port_value: 8001\n", format!("port_value: {admin}\n")),
+        ("port_value: 8888\n", format!("port_value: {listener}\n")),
+        ("port_value: 8081\n", format!("port_value: {}\n", peer.grpc)),
+        ("port_value: 9999\n", format!("port_value: {mock}\n")),
+        ("port_value: 10001\n", format!("port_value: {mock}\n")),
+    ] {
+        assert!(yaml.contains(from), "proxy.yaml has no {from:?}");
+        yaml = yaml.replace(from, &to);
+    }
+    let args = ["--service-cluster", "proxy", "--service-node", "proxy"];
+    let _envoy =
+        tokio::task::block_in_place(|| common::Envoy::start_with_args(&yaml, admin, &args));
+    common::fleet::window_with_room(
+        Duration::from_secs(60),
+        Duration::from_secs(10),
+        Duration::ZERO,
+    )
+    .await;
+
+    let client = http::client();
+    let get = |path: &str, headers: &[(&str, &str)]| {
+        let mut req = client.get(format!("http://127.0.0.1:{listener}{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    // curl localhost:8888/test: 1 per minute.
+    assert_eq!(get("/test", &[]).await, 200);
+    assert_eq!(get("/test", &[]).await, 429);
+    // curl localhost:8888/header -H "foo: foo": 2 per minute.
+    for expected in [200, 200, 429] {
+        assert_eq!(get("/header", &[("foo", "foo")]).await, expected);
+    }
+    // "Ban a particular header value".
+    assert_eq!(
+        get("/twoheader", &[("foo", "foo"), ("bar", "banned")]).await,
+        429
+    );
+    // "This will never be ratelimited since baz with value shady is in shadow_mode".
+    for _ in 0..4 {
+        assert_eq!(
+            get("/twoheader", &[("foo", "foo"), ("baz", "shady")]).await,
+            200
+        );
+    }
+    drop(data);
+}
