@@ -82,6 +82,10 @@ pub struct ServeArgs {
     /// Global quota mode: every descriptor is a quota-mode descriptor.
     #[arg(long, env = "TOLLGATE_QUOTA_MODE")]
     pub quota_mode: bool,
+    /// Return envoyproxy/ratelimit's response dynamic metadata (the request, and the `metadata:`
+    /// of the rules it passed) to Envoy.
+    #[arg(long, env = "TOLLGATE_RESPONSE_DYNAMIC_METADATA")]
+    pub response_dynamic_metadata: bool,
     /// Keys the over-limit cache in front of a remote store may hold.
     #[arg(long, env = "TOLLGATE_OVER_LIMIT_CACHE_ENTRIES", default_value_t = crate::store::overlimit::DEFAULT_MAX_ENTRIES)]
     pub over_limit_cache_entries: usize,

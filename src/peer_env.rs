@@ -155,6 +155,11 @@ pub fn apply(
         ("SHADOW_MODE", "shadow_mode", &mut args.shadow_mode),
         ("QUOTA_MODE", "quota_mode", &mut args.quota_mode),
         (
+            "RESPONSE_DYNAMIC_METADATA",
+            "response_dynamic_metadata",
+            &mut args.response_dynamic_metadata,
+        ),
+        (
             "MERGE_DOMAIN_CONFIG",
             "merge_domain_config",
             &mut args.merge_domain_config,

@@ -185,6 +185,7 @@ fn limits_headers_modes_and_health_map_onto_their_flags() {
             ("MERGE_DOMAIN_CONFIG", "TRUE"),
             ("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", "true"),
             ("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED", "true"),
+            ("RESPONSE_DYNAMIC_METADATA", "true"),
         ],
     );
     assert_eq!(args.near_limit_ratio, 0.9);
@@ -194,6 +195,7 @@ fn limits_headers_modes_and_health_map_onto_their_flags() {
     assert_eq!(args.remaining_header, "X-Left");
     assert!(args.shadow_mode && args.quota_mode && args.merge_domain_config);
     assert!(args.stop_charging_when_over && args.healthy_only_with_rules);
+    assert!(args.response_dynamic_metadata);
     let (args, _) = ok(
         &["--response-headers", "ietf"],
         &[("LIMIT_RESPONSE_HEADERS_ENABLED", "true")],
