@@ -26,6 +26,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service: Envoy's RateLimitService over gRPC, and the admin HTTP port.
+    #[command(
+        after_help = "envoyproxy/ratelimit's environment variables (RUNTIME_ROOT, PORT, GRPC_PORT, REDIS_URL, \
+                      LOG_LEVEL, …) are read too, as defaults below flags and TOLLGATE_*; see docs/migration.md."
+    )]
     Serve(ServeArgs),
     /// Validate rule files; print `file:line:column: message` for each error and exit non-zero.
     Check(CheckArgs),
@@ -61,6 +65,24 @@ pub struct ServeArgs {
     /// (costs a second store call per request; see docs/migration.md for the bound under races).
     #[arg(long, env = "TOLLGATE_STOP_CHARGING_WHEN_OVER")]
     pub stop_charging_when_over: bool,
+    /// Rate-limit headers for Envoy to add to responses: `peer` (envoyproxy/ratelimit's
+    /// RateLimit-Limit/-Remaining/-Reset, names below), `ietf` (the draft's RateLimit and
+    /// RateLimit-Policy) or `off`. The bare flag means `peer`.
+    #[arg(long, env = "TOLLGATE_RESPONSE_HEADERS", value_enum, default_value_t = ResponseHeaders::Off,
+          num_args = 0..=1, default_missing_value = "peer")]
+    pub response_headers: ResponseHeaders,
+    /// Name of the header carrying the limit, with `--response-headers peer`.
+    #[arg(long, env = "TOLLGATE_LIMIT_HEADER", default_value = "RateLimit-Limit", value_parser = parse_header_name)]
+    pub limit_header: String,
+    /// Name of the header carrying the hits remaining, with `--response-headers peer`.
+    #[arg(long, env = "TOLLGATE_REMAINING_HEADER", default_value = "RateLimit-Remaining", value_parser = parse_header_name)]
+    pub remaining_header: String,
+    /// Name of the header carrying the seconds until reset, with `--response-headers peer`.
+    #[arg(long, env = "TOLLGATE_RESET_HEADER", default_value = "RateLimit-Reset", value_parser = parse_header_name)]
+    pub reset_header: String,
+    /// Report healthy (/healthcheck, gRPC health) only while the rules in force hold a domain.
+    #[arg(long, env = "TOLLGATE_HEALTHY_ONLY_WITH_RULES")]
+    pub healthy_only_with_rules: bool,
     /// Return envoyproxy/ratelimit's response dynamic metadata (the request, and the `metadata:`
     /// of the rules it passed) to Envoy.
     #[arg(long, env = "TOLLGATE_RESPONSE_DYNAMIC_METADATA")]
@@ -71,9 +93,9 @@ pub struct ServeArgs {
     pub envoy_ratelimit_metrics: bool,
     #[command(flatten)]
     pub rules: RuleArgs,
-    /// Add X-RateLimit-Limit/-Remaining/-Reset headers to responses (for Envoy to pass on).
-    #[arg(long, env = "TOLLGATE_RESPONSE_HEADERS")]
-    pub response_headers: bool,
+    /// Keys the over-limit cache in front of a remote store may hold.
+    #[arg(long, env = "TOLLGATE_OVER_LIMIT_CACHE_ENTRIES", default_value_t = crate::store::overlimit::DEFAULT_MAX_ENTRIES)]
+    pub over_limit_cache_entries: usize,
     /// After SIGTERM, keep serving this long with health checks failing, before closing the ports.
     #[arg(long, env = "TOLLGATE_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
     pub drain_delay: Duration,
@@ -119,9 +141,22 @@ impl ServeArgs {
             timeout: self.store_timeout,
             on_error: self.on_store_error,
             instances: self.instances,
+            over_limit_cache_entries: self.over_limit_cache_entries,
             ..ResilienceOptions::default()
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ResponseHeaders {
+    /// No rate-limit headers.
+    #[value(alias = "false")]
+    Off,
+    /// envoyproxy/ratelimit's `RateLimit-Limit`, `-Remaining`, `-Reset` (names configurable).
+    #[value(alias = "true")]
+    Peer,
+    /// draft-ietf-httpapi-ratelimit-headers: `RateLimit` and `RateLimit-Policy`.
+    Ietf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -235,6 +270,13 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     match parse_duration(s)? {
         d if d.is_zero() => Err(format!("`{s}` must be longer than zero")),
         d => Ok(d),
+    }
+}
+
+fn parse_header_name(s: &str) -> Result<String, String> {
+    match axum::http::HeaderName::from_bytes(s.as_bytes()) {
+        Ok(_) => Ok(s.to_owned()),
+        Err(_) => Err(format!("`{s}` is not a valid HTTP header name")),
     }
 }
 
@@ -362,6 +404,42 @@ mod tests {
             let argv = ["tollgate", "serve", bad[0], bad[1]];
             assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn response_headers_take_a_style_and_header_names_are_checked() {
+        let style = |argv: &[&str]| {
+            let argv = ["tollgate", "serve"].iter().chain(argv);
+            match Cli::try_parse_from(argv).map(|c| c.command) {
+                Ok(Command::Serve(args)) => Ok(args.response_headers),
+                Ok(_) => panic!("serve expected"),
+                Err(e) => Err(e.kind()),
+            }
+        };
+        assert_eq!(style(&[]), Ok(ResponseHeaders::Off));
+        assert_eq!(style(&["--response-headers"]), Ok(ResponseHeaders::Peer));
+        assert_eq!(
+            style(&["--response-headers", "--shadow-mode"]),
+            Ok(ResponseHeaders::Peer)
+        );
+        assert_eq!(
+            style(&["--response-headers", "true"]),
+            Ok(ResponseHeaders::Peer)
+        );
+        assert_eq!(
+            style(&["--response-headers", "false"]),
+            Ok(ResponseHeaders::Off)
+        );
+        assert_eq!(
+            style(&["--response-headers", "ietf"]),
+            Ok(ResponseHeaders::Ietf)
+        );
+        assert!(style(&["--response-headers", "x"]).is_err());
+        assert!(style(&["--limit-header", "Bad Name"]).is_err());
+        assert_eq!(
+            style(&["--reset-header", "X-Reset"]),
+            Ok(ResponseHeaders::Off)
+        );
     }
 
     #[test]

@@ -8,9 +8,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{BenchArgs, CheckArgs, LogArgs, LogFormat, ServeArgs, StoreKind};
+use crate::cli::{BenchArgs, CheckArgs, LogArgs, LogFormat, ResponseHeaders, ServeArgs, StoreKind};
 use crate::clock::SystemClock;
 use crate::config::Snapshot;
+use crate::grpc::headers;
 use crate::limiter::{Limiter, Settings};
 use crate::reload::LiveRules;
 use crate::server::{self, ServeOptions};
@@ -111,14 +112,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         tracing::warn!("--config-source xds: the rules come from xDS; --config is not read");
     }
     let config = args.config.clone().filter(|_| xds.is_none());
-    let rules = LiveRules::with_options(config.clone(), args.rules.load_options()).map_err(
-        |errors| {
+    let rules =
+        LiveRules::with_options(config.clone(), args.rules.load_options()).map_err(|errors| {
             for e in &errors {
                 tracing::error!("{e}");
             }
             anyhow::anyhow!("the rules could not be loaded ({} errors)", errors.len())
-        },
-    )?;
+        })?;
 
     let shutdown = CancellationToken::new();
     let tasks = tokio_util::task::TaskTracker::new();
@@ -193,7 +193,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     tasks.close();
 
     let options = ServeOptions {
-        response_headers: args.response_headers,
+        response_headers: header_style(&args),
+        healthy_only_with_rules: args.healthy_only_with_rules,
         drain_delay: args.drain_delay,
         drain_timeout: args.drain_timeout,
         grpc_threads: args.grpc_threads,
@@ -210,6 +211,18 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     shutdown.cancel();
     tasks.wait().await;
     result.context("serving")
+}
+
+fn header_style(args: &ServeArgs) -> headers::Style {
+    match args.response_headers {
+        ResponseHeaders::Off => headers::Style::Off,
+        ResponseHeaders::Peer => headers::Style::Peer(headers::PeerNames {
+            limit: args.limit_header.clone(),
+            remaining: args.remaining_header.clone(),
+            reset: args.reset_header.clone(),
+        }),
+        ResponseHeaders::Ietf => headers::Style::Ietf,
+    }
 }
 
 /// Listens for SIGTERM and SIGINT from the moment it returns (before "serving" is logged, so a

@@ -3,11 +3,13 @@
 //! Only translation lives here: protobuf in, [`limiter::Request`] out; [`limiter::Response`] in,
 //! protobuf out. Errors map to gRPC statuses in one place ([`status_of`]): invalid requests are
 //! `INVALID_ARGUMENT`; store failures are `UNAVAILABLE`, so that Envoy's `failure_mode_deny` decides.
+//! The rate-limit headers a response may carry are in [`headers`].
+
+pub mod headers;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
     Code as PbCode, DescriptorStatus, RateLimit as PbRateLimit, rate_limit::Unit as PbUnit,
@@ -26,10 +28,10 @@ use crate::config::Unit;
 use crate::limiter::{self, Code, LimitError, LimitOverride, Limiter};
 use crate::metrics as m;
 
-/// The gRPC service; `response_headers` adds `X-RateLimit-*` headers to every response.
+/// The gRPC service; `response_headers` says which rate-limit headers Envoy should add.
 pub struct RlsService {
     limiter: Arc<Limiter>,
-    response_headers: bool,
+    response_headers: headers::Style,
     /// Latency handles for the two codes of nearly every call, taken from the recorder at first
     /// use: `metrics::histogram!` with a label looks the metric up in the registry on every call.
     latency_ok: OnceLock<metrics::Histogram>,
@@ -37,7 +39,7 @@ pub struct RlsService {
 }
 
 impl RlsService {
-    pub fn new(limiter: Arc<Limiter>, response_headers: bool) -> Self {
+    pub fn new(limiter: Arc<Limiter>, response_headers: headers::Style) -> Self {
         Self {
             limiter,
             response_headers,
@@ -73,7 +75,7 @@ impl RateLimitService for RlsService {
                     .clone();
                 (
                     latency,
-                    Ok(Response::new(to_proto(&resp, self.response_headers))),
+                    Ok(Response::new(to_proto(&resp, &self.response_headers))),
                 )
             }
             Err(e) => {
@@ -165,7 +167,7 @@ fn descriptor_from_proto(
     })
 }
 
-pub fn to_proto(resp: &limiter::Response, response_headers: bool) -> RateLimitResponse {
+pub fn to_proto(resp: &limiter::Response, response_headers: &headers::Style) -> RateLimitResponse {
     let statuses = resp
         .statuses
         .iter()
@@ -181,22 +183,10 @@ pub fn to_proto(resp: &limiter::Response, response_headers: bool) -> RateLimitRe
             quota: None,
         })
         .collect();
-    let response_headers_to_add = if response_headers {
-        rate_limit_headers(resp)
-            .into_iter()
-            .map(|(key, value)| HeaderValue {
-                key: key.to_owned(),
-                value,
-                raw_value: Vec::new(),
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
     RateLimitResponse {
         overall_code: code_to_proto(resp.overall_code) as i32,
         statuses,
-        response_headers_to_add,
+        response_headers_to_add: headers::headers(response_headers, resp),
         dynamic_metadata: resp
             .dynamic_metadata
             .as_ref()
@@ -225,32 +215,6 @@ fn value_of(v: serde_json::Value) -> PbValue {
         J::Object(o) => Kind::StructValue(struct_of(o)),
     };
     PbValue { kind: Some(kind) }
-}
-
-/// `X-RateLimit-Limit`, `-Remaining` and `-Reset` for the tightest descriptor, in the form of the
-/// IETF draft Envoy itself uses (`limit, limit;w=window_seconds`).
-pub fn rate_limit_headers(resp: &limiter::Response) -> Vec<(&'static str, String)> {
-    let Some(status) = resp.tightest() else {
-        return Vec::new();
-    };
-    let Some(limit) = &status.current_limit else {
-        return Vec::new();
-    };
-    let window = limit.window.as_secs().max(1);
-    let reset = status
-        .duration_until_reset
-        .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
-    vec![
-        (
-            "X-RateLimit-Limit",
-            format!(
-                "{}, {};w={}",
-                limit.requests_per_unit, limit.requests_per_unit, window
-            ),
-        ),
-        ("X-RateLimit-Remaining", status.limit_remaining.to_string()),
-        ("X-RateLimit-Reset", reset.to_string()),
-    ]
 }
 
 fn code_to_proto(code: Code) -> PbCode {

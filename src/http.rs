@@ -16,11 +16,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -32,9 +32,18 @@ use crate::limiter::{self, Code, LimitOverride, Limiter};
 #[derive(Debug, Default)]
 pub struct Health {
     draining: AtomicBool,
+    /// envoyproxy/ratelimit's `HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED`: no domain, not healthy.
+    needs_rules: bool,
 }
 
 impl Health {
+    pub fn new(needs_rules: bool) -> Self {
+        Self {
+            draining: AtomicBool::new(false),
+            needs_rules,
+        }
+    }
+
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
@@ -42,11 +51,19 @@ impl Health {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
+
+    /// Not draining, and holding rules if they are required.
+    pub fn is_serving(&self, limiter: &Limiter) -> bool {
+        let without_rules = self.needs_rules && limiter.rules().current().snapshot.is_empty();
+        !self.is_draining() && !without_rules
+    }
 }
 
 #[derive(Clone)]
 pub struct AdminState {
     pub limiter: Arc<Limiter>,
+    /// The rate-limit headers `/json` and `/check` report, as the gRPC answers carry them.
+    pub response_headers: crate::grpc::headers::Style,
     pub metrics: Option<PrometheusHandle>,
     pub health: Arc<Health>,
 }
@@ -64,6 +81,8 @@ pub fn router(state: AdminState) -> Router {
 async fn healthcheck(State(s): State<AdminState>) -> Response {
     if s.health.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if !s.health.is_serving(&s.limiter) {
+        (StatusCode::SERVICE_UNAVAILABLE, "no rules loaded\n").into_response()
     } else {
         (StatusCode::OK, "OK\n").into_response()
     }
@@ -94,13 +113,12 @@ async fn rlconfig(State(s): State<AdminState>) -> Response {
     .into_response()
 }
 
-async fn json_endpoint(
-    State(s): State<AdminState>,
-    body: Result<axum::Json<JsonRequest>, JsonRejection>,
-) -> Response {
-    let request = match body {
-        Ok(axum::Json(r)) => r,
-        Err(e) => return bad_request(&e.body_text()),
+/// Reads the body as JSON whatever its content type: envoyproxy/ratelimit's documented call is
+/// `curl --data @-`, which sends `application/x-www-form-urlencoded`.
+async fn json_endpoint(State(s): State<AdminState>, body: axum::body::Bytes) -> Response {
+    let request: JsonRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(&format!("the body is not a RateLimitRequest: {e}")),
     };
     match request.into_request() {
         Ok(r) => decide(&s, &r).await,
@@ -142,7 +160,8 @@ async fn decide(s: &AdminState, request: &limiter::Request) -> Response {
                 Code::Ok => StatusCode::OK,
                 Code::OverLimit => StatusCode::TOO_MANY_REQUESTS,
             };
-            (status, axum::Json(response_json(&resp))).into_response()
+            let headers = crate::grpc::headers::headers(&s.response_headers, &resp);
+            (status, axum::Json(response_json(&resp, &headers))).into_response()
         }
         Err(e) if e.is_invalid_argument() => bad_request(&e.to_string()),
         Err(e) => error_body(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
@@ -306,7 +325,9 @@ fn duration_json(d: Duration) -> String {
     }
 }
 
-fn response_json(resp: &limiter::Response) -> Value {
+/// The body of `/json` and `/check`: the response in proto3's JSON mapping, with
+/// `responseHeadersToAdd` when `--response-headers` asks for them (as the peer's `/json` has).
+fn response_json(resp: &limiter::Response, headers: &[HeaderValue]) -> Value {
     let statuses: Vec<JsonStatus> = resp
         .statuses
         .iter()
@@ -321,10 +342,18 @@ fn response_json(resp: &limiter::Response) -> Value {
             duration_until_reset: s.duration_until_reset.map(duration_json),
         })
         .collect();
-    json!({
+    let mut body = json!({
         "overallCode": code_name(resp.overall_code),
         "statuses": statuses,
-    })
+    });
+    if !headers.is_empty() {
+        let headers: Vec<Value> = headers
+            .iter()
+            .map(|h| json!({ "key": h.key, "value": h.value }))
+            .collect();
+        body["responseHeadersToAdd"] = Value::Array(headers);
+    }
+    body
 }
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use tollgate::cli::{Cli, Command};
 use tollgate::commands;
+
+mod peer_env;
 
 // glibc's malloc was a sixth of the server's and the load generator's CPU under load (perf: malloc,
 // _int_malloc, _int_free, malloc_consolidate); mimalloc's thread-local free lists cost far less.
@@ -10,7 +12,11 @@ use tollgate::commands;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match cli.command {
         Command::Check(args) => {
             if commands::check(&args) {
@@ -26,11 +32,24 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Serve(args) => {
+        Command::Serve(mut args) => {
+            // envoyproxy/ratelimit's variables fill in what flags and TOLLGATE_* left at default.
+            let serve = matches.subcommand_matches("serve").unwrap_or(&matches);
+            let env = std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect();
+            let peer = match peer_env::apply(&mut args, serve, &env) {
+                Ok(report) => report,
+                Err(e) => {
+                    eprintln!("tollgate: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
             if let Err(e) = commands::init_logging(&args.log) {
                 eprintln!("tollgate: {e:#}");
                 return ExitCode::FAILURE;
             }
+            peer_env::log(&peer);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

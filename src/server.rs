@@ -33,8 +33,10 @@ use crate::limiter::Limiter;
 /// How the service behaves around its listeners.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// Add `X-RateLimit-*` headers to every gRPC response.
-    pub response_headers: bool,
+    /// Which rate-limit headers Envoy is asked to add to responses.
+    pub response_headers: crate::grpc::headers::Style,
+    /// Healthy only while the rules in force hold at least one domain.
+    pub healthy_only_with_rules: bool,
     /// How long to keep serving, marked unhealthy, after shutdown begins.
     pub drain_delay: Duration,
     /// How long in-flight calls may take to finish once the ports stop accepting.
@@ -47,7 +49,8 @@ pub struct ServeOptions {
 impl Default for ServeOptions {
     fn default() -> Self {
         Self {
-            response_headers: false,
+            response_headers: crate::grpc::headers::Style::Off,
+            healthy_only_with_rules: false,
             drain_delay: Duration::ZERO,
             drain_timeout: Duration::from_secs(20),
             grpc_threads: None,
@@ -74,15 +77,31 @@ pub async fn run(
     options: ServeOptions,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let health = Arc::new(Health::default());
+    let health = Arc::new(Health::new(options.healthy_only_with_rules));
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let rls = RlsService::new(limiter.clone(), options.response_headers).into_server();
-    reporter
-        .set_service_status("", ServingStatus::Serving)
-        .await;
-    reporter
-        .set_service_status(RLS_SERVICE_NAME, ServingStatus::Serving)
-        .await;
+    let rls = RlsService::new(limiter.clone(), options.response_headers.clone()).into_server();
+    let serving = health.is_serving(&limiter);
+    set_health(&reporter, serving).await;
+    let rules_health = options.healthy_only_with_rules.then(|| {
+        let (health, reporter, limiter) = (health.clone(), reporter.clone(), limiter.clone());
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            // Rules change by reload; the gRPC health follows within one tick.
+            let mut tick = tokio::time::interval(RULES_HEALTH_INTERVAL);
+            let mut last = serving;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = shutdown.cancelled() => break,
+                }
+                let now = health.is_serving(&limiter);
+                if now != last && !health.is_draining() {
+                    set_health(&reporter, now).await;
+                    last = now;
+                }
+            }
+        })
+    });
 
     // Stop accepting only after the drain delay; until then health says not-serving.
     let stop_accepting = CancellationToken::new();
@@ -95,12 +114,7 @@ pub async fn run(
             shutdown.cancelled().await;
             tracing::info!(?delay, "draining: health turns not-serving");
             health.set_draining();
-            reporter
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
-            reporter
-                .set_service_status(RLS_SERVICE_NAME, ServingStatus::NotServing)
-                .await;
+            set_health(&reporter, false).await;
             tokio::time::sleep(delay).await;
             stop.cancel();
         })
@@ -156,6 +170,7 @@ pub async fn run(
     });
     let admin = crate::http::router(AdminState {
         limiter,
+        response_headers: options.response_headers.clone(),
         metrics,
         health,
     });
@@ -179,6 +194,9 @@ pub async fn run(
         }
     }
     let _ = drain.await;
+    if let Some(task) = rules_health {
+        let _ = task.await;
+    }
     if let Some(upkeep) = upkeep {
         let _ = upkeep.await;
     }
@@ -279,5 +297,26 @@ fn joined<T>(r: Result<T, tokio::task::JoinError>) -> Result<T, ServeError> {
 /// How often histogram samples are folded into their buckets when nothing scrapes `/metrics`.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Sets every name the gRPC health service answers for: the server (""), the service's fully
+/// qualified name, and envoyproxy/ratelimit's `ratelimit`, which its deployments probe.
+async fn set_health(reporter: &tonic_health::server::HealthReporter, serving: bool) {
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    for name in HEALTH_NAMES {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+/// How often the gRPC health rechecks the rules with `healthy_only_with_rules`.
+const RULES_HEALTH_INTERVAL: Duration = Duration::from_millis(250);
+
 /// The fully qualified name under which the gRPC health service reports the rate-limit service.
 pub const RLS_SERVICE_NAME: &str = "envoy.service.ratelimit.v3.RateLimitService";
+
+/// envoyproxy/ratelimit's name for itself in the gRPC health service.
+pub const PEER_SERVICE_NAME: &str = "ratelimit";
+
+const HEALTH_NAMES: [&str; 3] = ["", RLS_SERVICE_NAME, PEER_SERVICE_NAME];

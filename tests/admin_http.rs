@@ -113,6 +113,53 @@ async fn post_json_answers_200_then_429() {
     );
 }
 
+/// envoyproxy/ratelimit's documented call, `curl --data @-`, sends a form content type; a bare
+/// client sends none. Both bodies are read as JSON; a bad body is still a 400 that says why.
+#[tokio::test]
+async fn post_json_reads_json_whatever_the_content_type() {
+    let (_dir, tg) = start();
+    let url = format!("{}/json", tg.http_url());
+    let body = json!({
+        "domain": "api",
+        "descriptors": [{"entries": [{"key": "user_id", "value": "curl"}]}]
+    })
+    .to_string();
+    let form = http::post(&url, "application/x-www-form-urlencoded", body.clone()).await;
+    assert_eq!(form.status, 200, "{}", form.body);
+    assert_eq!(form.json()["statuses"][0]["limitRemaining"], 1);
+    let bare = http::client().post(&url).body(body).send().await.unwrap();
+    assert_eq!(bare.status().as_u16(), 200);
+    let bad = http::post(&url, "text/plain", "{\"domain\": ").await;
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("RateLimitRequest")
+    );
+}
+
+/// With `--response-headers`, the body carries the headers a gRPC answer would.
+#[tokio::test]
+async fn post_json_carries_the_response_headers() {
+    let (_dir, tg) = Tollgate::with_rules(RULES, &["--response-headers", "ietf"]);
+    let url = format!("{}/json", tg.http_url());
+    let body = json!({
+        "domain": "api",
+        "descriptors": [{"entries": [{"key": "user_id", "value": "ietf"}]}]
+    });
+    let v = http::post_json(&url, &body).await.json();
+    assert_eq!(v["responseHeadersToAdd"][0]["key"], "RateLimit-Policy");
+    assert_eq!(
+        v["responseHeadersToAdd"][0]["value"],
+        "\"default\";q=2;w=60"
+    );
+    assert_eq!(v["responseHeadersToAdd"][1]["key"], "RateLimit");
+    let (_plain_dir, plain) = start();
+    let plain = http::post_json(&format!("{}/json", plain.http_url()), &body).await;
+    assert!(plain.json().get("responseHeadersToAdd").is_none());
+}
+
 #[tokio::test]
 async fn get_check_answers_200_then_429_with_json() {
     let (_dir, tg) = start();

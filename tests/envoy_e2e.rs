@@ -205,6 +205,53 @@ async fn limit_then_429_with_ratelimit_headers() {
     assert_eq!(stack.get(None).await.status().as_u16(), 200);
 }
 
+/// tollgate's own headers (`response_headers_to_add`) pass through Envoy to the client, on the
+/// allowed responses and on the 429: envoyproxy/ratelimit's three by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_style_headers_from_tollgate_reach_the_client() {
+    let stack = Stack::start_with(&["--response-headers", "peer"], 2).await;
+    for remaining in ["1", "0"] {
+        let resp = stack.get(Some("jack")).await;
+        assert_eq!(resp.status().as_u16(), 200);
+        assert_eq!(header(&resp, "ratelimit-limit").as_deref(), Some("2"));
+        assert_eq!(
+            header(&resp, "ratelimit-remaining").as_deref(),
+            Some(remaining)
+        );
+        let reset: u64 = header(&resp, "ratelimit-reset").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&reset), "{reset}");
+    }
+    let resp = stack.get(Some("jack")).await;
+    assert_eq!(resp.status().as_u16(), 429);
+    assert_eq!(header(&resp, "ratelimit-limit").as_deref(), Some("2"));
+    assert_eq!(header(&resp, "ratelimit-remaining").as_deref(), Some("0"));
+    assert!(header(&resp, "ratelimit-reset").is_some());
+    // Envoy's own X-RateLimit-* still come beside them.
+    assert_eq!(limit_header(&resp), Some("2".to_string()));
+}
+
+/// The IETF draft's `RateLimit-Policy` and `RateLimit` fields, through Envoy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ietf_style_headers_from_tollgate_reach_the_client() {
+    let stack = Stack::start_with(&["--response-headers", "ietf"], 2).await;
+    let resp = stack.get(Some("kate")).await;
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        header(&resp, "ratelimit-policy").as_deref(),
+        Some(r#""default";q=2;w=60"#)
+    );
+    let field = header(&resp, "ratelimit").unwrap();
+    let reset = field
+        .strip_prefix(r#""default";r=1;t="#)
+        .unwrap_or_else(|| panic!("RateLimit: {field}"));
+    assert!((1..=60).contains(&reset.parse::<u64>().unwrap()), "{field}");
+    assert_eq!(header(&resp, "ratelimit-limit"), None);
+    stack.get(Some("kate")).await;
+    let resp = stack.get(Some("kate")).await;
+    assert_eq!(resp.status().as_u16(), 429);
+    assert!(header(&resp, "ratelimit").unwrap().contains(";r=0;"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_are_isolated() {
     let stack = Stack::start(2, true, false).await;
