@@ -241,10 +241,10 @@ fn redis_cluster_promotes_a_replica_when_a_master_dies() {
 
 #[tokio::test]
 async fn envoy_starts_and_serves_a_direct_response() {
-    let ports = common::free_ports(2);
-    let (admin, listener) = (ports[0], ports[1]);
-    let config = format!(
-        r#"
+    let config = |ports: &[u16]| {
+        let (admin, listener) = (ports[0], ports[1]);
+        format!(
+            r#"
 admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
 static_resources:
@@ -269,8 +269,10 @@ static_resources:
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
 "#
-    );
-    let mut envoy = Envoy::start(&config, admin);
+        )
+    };
+    let (mut envoy, ports) = Envoy::start_on_ports(2, config);
+    let listener = ports[1];
     let resp = common::http::get(&format!("http://127.0.0.1:{listener}/anything")).await;
     assert_eq!(resp.status, 200);
     assert_eq!(resp.body, "hello from envoy");

@@ -34,7 +34,8 @@ struct Node {
     /// A config file, passed first (Sentinel needs one on disk that it can rewrite).
     config: Option<PathBuf>,
     port: u16,
-    bus_port: Option<u16>,
+    /// A second port and the flag that gives it: `--cluster-port` or `--tls-port`.
+    second_port: Option<(&'static str, u16)>,
     args: Vec<String>,
     dir: tempfile::TempDir,
 }
@@ -49,7 +50,7 @@ impl Node {
             proc: None,
             config: None,
             port: 0,
-            bus_port: None,
+            second_port: None,
             args,
             dir,
         }
@@ -70,8 +71,8 @@ impl Node {
             .args(["--daemonize", "no", "--logfile", ""])
             .arg("--dir")
             .arg(self.dir.path());
-        if let Some(bus) = self.bus_port {
-            cmd.arg("--cluster-port").arg(bus.to_string());
+        if let Some((flag, port)) = self.second_port {
+            cmd.arg(flag).arg(port.to_string());
         }
         cmd.args(&self.args).current_dir(self.dir.path());
         if !self.log_path().exists() {
@@ -100,13 +101,14 @@ impl Node {
         ))
     }
 
-    /// First start: picks free ports, retrying on new ones if a port was taken meanwhile.
-    fn start(&mut self, cluster: bool) {
+    /// First start: picks free ports (a second one for `second_port_flag`), retrying on new ones
+    /// if a port was taken meanwhile.
+    fn start(&mut self, second_port_flag: Option<&'static str>) {
         let mut last_error = String::new();
         for _ in 0..PORT_ATTEMPTS {
             let ports = free_ports(2);
             self.port = ports[0];
-            self.bus_port = cluster.then_some(ports[1]);
+            self.second_port = second_port_flag.map(|flag| (flag, ports[1]));
             match self.launch_and_wait() {
                 Ok(()) => return,
                 Err(e) => {
@@ -216,8 +218,37 @@ impl RedisServer {
         let mut args = string_args(&["--save", "", "--appendonly", "no"]);
         args.extend(string_args(extra_args));
         let mut node = Node::new("redis-test-", args);
-        node.start(false);
+        node.start(None);
         RedisServer { node }
+    }
+
+    /// Also serves TLS on a port of its own (see [`tls_port`](Self::tls_port)) with this
+    /// certificate, key and CA (clients are not asked for certificates). Picked with the plain
+    /// port, so a port taken meanwhile means a retry on new ones, as for any start.
+    pub fn start_tls(cert: &Path, key: &Path, ca: &Path) -> RedisServer {
+        let path = |p: &Path| p.to_str().expect("utf-8 path").to_string();
+        let mut args = string_args(&["--save", "", "--appendonly", "no"]);
+        args.extend([
+            "--tls-cert-file".to_string(),
+            path(cert),
+            "--tls-key-file".to_string(),
+            path(key),
+            "--tls-ca-cert-file".to_string(),
+            path(ca),
+            "--tls-auth-clients".to_string(),
+            "no".to_string(),
+        ]);
+        let mut node = Node::new("redis-tls-test-", args);
+        node.start(Some("--tls-port"));
+        RedisServer { node }
+    }
+
+    /// The TLS port of a [`start_tls`](Self::start_tls) server.
+    pub fn tls_port(&self) -> u16 {
+        match self.node.second_port {
+            Some(("--tls-port", port)) => port,
+            _ => panic!("this redis-server was not started with start_tls"),
+        }
     }
 
     /// `redis://127.0.0.1:P`
@@ -315,7 +346,7 @@ impl RedisSentinel {
         )
         .expect("write sentinel.conf");
         node.config = Some(config);
-        node.start(false);
+        node.start(None);
         RedisSentinel { node }
     }
 
@@ -385,7 +416,7 @@ impl RedisCluster {
         let mut nodes = Vec::with_capacity(CLUSTER_NODES);
         for _ in 0..CLUSTER_NODES {
             let mut node = Node::new("redis-cluster-test-", args.clone());
-            node.start(true);
+            node.start(Some("--cluster-port"));
             nodes.push(node);
         }
         let mut cluster = RedisCluster { nodes };
