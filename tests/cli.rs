@@ -102,7 +102,13 @@ fn sigterm_drains_when_stderr_is_a_closed_pipe() {
 
     // Port 0: the test only signals the process, so any free port will do, picked by its bind.
     let mut child = Command::new(tollgate::binary())
-        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

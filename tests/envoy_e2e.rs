@@ -204,19 +204,6 @@ impl Stack {
     }
 }
 
-/// The rules count per clock minute: a test on real clocks that starts in a minute's last
-/// seconds waits for the next one, so no window rolls over between its requests.
-async fn away_from_a_minute_boundary() {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    let into_minute = Duration::from_millis((now.as_millis() % 60_000) as u64);
-    if into_minute > Duration::from_secs(50) {
-        tokio::time::sleep(Duration::from_secs(60) - into_minute + Duration::from_millis(100))
-            .await;
-    }
-}
-
 /// The limit itself: the first value of `x-ratelimit-limit` (`3, 3;w=60;name="…"` → `3`).
 fn limit_header(resp: &reqwest::Response) -> Option<String> {
     header(resp, "x-ratelimit-limit").map(|l| l.split(',').next().unwrap_or("").trim().to_string())
@@ -372,7 +359,13 @@ async fn two_envoys_two_tollgates_one_redis_cluster_share_one_limit() {
         Stack::start_with(&args, 4).await,
         Stack::start_with(&args, 4).await,
     );
-    away_from_a_minute_boundary().await;
+    // The rules count per minute of Redis' clock: start with enough of this minute left.
+    common::fleet::window_with_room(
+        Duration::from_secs(60),
+        Duration::from_secs(10),
+        Duration::ZERO,
+    )
+    .await;
     let mut passed = 0;
     for i in 0..10 {
         let stack = if i % 2 == 0 { &a } else { &b };

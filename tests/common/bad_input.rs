@@ -9,8 +9,8 @@ use super::Service;
 use super::grpc::{self, Code, DescriptorExt, RlsClient, RlsRequest, Unit};
 use super::http;
 
-/// Limit 5 an hour per user (an hour, so no case straddles a window boundary in practice), and
-/// 5 an hour per `(team, user_id)` pair.
+/// Limit 5 an hour per user, and 5 an hour per `(team, user_id)` pair. On a real clock, start the
+/// cases with enough of the hour left (`fleet::window_with_room`).
 pub const RULES: &str = r#"
 domain: api
 descriptors:
