@@ -21,6 +21,35 @@ fn free_ports_are_distinct_and_bindable() {
 }
 
 #[test]
+fn on_free_ports_starts_again_only_when_a_port_was_taken() {
+    let mut tried = Vec::new();
+    let started = common::on_free_ports(2, |ports| {
+        tried.push(ports.to_vec());
+        match tried.len() {
+            1 => Err("bind: Address already in use".to_string()),
+            _ => Ok(ports[0]),
+        }
+    });
+    assert_eq!(tried.len(), 2);
+    assert_eq!(started, Ok(tried[1][0]));
+
+    let mut calls = 0;
+    let failed: Result<(), String> = common::on_free_ports(1, |_| {
+        calls += 1;
+        Err("bad config".to_string())
+    });
+    assert_eq!((calls, failed), (1, Err("bad config".to_string())));
+
+    let mut calls = 0;
+    let failed: Result<(), String> = common::on_free_ports(1, |_| {
+        calls += 1;
+        Err("Address already in use".to_string())
+    });
+    assert_eq!(calls, 3, "gives up after three tries");
+    assert!(failed.is_err());
+}
+
+#[test]
 fn wait_until_reports_success_and_timeout() {
     let mut calls = 0;
     assert!(common::wait_until(Duration::from_secs(5), || {

@@ -14,7 +14,6 @@ use super::process::{self, Proc};
 
 /// How long `start` waits for the admin `/ready` endpoint.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
-const PORT_ATTEMPTS: usize = 3;
 
 pub struct Envoy {
     proc: Proc,
@@ -27,16 +26,10 @@ impl Envoy {
     /// `config(&ports)`; if a port was taken meanwhile, does so again on new ports. Panics with
     /// the log if Envoy is not ready in 30 s. Returns the ports it was started on.
     pub fn start_on_ports(n: usize, config: impl Fn(&[u16]) -> String) -> (Envoy, Vec<u16>) {
-        let mut last_error = String::new();
-        for _ in 0..PORT_ATTEMPTS {
-            let ports = super::free_ports(n);
-            match Self::try_start(&config(&ports), ports[0], &[]) {
-                Ok(envoy) => return (envoy, ports),
-                Err(e) if e.contains("Address already in use") => last_error = e,
-                Err(e) => panic!("{e}"),
-            }
-        }
-        panic!("{last_error}")
+        super::on_free_ports(n, |ports| {
+            Self::try_start(&config(ports), ports[0], &[]).map(|envoy| (envoy, ports.to_vec()))
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Runs `envoy -c <config>` with `config_yaml`, whose `admin` listens on

@@ -86,6 +86,28 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
+/// How many times a process that must be told its ports is started on new ones.
+const PORT_ATTEMPTS: usize = 3;
+
+/// Calls `start` with `n` ports that were free a moment ago; when it fails because one was taken
+/// in the meantime (its error says "in use", as in "Address already in use"), does so again on new
+/// ones. The one place where a process that cannot be handed a listener (Envoy, redis-server, the
+/// tollgate binary) gets its ports, so no test fails on that race.
+pub fn on_free_ports<T>(
+    n: usize,
+    mut start: impl FnMut(&[u16]) -> Result<T, String>,
+) -> Result<T, String> {
+    let mut last_error = String::new();
+    for _ in 0..PORT_ATTEMPTS {
+        match start(&free_ports(n)) {
+            Ok(started) => return Ok(started),
+            Err(e) if e.contains("in use") => last_error = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_error)
+}
+
 /// Polls `cond` until it returns true; false if `timeout` passed first.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

@@ -13,13 +13,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::process::{self, Proc};
-use super::{free_ports, require_binary, wait_until};
+use super::{on_free_ports, require_binary, wait_until};
 
 /// How long a node gets to answer PING after it is spawned.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a new cluster gets to reach `cluster_state:ok` everywhere with replicas in sync.
 const FORM_TIMEOUT: Duration = Duration::from_secs(30);
-const PORT_ATTEMPTS: usize = 3;
 /// A redis-cli call that takes longer (e.g. on a SIGSTOPped node) fails.
 const CLI_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -104,24 +103,14 @@ impl Node {
     /// First start: picks free ports (a second one for `second_port_flag`), retrying on new ones
     /// if a port was taken meanwhile.
     fn start(&mut self, second_port_flag: Option<&'static str>) {
-        let mut last_error = String::new();
-        for _ in 0..PORT_ATTEMPTS {
-            let ports = free_ports(2);
+        let started = on_free_ports(2, |ports| {
             self.port = ports[0];
             self.second_port = second_port_flag.map(|flag| (flag, ports[1]));
-            match self.launch_and_wait() {
-                Ok(()) => return,
-                Err(e) => {
-                    let retry = e.contains("Address already in use");
-                    last_error = e;
-                    self.proc = None;
-                    if !retry {
-                        break;
-                    }
-                }
-            }
+            self.launch_and_wait().inspect_err(|_| self.proc = None)
+        });
+        if let Err(e) = started {
+            panic!("{e}");
         }
-        panic!("{last_error}");
     }
 
     fn is_running(&mut self) -> bool {
