@@ -4,7 +4,7 @@
 //! stands still, so minute-long fixed windows never roll over mid-test), or, for the fleet on a
 //! Redis Cluster, two real binaries. Every wait polls against a deadline.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 //! that stands still, so no window ends mid-test: a burst is admitted exactly, and every hit after
 //! it is refused.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! closed loop, an open-loop run that completes at about its rate, and a clear failure on an
 //! unreachable target. The server's clock stands still, so a run never straddles a minute edge.
 
-mod common;
+use crate::common;
 
 use common::{Server, tollgate};
 

@@ -5,7 +5,7 @@
 //! Rules use minute/hour windows and explicit algorithms; the in-process store's clock stands
 //! still, so every answer is deterministic.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

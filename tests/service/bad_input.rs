@@ -4,7 +4,7 @@
 //! `file:line:column`. The request cases live in `common::bad_input`, shared with the Redis store's
 //! tests/redis_bad_input.rs.
 
-mod common;
+use crate::common;
 
 use common::Server;
 use common::bad_input as cases;

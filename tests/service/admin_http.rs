@@ -2,7 +2,7 @@
 //! this process. Each test that reads a counter has a rule of its own (the recorder is shared by
 //! the process), so its counts are exact.
 
-mod common;
+use crate::common;
 
 use common::Server;
 use common::grpc::{self, Code};

@@ -1,7 +1,7 @@
 //! The `tollgate` command line: `check` on good and bad files, and help that documents the
 //! `TOLLGATE_*` environment variables.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
