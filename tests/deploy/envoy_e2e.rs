@@ -32,7 +32,12 @@ fn rules(user_limit: u32) -> String {
     )
 }
 
-/// A shipped config with its four ports replaced and `failure_mode_deny` set.
+/// How long Envoy waits for tollgate here. The shipped 250 ms suits production; on a loaded test
+/// machine a call can take longer, and a timed-out call passes (fail open) or fails (closed)
+/// whatever tollgate decided, so exact counts would depend on the machine's load.
+const RLS_TIMEOUT: &str = "5s";
+
+/// A shipped config with its four ports replaced, `failure_mode_deny` set and [`RLS_TIMEOUT`].
 fn shipped(file: &str, ports: [u16; 4], deny: bool) -> String {
     let mut out = std::fs::read_to_string(envoy_dir().join(file)).unwrap();
     let listener = if file == "sidecar.yaml" { 15006 } else { 10000 };
@@ -41,11 +46,17 @@ fn shipped(file: &str, ports: [u16; 4], deny: bool) -> String {
         assert_eq!(out.matches(&needle).count(), 1, "{needle} must occur once");
         out = out.replace(&needle, &format!("port_value: {to} "));
     }
-    assert_eq!(out.matches("failure_mode_deny: false").count(), 1);
-    out.replace(
-        "failure_mode_deny: false",
-        &format!("failure_mode_deny: {deny}"),
-    )
+    for (from, to) in [
+        (
+            "failure_mode_deny: false",
+            format!("failure_mode_deny: {deny}"),
+        ),
+        ("timeout: 0.25s", format!("timeout: {RLS_TIMEOUT}")),
+    ] {
+        assert_eq!(out.matches(from).count(), 1, "{from} must occur once");
+        out = out.replace(from, &to);
+    }
+    out
 }
 
 /// An HTTP/1.1 upstream answering 200 "ok" to everything; returns its port.
@@ -354,7 +365,16 @@ async fn tollgate_stopped_mid_traffic() {
 async fn two_envoys_two_tollgates_one_redis_cluster_share_one_limit() {
     let cluster = tokio::task::block_in_place(RedisCluster::start);
     let url = cluster.cluster_url();
-    let args = ["--store", "redis", "--redis-url", url.as_str()];
+    // A store call slower than the default 50 ms (a loaded test machine) would be answered by
+    // each tollgate's local fallback, and the two would no longer share one limit.
+    let args = [
+        "--store",
+        "redis",
+        "--redis-url",
+        url.as_str(),
+        "--store-timeout",
+        "2s",
+    ];
     let (a, b) = (
         Stack::start_with(&args, 4).await,
         Stack::start_with(&args, 4).await,
