@@ -207,6 +207,11 @@ impl Stack {
             .await
     }
 
+    /// Requests Envoy's listener has received.
+    async fn requests(&self) -> u64 {
+        self.envoy.stat("http.public.downstream_rq_total").await
+    }
+
     fn tollgate(&self) -> &Tollgate {
         match &self.rls {
             Rls::Spawned(tollgate) => tollgate,
@@ -316,7 +321,9 @@ async fn tollgate_down_fail_open_passes() {
     for _ in 0..3 {
         assert_eq!(stack.status("dave").await, 200);
     }
-    // Each request asked the service, failed, and was let through for that failure alone.
+    // Each request that reached Envoy asked the service, failed, and was let through for that
+    // failure alone. The requests are Envoy's count: under load, Envoy was seen to receive
+    // one more than the three sent here (a client resend on a new connection).
     let Rls::HangingUp(connections) = &stack.rls else {
         unreachable!()
     };
@@ -324,8 +331,10 @@ async fn tollgate_down_fail_open_passes() {
         connections.load(Ordering::SeqCst) >= 1,
         "Envoy never called"
     );
-    assert_eq!(stack.ratelimit_stat("error").await, 3);
-    assert_eq!(stack.ratelimit_stat("failure_mode_allowed").await, 3);
+    let requests = stack.requests().await;
+    assert!(requests >= 3, "{requests}");
+    assert_eq!(stack.ratelimit_stat("error").await, requests);
+    assert_eq!(stack.ratelimit_stat("failure_mode_allowed").await, requests);
     assert_eq!(stack.ratelimit_stat("ok").await, 0);
 }
 
@@ -337,7 +346,10 @@ async fn tollgate_down_fail_closed_refuses_with_500() {
         assert_eq!(resp.status().as_u16(), 500);
         assert_eq!(header(&resp, "x-envoy-ratelimited"), None);
     }
-    assert_eq!(stack.ratelimit_stat("error").await, 3);
+    // Every request that reached Envoy asked the service and failed.
+    let requests = stack.requests().await;
+    assert!(requests >= 3, "{requests}");
+    assert_eq!(stack.ratelimit_stat("error").await, requests);
     assert_eq!(stack.ratelimit_stat("failure_mode_allowed").await, 0);
 }
 
