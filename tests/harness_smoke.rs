@@ -171,6 +171,31 @@ fn prometheus_helpers_read_samples_by_labels() {
 }
 
 #[test]
+fn redis_tls_answers_on_its_own_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let mut openssl = Command::new(common::require_binary("openssl"));
+    openssl
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(path("key.pem"))
+        .arg("-out")
+        .arg(path("cert.pem"));
+    let out = process::run_with_timeout(openssl, Duration::from_secs(60));
+    assert!(out.success(), "{out:?}");
+    let redis = RedisServer::start_tls(&path("cert.pem"), &path("key.pem"), &path("cert.pem"));
+    assert_ne!(redis.tls_port(), redis.port());
+    let mut cli = Command::new(common::require_binary("redis-cli"));
+    cli.args(["--tls", "--insecure", "-h", "127.0.0.1", "-p"])
+        .arg(redis.tls_port().to_string())
+        .arg("PING");
+    let out = process::run_with_timeout(cli, Duration::from_secs(10));
+    assert_eq!(out.stdout.trim(), "PONG", "{out:?}");
+}
+
+#[test]
 fn faketime_shifts_the_wall_clock_of_a_child() {
     let mut cmd = Command::new("date");
     cmd.args(["-u", "+%Y"])
