@@ -9,14 +9,15 @@
 //!   one Lua script per decision), wrapped by [`store::overlimit`] (keys known to be over their
 //!   limit) and [`store::resilient`] (timeouts, per-shard circuit breakers, `--on-store-error`).
 //! - [`limiter`]: a request's descriptors → rules → store → per-descriptor statuses.
-//! - [`direct`]: the seeds' per-user calls (`rate_limit`, `allow`, `allow_request`, leaky bucket),
-//!   without rule files.
+//! - [`keyed`]: one keyed limiter over any store, and the per-user call shapes on top of it
+//!   (`rate_limit`, `allow`, `allow_request`, leaky bucket), without rule files.
 //! - [`grpc`]: Envoy's `RateLimitService` v3 translated onto the limiter.
 //! - [`http`]: the admin port (`/healthcheck`, `/metrics`, `/rlconfig`, `/json`, `/check`).
 //! - [`metrics`]: metric names, descriptions and recording helpers.
 //! - [`reload`]: watches rule files and SIGHUP, swaps in validated snapshots.
 //! - [`server`]: wires it together: `run(listeners, settings, shutdown)`.
 //! - [`loadgen`]: `tollgate bench`, a closed- or open-loop load generator for any RLS server.
+//! - [`xds`]: rules from an xDS management server (ADS), as Envoy Gateway serves them.
 //! - [`cli`]: the `tollgate` command line.
 
 pub mod algorithm;
@@ -24,9 +25,9 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod config;
-pub mod direct;
 pub mod grpc;
 pub mod http;
+pub mod keyed;
 pub mod keys;
 pub mod limiter;
 pub mod loadgen;
@@ -34,3 +35,4 @@ pub mod metrics;
 pub mod reload;
 pub mod server;
 pub mod store;
+pub mod xds;
