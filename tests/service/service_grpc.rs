@@ -414,19 +414,24 @@ fn grpc_threads(pid: u32) -> BTreeMap<String, u64> {
 #[tokio::test]
 async fn grpc_threads_sets_how_many_threads_serve_and_each_serves() {
     let (_dir, tg) = spawn(&["--grpc-threads", "3"]);
+    // A thread names itself once it runs, and idle threads stay off the CPU: wait until three
+    // are named and none has run for a while, so a thread that runs afterwards was given a
+    // connection.
+    let settled = common::wait_until(Duration::from_secs(10), || {
+        let before = grpc_threads(tg.pid());
+        std::thread::sleep(Duration::from_millis(200));
+        before.len() == 3 && before == grpc_threads(tg.pid())
+    });
+    assert!(
+        settled,
+        "three idle gRPC threads never showed: {:?}",
+        grpc_threads(tg.pid())
+    );
     let idle = grpc_threads(tg.pid());
     assert_eq!(
         idle.keys().collect::<Vec<_>>(),
         ["tollgate-grpc-0", "tollgate-grpc-1", "tollgate-grpc-2"]
     );
-    // Idle threads stay off the CPU, so a thread that ran afterwards was given a connection.
-    let still = common::wait_until(Duration::from_secs(10), || {
-        let before = grpc_threads(tg.pid());
-        std::thread::sleep(Duration::from_millis(200));
-        before == grpc_threads(tg.pid())
-    });
-    assert!(still, "the gRPC threads run while nothing calls them");
-    let idle = grpc_threads(tg.pid());
     // Connections are handed out round robin: six of them reach every thread twice.
     for i in 0..6 {
         let mut c = tg.client().await;
