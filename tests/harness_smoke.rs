@@ -21,6 +21,35 @@ fn free_ports_are_distinct_and_bindable() {
 }
 
 #[test]
+fn on_free_ports_starts_again_only_when_a_port_was_taken() {
+    let mut tried = Vec::new();
+    let started = common::on_free_ports(2, |ports| {
+        tried.push(ports.to_vec());
+        match tried.len() {
+            1 => Err("bind: Address already in use".to_string()),
+            _ => Ok(ports[0]),
+        }
+    });
+    assert_eq!(tried.len(), 2);
+    assert_eq!(started, Ok(tried[1][0]));
+
+    let mut calls = 0;
+    let failed: Result<(), String> = common::on_free_ports(1, |_| {
+        calls += 1;
+        Err("bad config".to_string())
+    });
+    assert_eq!((calls, failed), (1, Err("bad config".to_string())));
+
+    let mut calls = 0;
+    let failed: Result<(), String> = common::on_free_ports(1, |_| {
+        calls += 1;
+        Err("Address already in use".to_string())
+    });
+    assert_eq!(calls, 3, "gives up after three tries");
+    assert!(failed.is_err());
+}
+
+#[test]
 fn wait_until_reports_success_and_timeout() {
     let mut calls = 0;
     assert!(common::wait_until(Duration::from_secs(5), || {
@@ -142,6 +171,31 @@ fn prometheus_helpers_read_samples_by_labels() {
 }
 
 #[test]
+fn redis_tls_answers_on_its_own_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let mut openssl = Command::new(common::require_binary("openssl"));
+    openssl
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(path("key.pem"))
+        .arg("-out")
+        .arg(path("cert.pem"));
+    let out = process::run_with_timeout(openssl, Duration::from_secs(60));
+    assert!(out.success(), "{out:?}");
+    let redis = RedisServer::start_tls(&path("cert.pem"), &path("key.pem"), &path("cert.pem"));
+    assert_ne!(redis.tls_port(), redis.port());
+    let mut cli = Command::new(common::require_binary("redis-cli"));
+    cli.args(["--tls", "--insecure", "-h", "127.0.0.1", "-p"])
+        .arg(redis.tls_port().to_string())
+        .arg("PING");
+    let out = process::run_with_timeout(cli, Duration::from_secs(10));
+    assert_eq!(out.stdout.trim(), "PONG", "{out:?}");
+}
+
+#[test]
 fn faketime_shifts_the_wall_clock_of_a_child() {
     let mut cmd = Command::new("date");
     cmd.args(["-u", "+%Y"])
@@ -241,10 +295,10 @@ fn redis_cluster_promotes_a_replica_when_a_master_dies() {
 
 #[tokio::test]
 async fn envoy_starts_and_serves_a_direct_response() {
-    let ports = common::free_ports(2);
-    let (admin, listener) = (ports[0], ports[1]);
-    let config = format!(
-        r#"
+    let config = |ports: &[u16]| {
+        let (admin, listener) = (ports[0], ports[1]);
+        format!(
+            r#"
 admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
 static_resources:
@@ -269,8 +323,10 @@ static_resources:
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
 "#
-    );
-    let mut envoy = Envoy::start(&config, admin);
+        )
+    };
+    let (mut envoy, ports) = Envoy::start_on_ports(2, config);
+    let listener = ports[1];
     let resp = common::http::get(&format!("http://127.0.0.1:{listener}/anything")).await;
     assert_eq!(resp.status, 200);
     assert_eq!(resp.body, "hello from envoy");

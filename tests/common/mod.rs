@@ -1,7 +1,10 @@
 //! Harness for integration tests over real processes.
 //!
 //! Each `tests/*.rs` file declares `mod common;` and uses what it needs:
-//! - [`Tollgate`]: the real `tollgate serve` binary on two free loopback ports, healthy on return;
+//! - [`Server`]: the service in this process on listeners bound to port 0, its store on a clock
+//!   that stands still: for tests of what the service answers.
+//! - [`Tollgate`]: the real `tollgate serve` binary on two free loopback ports, healthy on return,
+//!   for tests of the binary itself (flags, signals, exit codes, logs, environment);
 //!   [`tollgate::run`] for one-shot subcommands such as `tollgate check`.
 //! - [`RedisServer`] (standalone) and [`RedisCluster`] (3 masters + 3 replicas) on free ports.
 //! - [`Envoy`]: an Envoy process from a YAML config, ready on return.
@@ -20,16 +23,50 @@ pub mod grpc;
 pub mod http;
 pub mod process;
 pub mod redis;
+pub mod server;
 pub mod tollgate;
 
 pub use envoy::Envoy;
 pub use redis::{RedisCluster, RedisSentinel, RedisServer};
+pub use server::Server;
 pub use tollgate::Tollgate;
 
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+/// A running service, in this process ([`Server`]) or spawned ([`Tollgate`]): where to reach it.
+pub trait Service {
+    /// `http://127.0.0.1:P`, the gRPC port.
+    fn grpc_url(&self) -> String;
+    /// `http://127.0.0.1:Q`, the admin port.
+    fn http_url(&self) -> String;
+
+    /// An RLS gRPC client connected to the service.
+    fn client(&self) -> impl Future<Output = grpc::RlsClient> {
+        let url = self.grpc_url();
+        async move { grpc::connect(&url).await }
+    }
+}
+
+impl Service for Tollgate {
+    fn grpc_url(&self) -> String {
+        Tollgate::grpc_url(self)
+    }
+    fn http_url(&self) -> String {
+        Tollgate::http_url(self)
+    }
+}
+
+impl Service for Server {
+    fn grpc_url(&self) -> String {
+        Server::grpc_url(self)
+    }
+    fn http_url(&self) -> String {
+        Server::http_url(self)
+    }
+}
 
 /// How often the `wait_until` helpers poll.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(25);
@@ -48,6 +85,28 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .iter()
         .map(|l| l.local_addr().expect("local_addr").port())
         .collect()
+}
+
+/// How many times a process that must be told its ports is started on new ones.
+const PORT_ATTEMPTS: usize = 3;
+
+/// Calls `start` with `n` ports that were free a moment ago; when it fails because one was taken
+/// in the meantime (its error says "in use", as in "Address already in use"), does so again on new
+/// ones. The one place where a process that cannot be handed a listener (Envoy, redis-server, the
+/// tollgate binary) gets its ports, so no test fails on that race.
+pub fn on_free_ports<T>(
+    n: usize,
+    mut start: impl FnMut(&[u16]) -> Result<T, String>,
+) -> Result<T, String> {
+    let mut last_error = String::new();
+    for _ in 0..PORT_ATTEMPTS {
+        match start(&free_ports(n)) {
+            Ok(started) => return Ok(started),
+            Err(e) if e.contains("in use") => last_error = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_error)
 }
 
 /// Polls `cond` until it returns true; false if `timeout` passed first.

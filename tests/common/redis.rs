@@ -13,13 +13,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::process::{self, Proc};
-use super::{free_ports, require_binary, wait_until};
+use super::{on_free_ports, require_binary, wait_until};
 
 /// How long a node gets to answer PING after it is spawned.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a new cluster gets to reach `cluster_state:ok` everywhere with replicas in sync.
 const FORM_TIMEOUT: Duration = Duration::from_secs(30);
-const PORT_ATTEMPTS: usize = 3;
 /// A redis-cli call that takes longer (e.g. on a SIGSTOPped node) fails.
 const CLI_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -34,7 +33,8 @@ struct Node {
     /// A config file, passed first (Sentinel needs one on disk that it can rewrite).
     config: Option<PathBuf>,
     port: u16,
-    bus_port: Option<u16>,
+    /// A second port and the flag that gives it: `--cluster-port` or `--tls-port`.
+    second_port: Option<(&'static str, u16)>,
     args: Vec<String>,
     dir: tempfile::TempDir,
 }
@@ -49,7 +49,7 @@ impl Node {
             proc: None,
             config: None,
             port: 0,
-            bus_port: None,
+            second_port: None,
             args,
             dir,
         }
@@ -70,8 +70,8 @@ impl Node {
             .args(["--daemonize", "no", "--logfile", ""])
             .arg("--dir")
             .arg(self.dir.path());
-        if let Some(bus) = self.bus_port {
-            cmd.arg("--cluster-port").arg(bus.to_string());
+        if let Some((flag, port)) = self.second_port {
+            cmd.arg(flag).arg(port.to_string());
         }
         cmd.args(&self.args).current_dir(self.dir.path());
         if !self.log_path().exists() {
@@ -100,26 +100,17 @@ impl Node {
         ))
     }
 
-    /// First start: picks free ports, retrying on new ones if a port was taken meanwhile.
-    fn start(&mut self, cluster: bool) {
-        let mut last_error = String::new();
-        for _ in 0..PORT_ATTEMPTS {
-            let ports = free_ports(2);
+    /// First start: picks free ports (a second one for `second_port_flag`), retrying on new ones
+    /// if a port was taken meanwhile.
+    fn start(&mut self, second_port_flag: Option<&'static str>) {
+        let started = on_free_ports(2, |ports| {
             self.port = ports[0];
-            self.bus_port = cluster.then_some(ports[1]);
-            match self.launch_and_wait() {
-                Ok(()) => return,
-                Err(e) => {
-                    let retry = e.contains("Address already in use");
-                    last_error = e;
-                    self.proc = None;
-                    if !retry {
-                        break;
-                    }
-                }
-            }
+            self.second_port = second_port_flag.map(|flag| (flag, ports[1]));
+            self.launch_and_wait().inspect_err(|_| self.proc = None)
+        });
+        if let Err(e) = started {
+            panic!("{e}");
         }
-        panic!("{last_error}");
     }
 
     fn is_running(&mut self) -> bool {
@@ -216,8 +207,37 @@ impl RedisServer {
         let mut args = string_args(&["--save", "", "--appendonly", "no"]);
         args.extend(string_args(extra_args));
         let mut node = Node::new("redis-test-", args);
-        node.start(false);
+        node.start(None);
         RedisServer { node }
+    }
+
+    /// Also serves TLS on a port of its own (see [`tls_port`](Self::tls_port)) with this
+    /// certificate, key and CA (clients are not asked for certificates). Picked with the plain
+    /// port, so a port taken meanwhile means a retry on new ones, as for any start.
+    pub fn start_tls(cert: &Path, key: &Path, ca: &Path) -> RedisServer {
+        let path = |p: &Path| p.to_str().expect("utf-8 path").to_string();
+        let mut args = string_args(&["--save", "", "--appendonly", "no"]);
+        args.extend([
+            "--tls-cert-file".to_string(),
+            path(cert),
+            "--tls-key-file".to_string(),
+            path(key),
+            "--tls-ca-cert-file".to_string(),
+            path(ca),
+            "--tls-auth-clients".to_string(),
+            "no".to_string(),
+        ]);
+        let mut node = Node::new("redis-tls-test-", args);
+        node.start(Some("--tls-port"));
+        RedisServer { node }
+    }
+
+    /// The TLS port of a [`start_tls`](Self::start_tls) server.
+    pub fn tls_port(&self) -> u16 {
+        match self.node.second_port {
+            Some(("--tls-port", port)) => port,
+            _ => panic!("this redis-server was not started with start_tls"),
+        }
     }
 
     /// `redis://127.0.0.1:P`
@@ -315,7 +335,7 @@ impl RedisSentinel {
         )
         .expect("write sentinel.conf");
         node.config = Some(config);
-        node.start(false);
+        node.start(None);
         RedisSentinel { node }
     }
 
@@ -385,7 +405,7 @@ impl RedisCluster {
         let mut nodes = Vec::with_capacity(CLUSTER_NODES);
         for _ in 0..CLUSTER_NODES {
             let mut node = Node::new("redis-cluster-test-", args.clone());
-            node.start(true);
+            node.start(Some("--cluster-port"));
             nodes.push(node);
         }
         let mut cluster = RedisCluster { nodes };

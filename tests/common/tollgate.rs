@@ -5,7 +5,7 @@
 //! returns once `GET /healthcheck` answers 200. Inherited `TOLLGATE_*` variables are removed so a
 //! developer's shell cannot change a test; set them with the builder instead. If the process dies
 //! before it is healthy because a port was taken in the meantime, it is started again on new
-//! ports (up to three times).
+//! ports ([`super::on_free_ports`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,7 +18,6 @@ use super::process::{self, Output, Proc};
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long `stop()` waits after SIGTERM.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
-const PORT_ATTEMPTS: usize = 3;
 
 /// Path of the binary cargo built for this test run.
 pub fn binary() -> PathBuf {
@@ -117,21 +116,16 @@ impl TollgateBuilder {
 
     /// Like [`start`](Self::start) but returns the failure (with the log) instead of panicking.
     pub fn try_start(self) -> Result<Tollgate, String> {
-        let mut last_error = String::new();
-        for _ in 0..PORT_ATTEMPTS {
-            let mut tollgate = self.clone().spawn();
-            match tollgate.wait_healthy(self.health_timeout) {
-                Ok(()) => return Ok(tollgate),
-                Err(e) => {
-                    let port_taken = tollgate.log().contains("in use");
-                    last_error = e;
-                    if !(port_taken && self.ports.is_none()) {
-                        break;
-                    }
-                }
-            }
+        let start = |builder: TollgateBuilder| {
+            let mut tollgate = builder.spawn();
+            tollgate
+                .wait_healthy(self.health_timeout)
+                .map(|()| tollgate)
+        };
+        match self.ports {
+            Some(_) => start(self.clone()),
+            None => super::on_free_ports(2, |p| start(self.clone().ports(p[0], p[1]))),
         }
-        Err(last_error)
     }
 
     /// Starts the process without waiting for it to be healthy (for tests of startup failures).

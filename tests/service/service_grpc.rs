@@ -1,14 +1,17 @@
-//! The gRPC RateLimitService of the real binary, end to end: codes, limits, remaining quota, resets,
-//! hits_addend, overrides, shadow mode, response headers, every algorithm, health and shutdown.
+//! The gRPC RateLimitService end to end: codes, limits, remaining quota, resets, hits_addend,
+//! overrides, shadow mode, response headers, every algorithm and health, served in this process;
+//! shutdown on signals and `--grpc-threads` on the real binary.
 //!
-//! Rules use minute/hour windows and explicit algorithms so every answer is deterministic.
+//! Rules use minute/hour windows and explicit algorithms; the in-process store's clock stands
+//! still, so every answer is deterministic.
 
-mod common;
+use crate::common;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::Tollgate;
 use common::grpc::{self, Code, DescriptorExt, RlsRequest, Unit};
+use common::{Server, Tollgate};
 
 const RULES: &str = r#"
 domain: api
@@ -74,14 +77,19 @@ descriptors:
       burst: 2
 "#;
 
+/// Serves `RULES` in this process.
+fn start() -> Server {
+    Server::with_rules(RULES)
+}
+
 /// Writes `RULES` to a tempdir and starts `tollgate serve --config <it> <extra>`.
-fn start(extra: &[&str]) -> (tempfile::TempDir, Tollgate) {
+fn spawn(extra: &[&str]) -> (tempfile::TempDir, Tollgate) {
     Tollgate::with_rules(RULES, extra)
 }
 
 #[tokio::test]
 async fn within_then_over_limit_with_limit_remaining_and_reset() {
-    let (_dir, tg) = start(&[]);
+    let tg = start();
     let mut c = tg.client().await;
     for expected_remaining in [2, 1, 0] {
         let resp =
@@ -113,7 +121,7 @@ async fn within_then_over_limit_with_limit_remaining_and_reset() {
 
 #[tokio::test]
 async fn users_are_isolated() {
-    let (_dir, tg) = start(&[]);
+    let tg = start();
     let mut c = tg.client().await;
     assert_eq!(
         grpc::count_ok(&mut c, "api", &[("user_id", "alice")], 5).await,
@@ -131,7 +139,7 @@ async fn users_are_isolated() {
 
 #[tokio::test]
 async fn several_descriptors_are_over_if_any_is() {
-    let (_dir, tg) = start(&[]);
+    let tg = start();
     let mut c = tg.client().await;
     for user in ["u1", "u2"] {
         let resp = grpc::should_rate_limit(
@@ -153,7 +161,7 @@ async fn several_descriptors_are_over_if_any_is() {
 
 #[tokio::test]
 async fn request_hits_addend_spends_several() {
-    let (_dir, tg) = start(&[]);
+    let tg = start();
     let mut c = tg.client().await;
     let req = || {
         RlsRequest::new("api")
@@ -174,7 +182,7 @@ async fn request_hits_addend_spends_several() {
 
 #[tokio::test]
 async fn descriptor_hits_addend_and_zero_probe() {
-    let (_dir, tg) = start(&[]);
+    let tg = start();
     let mut c = tg.client().await;
     let probe = || {
         RlsRequest::new("api")
@@ -213,7 +221,7 @@ async fn descriptor_hits_addend_and_zero_probe() {
 
 #[tokio::test]
 async fn descriptor_limit_override_replaces_the_rule() {
-    let (_dir, tg) = start(&[]);
+    let tg = start();
     let mut c = tg.client().await;
     let req = || {
         RlsRequest::new("api")
@@ -230,7 +238,7 @@ async fn descriptor_limit_override_replaces_the_rule() {
 
 #[tokio::test]
 async fn rule_shadow_mode_answers_ok() {
-    let (_dir, tg) = start(&[]);
+    let tg = start();
     let mut c = tg.client().await;
     assert_eq!(
         grpc::count_ok(&mut c, "api", &[("shadow", "x")], 5).await,
@@ -240,7 +248,7 @@ async fn rule_shadow_mode_answers_ok() {
 
 #[tokio::test]
 async fn global_shadow_mode_answers_ok() {
-    let (_dir, tg) = start(&["--shadow-mode"]);
+    let tg = Server::builder().rules(RULES).shadow_mode().start();
     let mut c = tg.client().await;
     assert_eq!(
         grpc::count_ok(&mut c, "api", &[("user_id", "alice")], 6).await,
@@ -250,7 +258,7 @@ async fn global_shadow_mode_answers_ok() {
 
 #[tokio::test]
 async fn response_headers_flag_adds_rate_limit_headers() {
-    let (_dir, tg) = start(&["--response-headers"]);
+    let tg = Server::builder().rules(RULES).response_headers().start();
     let mut c = tg.client().await;
     let resp =
         grpc::should_rate_limit(&mut c, grpc::rls_request("api", &[&[("user_id", "hal")]])).await;
@@ -266,7 +274,7 @@ async fn response_headers_flag_adds_rate_limit_headers() {
     let reset: u64 = header("RateLimit-Reset").parse().unwrap();
     assert!(reset <= 60);
 
-    let (_dir2, plain) = start(&[]);
+    let plain = start();
     let mut c2 = plain.client().await;
     let resp =
         grpc::should_rate_limit(&mut c2, grpc::rls_request("api", &[&[("user_id", "hal")]])).await;
@@ -275,7 +283,7 @@ async fn response_headers_flag_adds_rate_limit_headers() {
 
 #[tokio::test]
 async fn unknown_domain_and_unmatched_descriptor_are_ok() {
-    let (_dir, tg) = start(&[]);
+    let tg = start();
     let mut c = tg.client().await;
     assert_eq!(
         grpc::count_ok(&mut c, "no-such-domain", &[("user_id", "alice")], 10).await,
@@ -294,7 +302,7 @@ async fn unknown_domain_and_unmatched_descriptor_are_ok() {
 
 #[tokio::test]
 async fn unlimited_rule_is_ok_with_max_remaining() {
-    let (_dir, tg) = start(&[]);
+    let tg = start();
     let mut c = tg.client().await;
     for _ in 0..20 {
         let resp = grpc::should_rate_limit(
@@ -309,7 +317,7 @@ async fn unlimited_rule_is_ok_with_max_remaining() {
 
 #[tokio::test]
 async fn every_algorithm_admits_its_limit_then_refuses() {
-    let (_dir, tg) = start(&[]);
+    let tg = start();
     let mut c = tg.client().await;
     for (algo, admitted) in [
         ("sliding_window", 3),
@@ -338,7 +346,7 @@ async fn every_algorithm_admits_its_limit_then_refuses() {
 async fn grpc_health_service_reports_serving() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let (_dir, tg) = start(&[]);
+    let tg = start();
     let channel = tonic::transport::Channel::from_shared(tg.grpc_url())
         .unwrap()
         .connect()
@@ -361,7 +369,7 @@ async fn grpc_health_service_reports_serving() {
 /// so it can answer the server's HTTP/2 GOAWAY/PING while `stop()` blocks this thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_zero() {
-    let (_dir, mut tg) = start(&[]);
+    let (_dir, mut tg) = spawn(&[]);
     let mut c = tg.client().await;
     assert_eq!(
         grpc::check(&mut c, "api", &[("user_id", "a")]).await,
@@ -373,7 +381,7 @@ async fn sigterm_exits_zero() {
 
 #[test]
 fn drain_delay_turns_healthcheck_503_before_exit() {
-    let (_dir, mut tg) = start(&["--drain-delay", "2s"]);
+    let (_dir, mut tg) = spawn(&["--drain-delay", "2s"]);
     assert_eq!(tg.health_status(), Some(200));
     tg.send_signal("TERM");
     assert!(
@@ -387,23 +395,41 @@ fn drain_delay_turns_healthcheck_503_before_exit() {
     assert!(status.success(), "{status}\n{}", tg.log());
 }
 
-/// The names of the process's gRPC threads (`tollgate-grpc-N`), from /proc.
-fn grpc_threads(pid: u32) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+/// The process's gRPC threads (`tollgate-grpc-N`), each with how many times it has run on a CPU
+/// (the third field of /proc's `schedstat`): a thread blocked waiting for work does not move it.
+fn grpc_threads(pid: u32) -> BTreeMap<String, u64> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
         .expect("/proc lists the threads")
-        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-        .map(|comm| comm.trim().to_string())
-        .filter(|comm| comm.starts_with("tollgate-grpc-"))
-        .collect();
-    names.sort();
-    names
+        .filter_map(|task| {
+            let task = task.ok()?.path();
+            let name = std::fs::read_to_string(task.join("comm")).ok()?;
+            let runs = std::fs::read_to_string(task.join("schedstat")).ok()?;
+            let runs = runs.split_whitespace().nth(2)?.parse().ok()?;
+            Some((name.trim().to_string(), runs))
+        })
+        .filter(|(name, _)| name.starts_with("tollgate-grpc-"))
+        .collect()
 }
 
 #[tokio::test]
 async fn grpc_threads_sets_how_many_threads_serve_and_each_serves() {
-    let (_dir, tg) = start(&["--grpc-threads", "3"]);
+    let (_dir, tg) = spawn(&["--grpc-threads", "3"]);
+    // A thread names itself once it runs, and idle threads stay off the CPU: wait until three
+    // are named and none has run for a while, so a thread that runs afterwards was given a
+    // connection.
+    let settled = common::wait_until(Duration::from_secs(10), || {
+        let before = grpc_threads(tg.pid());
+        std::thread::sleep(Duration::from_millis(200));
+        before.len() == 3 && before == grpc_threads(tg.pid())
+    });
+    assert!(
+        settled,
+        "three idle gRPC threads never showed: {:?}",
+        grpc_threads(tg.pid())
+    );
+    let idle = grpc_threads(tg.pid());
     assert_eq!(
-        grpc_threads(tg.pid()),
+        idle.keys().collect::<Vec<_>>(),
         ["tollgate-grpc-0", "tollgate-grpc-1", "tollgate-grpc-2"]
     );
     // Connections are handed out round robin: six of them reach every thread twice.
@@ -413,6 +439,13 @@ async fn grpc_threads_sets_how_many_threads_serve_and_each_serves() {
         assert_eq!(
             grpc::check(&mut c, "api", &[("user_id", &user)]).await,
             Code::Ok
+        );
+    }
+    let served = grpc_threads(tg.pid());
+    for (name, runs) in &idle {
+        assert!(
+            served[name] > *runs,
+            "{name} never ran: it served no connection ({idle:?} then {served:?})"
         );
     }
 }

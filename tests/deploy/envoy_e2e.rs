@@ -1,14 +1,17 @@
 //! End to end through a real Envoy: HTTP clients → Envoy (ratelimit filter, the shipped
-//! `envoy/front-proxy.yaml` with its ports substituted) → a tiny upstream in this test, with a
-//! real tollgate answering Envoy's RateLimitService calls. Rules use minute-long fixed windows, so
-//! counts are deterministic within a test; every wait polls against a deadline.
+//! `envoy/front-proxy.yaml` with its ports substituted) → a tiny upstream in this test, with
+//! tollgate answering Envoy's RateLimitService calls: served in this process (its store's clock
+//! stands still, so minute-long fixed windows never roll over mid-test), or, for the fleet on a
+//! Redis Cluster, two real binaries. Every wait polls against a deadline.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Envoy, RedisCluster, Tollgate};
+use common::{Envoy, RedisCluster, Server, Tollgate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SHIPPED: [&str; 2] = ["front-proxy.yaml", "sidecar.yaml"];
@@ -29,7 +32,12 @@ fn rules(user_limit: u32) -> String {
     )
 }
 
-/// A shipped config with its four ports replaced and `failure_mode_deny` set.
+/// How long Envoy waits for tollgate here. The shipped 250 ms suits production; on a loaded test
+/// machine a call can take longer, and a timed-out call passes (fail open) or fails (closed)
+/// whatever tollgate decided, so exact counts would depend on the machine's load.
+const RLS_TIMEOUT: &str = "5s";
+
+/// A shipped config with its four ports replaced, `failure_mode_deny` set and [`RLS_TIMEOUT`].
 fn shipped(file: &str, ports: [u16; 4], deny: bool) -> String {
     let mut out = std::fs::read_to_string(envoy_dir().join(file)).unwrap();
     let listener = if file == "sidecar.yaml" { 15006 } else { 10000 };
@@ -38,11 +46,17 @@ fn shipped(file: &str, ports: [u16; 4], deny: bool) -> String {
         assert_eq!(out.matches(&needle).count(), 1, "{needle} must occur once");
         out = out.replace(&needle, &format!("port_value: {to} "));
     }
-    assert_eq!(out.matches("failure_mode_deny: false").count(), 1);
-    out.replace(
-        "failure_mode_deny: false",
-        &format!("failure_mode_deny: {deny}"),
-    )
+    for (from, to) in [
+        (
+            "failure_mode_deny: false",
+            format!("failure_mode_deny: {deny}"),
+        ),
+        ("timeout: 0.25s", format!("timeout: {RLS_TIMEOUT}")),
+    ] {
+        assert_eq!(out.matches(from).count(), 1, "{from} must occur once");
+        out = out.replace(from, &to);
+    }
+    out
 }
 
 /// An HTTP/1.1 upstream answering 200 "ok" to everything; returns its port.
@@ -76,51 +90,96 @@ async fn upstream() -> u16 {
     port
 }
 
+/// A gRPC port that accepts connections and closes them at once: a rate-limit service that is
+/// there but never answers. Counts the connections, so a test knows Envoy called it.
+async fn hanging_up() -> (u16, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            drop(sock);
+        }
+    });
+    (port, connections)
+}
+
+/// What answers Envoy's rate-limit calls.
+enum Rls {
+    /// A server in this process.
+    Served(Server),
+    /// A real binary (for a fleet on Redis).
+    Spawned(Tollgate),
+    /// A port that hangs up on every connection; how many there were.
+    HangingUp(Arc<AtomicUsize>),
+}
+
 struct Stack {
-    _envoy: Envoy,
-    tollgate: Option<Tollgate>,
+    envoy: Envoy,
+    rls: Rls,
     rules: PathBuf,
     _rules_dir: tempfile::TempDir,
     url: String,
     client: reqwest::Client,
 }
 
+/// Which rate-limit service a stack starts.
+enum With<'a> {
+    Served,
+    Spawned(&'a [&'a str]),
+    HangingUp,
+}
+
 impl Stack {
-    /// Tollgate (unless `with_tollgate` is false: its port then has nothing behind it) and Envoy.
-    async fn start(user_limit: u32, with_tollgate: bool, deny: bool) -> Stack {
-        Self::start_file("front-proxy.yaml", user_limit, with_tollgate, deny).await
+    /// Tollgate in this process and Envoy failing open.
+    async fn start(user_limit: u32) -> Stack {
+        Self::build("front-proxy.yaml", user_limit, With::Served, false).await
     }
 
-    async fn start_file(file: &str, user_limit: u32, with_tollgate: bool, deny: bool) -> Stack {
-        Self::build(file, user_limit, with_tollgate.then_some(&[][..]), deny).await
-    }
-
-    /// The front proxy before a tollgate started with `tollgate_args`, failing open.
+    /// The front proxy before a tollgate binary started with `tollgate_args`, failing open.
     async fn start_with(tollgate_args: &[&str], user_limit: u32) -> Stack {
-        Self::build("front-proxy.yaml", user_limit, Some(tollgate_args), false).await
+        Self::build(
+            "front-proxy.yaml",
+            user_limit,
+            With::Spawned(tollgate_args),
+            false,
+        )
+        .await
     }
 
-    /// `tollgate`: the extra arguments of the tollgate to start, or `None` for none.
-    async fn build(file: &str, user_limit: u32, tollgate: Option<&[&str]>, deny: bool) -> Stack {
+    async fn build(file: &str, user_limit: u32, with: With<'_>, deny: bool) -> Stack {
         let rules_dir = tempfile::tempdir().unwrap();
         let rules = rules_dir.path().join("rules.yaml");
         std::fs::write(&rules, self::rules(user_limit)).unwrap();
-        let tollgate = tollgate.map(|args| {
-            Tollgate::builder()
-                .arg("--config")
-                .arg(rules.to_str().unwrap())
-                .args(args)
-                .start()
-        });
-        let ports = common::free_ports(4);
-        let rls = tollgate.as_ref().map_or(ports[3], Tollgate::grpc_port);
+        let (rls, rls_port) = match with {
+            With::Served => {
+                let server = Server::builder().config(&rules).watch().start();
+                let port = server.grpc_port();
+                (Rls::Served(server), port)
+            }
+            With::Spawned(args) => {
+                let tollgate = Tollgate::builder()
+                    .arg("--config")
+                    .arg(rules.to_str().unwrap())
+                    .args(args)
+                    .start();
+                let port = tollgate.grpc_port();
+                (Rls::Spawned(tollgate), port)
+            }
+            With::HangingUp => {
+                let (port, connections) = hanging_up().await;
+                (Rls::HangingUp(connections), port)
+            }
+        };
         let app = upstream().await;
-        let yaml = shipped(file, [ports[0], ports[1], app, rls], deny);
-        let envoy = tokio::task::block_in_place(|| Envoy::start(&yaml, ports[0]));
-        away_from_a_minute_boundary().await;
+        let (envoy, ports) = tokio::task::block_in_place(|| {
+            Envoy::start_on_ports(2, |p| shipped(file, [p[0], p[1], app, rls_port], deny))
+        });
         Stack {
-            _envoy: envoy,
-            tollgate,
+            envoy,
+            rls,
             rules,
             _rules_dir: rules_dir,
             url: format!("http://127.0.0.1:{}/orders", ports[1]),
@@ -139,18 +198,25 @@ impl Stack {
     async fn status(&self, user: &str) -> u16 {
         self.get(Some(user)).await.status().as_u16()
     }
-}
 
-/// The rules count per clock minute: a test that starts in a minute's last seconds waits for the
-/// next one, so no window rolls over between its requests.
-async fn away_from_a_minute_boundary() {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    let into_minute = Duration::from_millis((now.as_millis() % 60_000) as u64);
-    if into_minute > Duration::from_secs(50) {
-        tokio::time::sleep(Duration::from_secs(60) - into_minute + Duration::from_millis(100))
-            .await;
+    /// The ratelimit filter's counter `name` (`ok`, `error`, `over_limit`,
+    /// `failure_mode_allowed`), kept under the route's cluster.
+    async fn ratelimit_stat(&self, name: &str) -> u64 {
+        self.envoy
+            .stat(&format!("cluster.app.ratelimit.{name}"))
+            .await
+    }
+
+    /// Requests Envoy's listener has received.
+    async fn requests(&self) -> u64 {
+        self.envoy.stat("http.public.downstream_rq_total").await
+    }
+
+    fn tollgate(&self) -> &Tollgate {
+        match &self.rls {
+            Rls::Spawned(tollgate) => tollgate,
+            _ => panic!("this stack runs no tollgate binary"),
+        }
     }
 }
 
@@ -183,7 +249,7 @@ fn shipped_configs_validate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limit_then_429_with_ratelimit_headers() {
-    let stack = Stack::start(3, true, false).await;
+    let stack = Stack::start(3).await;
     for remaining in (0..3).rev() {
         let resp = stack.get(Some("alice")).await;
         assert_eq!(resp.status().as_u16(), 200);
@@ -254,7 +320,7 @@ async fn ietf_style_headers_from_tollgate_reach_the_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_are_isolated() {
-    let stack = Stack::start(2, true, false).await;
+    let stack = Stack::start(2).await;
     for _ in 0..2 {
         assert_eq!(stack.status("alice").await, 200);
     }
@@ -268,7 +334,7 @@ async fn users_are_isolated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rule_change_reaches_live_traffic() {
-    let stack = Stack::start(1, true, false).await;
+    let stack = Stack::start(1).await;
     assert_eq!(stack.status("carol").await, 200);
     assert_eq!(stack.status("carol").await, 429);
     std::fs::write(&stack.rules, rules(1000)).unwrap();
@@ -284,7 +350,7 @@ async fn rule_change_reaches_live_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_config_limits_the_local_app() {
-    let stack = Stack::start_file("sidecar.yaml", 2, true, false).await;
+    let stack = Stack::build("sidecar.yaml", 2, With::Served, false).await;
     let first = stack.get(Some("gina")).await;
     assert_eq!(first.status().as_u16(), 200);
     let limit = header(&first, "x-ratelimit-limit").unwrap();
@@ -298,27 +364,50 @@ async fn sidecar_config_limits_the_local_app() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tollgate_down_fail_open_passes() {
-    let stack = Stack::start(1, false, false).await;
+    let stack = Stack::build("front-proxy.yaml", 1, With::HangingUp, false).await;
     for _ in 0..3 {
         assert_eq!(stack.status("dave").await, 200);
     }
+    // Each request that reached Envoy asked the service, failed, and was let through for that
+    // failure alone. The requests are Envoy's count: under load, Envoy was seen to receive
+    // one more than the three sent here (a client resend on a new connection).
+    let Rls::HangingUp(connections) = &stack.rls else {
+        unreachable!()
+    };
+    assert!(
+        connections.load(Ordering::SeqCst) >= 1,
+        "Envoy never called"
+    );
+    let requests = stack.requests().await;
+    assert!(requests >= 3, "{requests}");
+    assert_eq!(stack.ratelimit_stat("error").await, requests);
+    assert_eq!(stack.ratelimit_stat("failure_mode_allowed").await, requests);
+    assert_eq!(stack.ratelimit_stat("ok").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tollgate_down_fail_closed_refuses_with_500() {
-    let stack = Stack::start(1, false, true).await;
+    let stack = Stack::build("front-proxy.yaml", 1, With::HangingUp, true).await;
     for _ in 0..3 {
         let resp = stack.get(Some("erin")).await;
         assert_eq!(resp.status().as_u16(), 500);
         assert_eq!(header(&resp, "x-envoy-ratelimited"), None);
     }
+    // Every request that reached Envoy asked the service and failed.
+    let requests = stack.requests().await;
+    assert!(requests >= 3, "{requests}");
+    assert_eq!(stack.ratelimit_stat("error").await, requests);
+    assert_eq!(stack.ratelimit_stat("failure_mode_allowed").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tollgate_stopped_mid_traffic() {
-    let mut stack = Stack::start(1000, true, true).await;
+    let mut stack = Stack::build("front-proxy.yaml", 1000, With::Served, true).await;
     assert_eq!(stack.status("frank").await, 200);
-    stack.tollgate.as_mut().unwrap().stop();
+    let Rls::Served(server) = &mut stack.rls else {
+        unreachable!()
+    };
+    tokio::task::block_in_place(|| server.stop());
     let refused = common::wait_until_async(Duration::from_secs(5), || async {
         stack.status("frank").await == 500
     })
@@ -335,12 +424,27 @@ async fn tollgate_stopped_mid_traffic() {
 async fn two_envoys_two_tollgates_one_redis_cluster_share_one_limit() {
     let cluster = tokio::task::block_in_place(RedisCluster::start);
     let url = cluster.cluster_url();
-    let args = ["--store", "redis", "--redis-url", url.as_str()];
+    // A store call slower than the default 50 ms (a loaded test machine) would be answered by
+    // each tollgate's local fallback, and the two would no longer share one limit.
+    let args = [
+        "--store",
+        "redis",
+        "--redis-url",
+        url.as_str(),
+        "--store-timeout",
+        "2s",
+    ];
     let (a, b) = (
         Stack::start_with(&args, 4).await,
         Stack::start_with(&args, 4).await,
     );
-    away_from_a_minute_boundary().await;
+    // The rules count per minute of Redis' clock: start with enough of this minute left.
+    common::fleet::window_with_room(
+        Duration::from_secs(60),
+        Duration::from_secs(10),
+        Duration::ZERO,
+    )
+    .await;
     let mut passed = 0;
     for i in 0..10 {
         let stack = if i % 2 == 0 { &a } else { &b };
@@ -357,11 +461,7 @@ async fn two_envoys_two_tollgates_one_redis_cluster_share_one_limit() {
     assert_eq!(a.status("ivy").await, 200);
     // The counters are the Cluster's: no store error was answered by the fallback.
     for stack in [&a, &b] {
-        let metrics = common::http::get(&format!(
-            "{}/metrics",
-            stack.tollgate.as_ref().unwrap().http_url()
-        ))
-        .await;
+        let metrics = common::http::get(&format!("{}/metrics", stack.tollgate().http_url())).await;
         let fallback =
             common::http::prometheus_sum(&metrics.body, "tollgate_fallback_decisions_total", &[]);
         assert_eq!(fallback, 0.0, "a decision came from the fallback");

@@ -3,7 +3,7 @@
 //! upstream, drives them with curl and must stop all three. The output lines it prints for each
 //! request (`alice  #6  -> 429  limit=…  remaining=…`) are parsed and checked here.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -4,7 +4,7 @@
 //! Envoy config through `envoy --mode validate`; the Dockerfile through `hadolint`; and the
 //! hardening every pod must carry. `tests/run.sh` installs the tools; a missing one fails.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
