@@ -182,7 +182,7 @@ impl PerSecondLimiter {
     pub async fn try_rate_limit(&self, user_id: &str, limit: u64) -> Result<Decision, DirectError> {
         check_id("user id", user_id)?;
         let quota = Quota::new(
-            Algorithm::SlidingWindow,
+            Algorithm::SlidingWindowEstimate,
             clamp(limit),
             Duration::from_secs(1),
             None,

@@ -63,7 +63,7 @@ use fred::types::{ClusterHash, CustomCommand};
 use parking_lot::RwLock;
 
 use super::{Hit, Partition, Store, StoreError, join_all};
-use crate::algorithm::{Algorithm, Decision};
+use crate::algorithm::Decision;
 use crate::clock::Clock;
 use crate::keys::CounterKey;
 
@@ -96,7 +96,7 @@ const UNRESPONSIVE_AFTER: Duration = Duration::from_secs(2);
 const RECONNECT_MIN_MS: u32 = 100;
 const RECONNECT_MAX_MS: u32 = 5_000;
 /// Values per counter in the script's ARGV and in its reply.
-const ARGS_PER_COUNTER: usize = 6;
+const ARGS_PER_COUNTER: usize = 7;
 const REPLY_PER_COUNTER: usize = 4;
 /// Hash slots in a Redis Cluster.
 const SLOTS: usize = 16_384;
@@ -545,20 +545,14 @@ impl RedisStore {
             group.index.push(i);
             group.keys.push(key);
             let q = hit.quota;
-            let code: i64 = match q.algorithm() {
-                Algorithm::SlidingWindow => 1,
-                Algorithm::FixedWindow => 2,
-                Algorithm::SlidingLog => 3,
-                Algorithm::TokenBucket => 4,
-                Algorithm::LeakyBucket => 5,
-            };
             // More than the capacity never fits: capacity + 1 decides the same and stays small.
             let sent = hit.hits.min(q.burst() + 1);
             group.argv.extend([
-                Value::Integer(code),
+                Value::Integer(i64::from(q.algorithm().code())),
                 Value::Integer(int(q.limit())),
                 Value::Integer(int(q.window_ns().div_ceil(1_000))),
                 Value::Integer(int(q.burst())),
+                Value::Integer(int(q.sub_windows().map_or(0, u64::from))),
                 Value::Integer(int(sent)),
                 match now_us {
                     Some(t) => Value::Integer(int(t)),
