@@ -1,5 +1,9 @@
 //! The rate-limit algorithms, as pure functions of `(quota, state, now, hits)`.
 //!
+//! `sliding_window` (the default) never admits more than `L` in any interval of `W` in `k + 1` counts;
+//! `sliding_log` does the same exactly in O(L); `sliding_window_estimate` and `fixed_window` allow
+//! up to about `2L`, the buckets `B + L` (docs/algorithms.md has the table and the measurements).
+//!
 //! No I/O and no clock reads: a store keeps the [`State`] of each counter and passes `now`, so the same
 //! code runs under a fake clock in tests and inside the memory store; the Redis store runs the same
 //! math as Lua scripts, and a conformance suite holds the two to the same decisions.
