@@ -1,9 +1,9 @@
 //! Counter keys: the one place that decides which hits share a counter.
 //!
-//! A key is the domain, the quota's fingerprint (algorithm, limit, window, burst) and the matched
-//! descriptor entries, each field length-prefixed. Length prefixes make the encoding injective: no
-//! value a client sends (separators, braces, empty strings) can make two different descriptors
-//! produce the same key. The fingerprint means a rule whose quota did not change keeps its counters
+//! A key is the domain, the quota's fingerprint (algorithm code, limit, window, burst, and
+//! sub-windows for `sliding_window`) and the matched descriptor entries, each field
+//! length-prefixed. Length prefixes make the encoding injective: no value a client sends
+//! (separators, braces, empty strings) can make two different descriptors produce the same key. The fingerprint means a rule whose quota did not change keeps its counters
 //! across a reload, and a changed quota starts afresh instead of misreading old state.
 //!
 //! In Redis a key is `tg:{H}` followed by the key's bytes, where `H` is the 16 lowercase hex digits of
@@ -31,10 +31,13 @@ impl CounterKey {
     ) -> Self {
         let mut buf = Vec::with_capacity(64);
         put(&mut buf, domain.as_bytes());
-        buf.push(quota.algorithm() as u8);
+        buf.push(quota.algorithm().code());
         buf.extend_from_slice(&quota.limit().to_le_bytes());
         buf.extend_from_slice(&quota.window_ns().to_le_bytes());
         buf.extend_from_slice(&quota.burst().to_le_bytes());
+        if let Some(k) = quota.sub_windows() {
+            buf.extend_from_slice(&k.to_le_bytes());
+        }
         for (k, v) in parts {
             put(&mut buf, k.as_bytes());
             put(&mut buf, v.as_bytes());

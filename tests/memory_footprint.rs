@@ -9,6 +9,9 @@
 //!
 //! A debug build sends 100,000 users per case to keep the test quick; `cargo test --release --test
 //! memory_footprint -- --nocapture` sends a million and prints the figures quoted in the README.
+//!
+//! Then the window algorithms' state in Redis: `MEMORY USAGE` of one key whose state is as large as
+//! it gets (a hit in each of `sliding_window`'s `k + 1` sub-windows), beside the weighted estimate.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::fmt::Write as _;
@@ -16,7 +19,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tollgate::algorithm::{Algorithm, Quota};
+mod common;
+
+use tollgate::algorithm::{Algorithm, DEFAULT_SUB_WINDOWS, Quota};
 use tollgate::clock::{Clock, ManualClock, NANOS_PER_SEC};
 use tollgate::keys::CounterKey;
 use tollgate::store::Hit;
@@ -221,6 +226,13 @@ fn distinct_users_leave_the_store_at_its_baseline_once_swept() {
     let cases = [
         ("fixed_window", Algorithm::FixedWindow, 4, 1, n),
         ("sliding_window", Algorithm::SlidingWindow, 4, 1, n),
+        (
+            "sliding_window_estimate",
+            Algorithm::SlidingWindowEstimate,
+            4,
+            1,
+            n,
+        ),
         ("sliding_log, 1 run", Algorithm::SlidingLog, 4, 1, n),
         ("sliding_log, 4 runs", Algorithm::SlidingLog, 4, 4, n),
         (
@@ -270,9 +282,11 @@ fn distinct_users_leave_the_store_at_its_baseline_once_swept() {
         );
 
         // An entry is 128 bytes and a bucket adds a control byte; hashbrown fills a table to 7/8
-        // and doubles it, so a key costs 147–295 bytes of table. A sliding log adds its boxed runs.
+        // and doubles it, so a key costs 147–295 bytes of table. A sliding log adds its boxed runs,
+        // a sliding window its k + 1 counts of 4 bytes.
         let runs_bytes = match case.algorithm {
             Algorithm::SlidingLog => 40.0 + 16.0 * case.rounds.next_power_of_two().max(4) as f64,
+            Algorithm::SlidingWindow => 4.0 * f64::from(DEFAULT_SUB_WINDOWS + 1),
             _ => 0.0,
         };
         assert!(
@@ -288,4 +302,75 @@ fn distinct_users_leave_the_store_at_its_baseline_once_swept() {
             m.baseline.bytes
         );
     }
+    a_full_sliding_window_stays_within_twice_the_estimates_redis_memory();
+}
+
+/// `MEMORY USAGE` of every key in `server` (one here), read by a script since key names are binary.
+fn memory_usage(server: &common::RedisServer) -> Vec<u64> {
+    let script = "local out = {} for _, k in ipairs(redis.call('KEYS', '*')) do \
+                  out[#out + 1] = redis.call('MEMORY', 'USAGE', k, 'SAMPLES', 0) end return out";
+    server
+        .cli(&["EVAL", script, "0"])
+        .lines()
+        .map(|l| l.trim().parse().expect("a byte count"))
+        .collect()
+}
+
+/// Redis, after the memory store's cases (in the same test, so that no allocation of it runs while
+/// the counters are read): a full `sliding_window` key costs at most twice the estimate's.
+fn a_full_sliding_window_stays_within_twice_the_estimates_redis_memory() {
+    use tollgate::store::Store;
+    use tollgate::store::redis::{RedisOptions, RedisStore};
+
+    let server = common::RedisServer::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let clock = ManualClock::new(START);
+    let store = rt
+        .block_on(RedisStore::connect(RedisOptions {
+            url: server.url(),
+            pool_size: 1,
+            timeout: Duration::from_secs(5),
+        }))
+        .unwrap()
+        .with_clock(Arc::new(clock.clone()));
+    let window = Duration::from_secs(3_600);
+    let k = DEFAULT_SUB_WINDOWS;
+    let mut bytes = Vec::new();
+    for algorithm in [
+        Algorithm::SlidingWindow,
+        Algorithm::SlidingWindowEstimate,
+        Algorithm::FixedWindow,
+    ] {
+        server.cli(&["FLUSHALL"]);
+        clock.set(START);
+        let quota = Quota::new(algorithm, 1_000_000, window, None).unwrap();
+        let key = CounterKey::new("api", &quota, [("user_id", "user-123456")]);
+        // A hit in each of k + 1 sub-windows, many hits in each: the largest state of every one.
+        for _ in 0..=k {
+            let hit = Hit {
+                key: &key,
+                quota: &quota,
+                hits: 90_000,
+            };
+            assert!(rt.block_on(store.decide(&[hit])).unwrap()[0].allowed);
+            clock.advance(window / k);
+        }
+        let usage = memory_usage(&server);
+        assert_eq!(usage.len(), 1, "{algorithm}: {usage:?}");
+        println!(
+            "Redis MEMORY USAGE, {algorithm} (key name {} bytes): {} bytes",
+            key.redis_key().len(),
+            usage[0]
+        );
+        bytes.push(usage[0]);
+    }
+    assert!(
+        bytes[0] <= 2 * bytes[1],
+        "sliding_window {} bytes against the estimate's {}",
+        bytes[0],
+        bytes[1]
+    );
 }

@@ -8,9 +8,11 @@
 //! - Window k (fresh keys): every algorithm admits exactly L = 20 of 90, so none lost an update to
 //!   a race between instances, and none starved.
 //! - Halfway into window k + 1: fixed_window admits exactly L again (a new aligned window);
-//!   sliding_window admits ⌊L · e / W⌋ for the elapsed `e` bracketed by the test's clock before and
-//!   after the burst (the previous window, full, weighs L · (W − e) / W), which is ≤ L per aligned
-//!   window as its module doc bounds it; sliding_log and both buckets admit nothing (no hit has
+//!   sliding_window_estimate admits ⌊L · e / W⌋ for the elapsed `e` bracketed by the test's clock
+//!   before and after the burst (the previous window, full, weighs L · (W − e) / W), which is ≤ L
+//!   per aligned window as its module doc bounds it; sliding_window (10 sub-windows of 1 s) admits
+//!   L once every hit of the first burst is forgotten (W after the end of its sub-window) and
+//!   nothing while all of them still count; sliding_log and both buckets admit nothing (no hit has
 //!   left the log, less than one hit has refilled or drained).
 //!
 //! The same runs with one instance's wall clock 30 s ahead and one 30 s behind (libfaketime):
@@ -125,8 +127,8 @@ async fn admitted_counts_are_exact(tollgates: &[Tollgate]) {
     for (algo, out) in fleet::algorithms().iter().zip(&outcomes) {
         assert_clean(algo, out);
     }
-    let [sliding, fixed, log, token, leaky] = &outcomes[..] else {
-        unreachable!("five algorithms")
+    let [sliding, fixed, log, token, leaky, estimate] = &outcomes[..] else {
+        unreachable!("six algorithms")
     };
     assert_eq!(fixed.ok, L, "fixed_window, window {}: {fixed:?}", k + 1);
     let (e0, e1) = (
@@ -135,9 +137,26 @@ async fn admitted_counts_are_exact(tollgates: &[Tollgate]) {
     );
     let (low, high) = (sliding_allowance(e0), sliding_allowance(e1));
     assert!(
-        (low..=high).contains(&sliding.ok) && sliding.ok <= L,
-        "sliding_window {e0:?}..{e1:?} into window {}: admitted {}, expected {low}..={high}",
+        (low..=high).contains(&estimate.ok) && estimate.ok <= L,
+        "sliding_window_estimate {e0:?}..{e1:?} into window {}: admitted {}, expected {low}..={high}",
         k + 1,
+        estimate.ok
+    );
+    let forgotten = |t: Duration| {
+        let sub = W / 10;
+        sub * (u32::try_from(t.as_nanos() / sub.as_nanos()).expect("small") + 1) + W
+    };
+    let expected = if forgotten(first_end) <= second_start {
+        L..=L
+    } else if forgotten(first_start) > second_end {
+        0..=0
+    } else {
+        0..=L
+    };
+    assert!(
+        expected.contains(&sliding.ok),
+        "sliding_window: first burst {first_start:?}..{first_end:?}, second \
+         {second_start:?}..{second_end:?}: admitted {}, expected {expected:?}",
         sliding.ok
     );
     assert_eq!(log.ok, 0, "sliding_log within {LOG_WINDOW:?}: {log:?}");

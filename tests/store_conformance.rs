@@ -4,8 +4,10 @@
 //! exactly, and reset_after to the microsecond (the Redis store rounds it up to one).
 //!
 //! Scripted sequences cover every algorithm with windows from 1 ms to a year, limits 1, 3, 1e9 and
-//! u32::MAX (sliding_log up to its cap), bursts, hits of 0, 1, many, more than the capacity and
-//! u64::MAX, backward clock steps and long gaps; a proptest then draws random quotas and sequences.
+//! u32::MAX (sliding_log up to its cap), bursts, sub-windows (1, 3, 10, 100), hits of 0, 1, many,
+//! more than the capacity and u64::MAX, backward clock steps and long gaps; proptests then draw
+//! random quotas and sequences from the algorithms' test kit (`tollgate::algorithm::testkit`): its
+//! general workloads, and the adversary's bursts at every sub-window edge.
 //! Every step decides two counters (another user besides) in one call, so the script's batching over
 //! one or several slots is exercised too. Times are whole microseconds.
 
@@ -17,8 +19,9 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
+use tollgate::algorithm::testkit::{self, Step};
 use tollgate::algorithm::{
-    Algorithm, Decision, MAX_LIMIT, MAX_SLIDING_LOG_LIMIT, MAX_WINDOW, Quota,
+    Algorithm, Decision, MAX_LIMIT, MAX_SLIDING_LOG_LIMIT, MAX_SUB_WINDOWS, MAX_WINDOW, Quota,
 };
 use tollgate::clock::ManualClock;
 use tollgate::keys::CounterKey;
@@ -35,13 +38,6 @@ const HOUR: u64 = 3_600 * SEC;
 const YEAR: u64 = 365 * 24 * HOUR;
 /// A start time far from the epoch, in whole microseconds.
 const START: u64 = 1_700_000_000_123_456 * US;
-
-/// Move the clock by `dt` microseconds (negative: backwards), then ask for `hits`.
-#[derive(Debug, Clone, Copy)]
-struct Step {
-    dt_us: i64,
-    hits: u64,
-}
 
 struct Backends {
     clock: ManualClock,
@@ -102,7 +98,8 @@ async fn compare(b: &Backends, quota: &Quota, steps: &[Step]) -> Result<(), Stri
     let mut now = START;
     b.clock.set(now);
     for (i, step) in steps.iter().enumerate() {
-        now = now.saturating_add_signed(step.dt_us.saturating_mul(1_000));
+        // The kit's steps are in the window's unit, microseconds here.
+        now = now.saturating_add_signed(step.dt.saturating_mul(1_000));
         b.clock.set(now);
         let hits = [
             Hit {
@@ -122,6 +119,13 @@ async fn compare(b: &Backends, quota: &Quota, steps: &[Step]) -> Result<(), Stri
                 .decide(&hits)
                 .await
                 .map_err(|e| format!("{name}: {e}"))?;
+            if got.len() != expected.len() {
+                return Err(format!(
+                    "{name}: {} decisions for {} hits",
+                    got.len(),
+                    hits.len()
+                ));
+            }
             for (e, g) in expected.iter().zip(&got) {
                 if normalized(e) != normalized(g) {
                     return Err(format!(
@@ -137,7 +141,7 @@ async fn compare(b: &Backends, quota: &Quota, steps: &[Step]) -> Result<(), Stri
 
 /// A sequence probing the edges of a quota of capacity `cap` and window `w_us`.
 fn scripted_steps(cap: u64, w_us: i64) -> Vec<Step> {
-    let step = |dt_us: i64, hits: u64| Step { dt_us, hits };
+    let step = |dt: i64, hits: u64| Step { dt, hits };
     vec![
         step(0, 0),
         step(0, 1),
@@ -181,10 +185,16 @@ fn scripted_quotas() -> Vec<Quota> {
                 if algorithm.uses_burst() {
                     bursts.extend([Some(1), Some((limit * 2).min(MAX_LIMIT)), Some(MAX_LIMIT)]);
                 }
+                let mut sub_windows = vec![None];
+                if algorithm == Algorithm::SlidingWindow {
+                    sub_windows.extend([Some(1), Some(3), Some(u64::from(MAX_SUB_WINDOWS))]);
+                }
                 for burst in bursts {
-                    quotas.push(
-                        Quota::new(algorithm, limit, Duration::from_nanos(w), burst).unwrap(),
-                    );
+                    for &k in &sub_windows {
+                        let q =
+                            Quota::new(algorithm, limit, Duration::from_nanos(w), burst).unwrap();
+                        quotas.push(k.map_or(q, |k| testkit::with_k(q, k)));
+                    }
                 }
             }
         }
@@ -255,36 +265,27 @@ fn quota_strategy() -> impl Strategy<Value = Quota> {
         1..=MAX_LIMIT
     ];
     let burst = prop::option::of(prop_oneof![1u64..15, Just(MAX_LIMIT), 1..=MAX_LIMIT]);
-    (algorithm, window_us, limit, burst).prop_map(|(a, w, l, b)| {
+    (algorithm, window_us, limit, burst, testkit::sub_windows()).prop_map(|(a, w, l, b, k)| {
         let l = if a == Algorithm::SlidingLog {
             l.min(MAX_SLIDING_LOG_LIMIT)
         } else {
             l
         };
-        Quota::new(a, l, Duration::from_micros(w), b.filter(|_| a.uses_burst())).unwrap()
+        let q = Quota::new(a, l, Duration::from_micros(w), b.filter(|_| a.uses_burst())).unwrap();
+        testkit::with_k(q, k)
     })
 }
 
+/// The kit's general workload, in microseconds.
 fn steps_strategy(quota: &Quota) -> impl Strategy<Value = Vec<Step>> + use<> {
-    let w = i64::try_from(quota.window_ns() / US).unwrap();
-    let cap = quota.burst();
-    let dt = prop_oneof![
-        2 => Just(0i64),
-        6 => 0..=(w / 4).max(1),
-        3 => 0..=2 * w,
-        1 => 0..=5 * w,
-        1 => -w..0,
-    ];
-    let hits = prop_oneof![
-        3 => Just(1u64),
-        1 => Just(0u64),
-        4 => 0..=cap + 1,
-        1 => prop_oneof![Just(u64::from(u32::MAX)), Just(u64::MAX), Just(cap)],
-    ];
-    prop::collection::vec(
-        (dt, hits).prop_map(|(dt_us, hits)| Step { dt_us, hits }),
-        1..25,
-    )
+    testkit::steps(quota.window_ns() / US, quota.burst(), 25)
+}
+
+/// The kit's bursts at sub-window edges (aligned windows for the other algorithms), in
+/// microseconds from [`START`].
+fn edge_strategy(quota: &Quota) -> impl Strategy<Value = Vec<Step>> + use<> {
+    let k = quota.sub_windows().map_or(1, u64::from);
+    testkit::edge_steps(quota.window_ns() / US, k, quota.burst(), START / US, 25)
 }
 
 #[test]
@@ -293,16 +294,63 @@ fn random_sequences_agree_on_standalone_and_cluster() {
     let cluster = RedisCluster::start();
     let rt = runtime();
     let b = rt.block_on(backends(&server, &cluster));
-    let strategy = quota_strategy().prop_flat_map(|q| (Just(q), steps_strategy(&q)));
-    let mut runner = TestRunner::new(ProptestConfig {
-        cases: 48,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    });
-    runner
-        .run(&strategy, |(quota, steps)| {
-            rt.block_on(compare(&b, &quota, &steps))
-                .map_err(TestCaseError::fail)
-        })
-        .unwrap();
+    let general = quota_strategy().prop_flat_map(|q| (Just(q), steps_strategy(&q)));
+    let edges = quota_strategy().prop_flat_map(|q| (Just(q), edge_strategy(&q)));
+    for (strategy, cases) in [(general.boxed(), 48), (edges.boxed(), 48)] {
+        let mut runner = TestRunner::new(ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        });
+        runner
+            .run(&strategy, |(quota, steps)| {
+                rt.block_on(compare(&b, &quota, &steps))
+                    .map_err(TestCaseError::fail)
+            })
+            .unwrap();
+    }
+}
+
+/// The script dispatches on the numbers `Algorithm::code` gives: each `algorithm == N` branch calls
+/// the function named for the algorithm with code N, and every algorithm has its branch.
+#[test]
+fn the_script_dispatches_on_the_algorithm_codes() {
+    let script = include_str!("../src/store/redis/decide.lua");
+    let mut seen = Vec::new();
+    let lines: Vec<&str> = script.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(rest) = line
+            .trim()
+            .strip_prefix("if ")
+            .or_else(|| line.trim().strip_prefix("elseif "))
+        else {
+            continue;
+        };
+        if !rest.starts_with("algorithm == ") {
+            continue;
+        }
+        let codes: Vec<u8> = rest
+            .trim_end_matches(" then")
+            .split(" or ")
+            .map(|c| c.trim_start_matches("algorithm == ").parse().unwrap())
+            .collect();
+        let call = lines[i + 1];
+        let function = call.split(" = ").nth(1).unwrap().split('(').next().unwrap();
+        for code in codes {
+            let algorithm = Algorithm::ALL
+                .into_iter()
+                .find(|a| a.code() == code)
+                .unwrap();
+            let expected = match algorithm {
+                Algorithm::TokenBucket | Algorithm::LeakyBucket => "meter",
+                a => a.as_str(),
+            };
+            assert_eq!(function, expected, "code {code}");
+            seen.push(algorithm);
+        }
+    }
+    seen.sort_by_key(|a| a.code());
+    let mut all = Algorithm::ALL.to_vec();
+    all.sort_by_key(|a| a.code());
+    assert_eq!(seen, all);
 }

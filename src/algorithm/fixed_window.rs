@@ -3,7 +3,7 @@
 //!
 //! State: the start of the window last written and its count (16 bytes). A request in a later window
 //! starts from zero. Cheap and predictable, but up to `2L` hits can pass within `W` across a window
-//! boundary (`L` at the end of one window, `L` at the start of the next); `sliding_window` smooths that.
+//! boundary (`L` at the end of one window, `L` at the start of the next); `sliding_window` bounds that.
 //! `reset_after` is the time to the next window start whenever the counter is not zero.
 
 use super::{Decision, Quota, exceeds_capacity, until, window_start};

@@ -1,4 +1,8 @@
-//! The five rate-limit algorithms, as pure functions of `(quota, state, now, hits)`.
+//! The rate-limit algorithms, as pure functions of `(quota, state, now, hits)`.
+//!
+//! `sliding_window` (the default) never admits more than `L` in any interval of `W` in `k + 1` counts;
+//! `sliding_log` does the same exactly in O(L); `sliding_window_estimate` and `fixed_window` allow
+//! up to about `2L`, the buckets `B + L` (docs/algorithms.md has the table and the measurements).
 //!
 //! No I/O and no clock reads: a store keeps the [`State`] of each counter and passes `now`, so the same
 //! code runs under a fake clock in tests and inside the memory store; the Redis store runs the same
@@ -24,6 +28,10 @@ pub mod fixed_window;
 pub mod leaky_bucket;
 pub mod sliding_log;
 pub mod sliding_window;
+pub mod sliding_window_estimate;
+#[cfg(any(test, feature = "test-support"))]
+#[doc(hidden)]
+pub mod testkit;
 pub mod token_bucket;
 
 use std::fmt;
@@ -43,34 +51,56 @@ pub const MAX_LIMIT: u64 = u32::MAX as u64;
 /// The longest window any rule may have (a little over a year, enough for `unit: year`).
 pub const MAX_WINDOW: Duration = Duration::from_secs(400 * 24 * 3600);
 
+/// `sliding_window`'s sub-windows per window unless a rule sets `sub_windows`.
+pub const DEFAULT_SUB_WINDOWS: u32 = 10;
+
+/// The most sub-windows a `sliding_window` rule may have: its state holds `k + 1` counts per key,
+/// and beyond 100 the rate held back (`1/(k + 1)`) is under 1 %.
+pub const MAX_SUB_WINDOWS: u32 = 100;
+
 /// Which algorithm decides a rule.
+///
+/// Each algorithm has a fixed numeric code ([`Algorithm::code`], the discriminant): counter keys
+/// carry it and the Redis script dispatches on it. A code names one state layout forever; an
+/// algorithm whose state changes takes a new code, so that instances of different releases sharing
+/// a Redis never read each other's state (the bounded `sliding_window` took code 5 when the weighted
+/// estimate that held code 0 became `sliding_window_estimate`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(u8)]
 pub enum Algorithm {
     #[default]
-    SlidingWindow,
-    FixedWindow,
-    SlidingLog,
-    TokenBucket,
-    LeakyBucket,
+    SlidingWindow = 5,
+    SlidingWindowEstimate = 0,
+    FixedWindow = 1,
+    SlidingLog = 2,
+    TokenBucket = 3,
+    LeakyBucket = 4,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 5] = [
+    pub const ALL: [Algorithm; 6] = [
         Algorithm::SlidingWindow,
         Algorithm::FixedWindow,
         Algorithm::SlidingLog,
         Algorithm::TokenBucket,
         Algorithm::LeakyBucket,
+        Algorithm::SlidingWindowEstimate,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Algorithm::SlidingWindow => "sliding_window",
+            Algorithm::SlidingWindowEstimate => "sliding_window_estimate",
             Algorithm::FixedWindow => "fixed_window",
             Algorithm::SlidingLog => "sliding_log",
             Algorithm::TokenBucket => "token_bucket",
             Algorithm::LeakyBucket => "leaky_bucket",
         }
+    }
+
+    /// The algorithm's numeric code in counter keys and in the Redis script (see the type's docs).
+    pub const fn code(self) -> u8 {
+        self as u8
     }
 
     /// Whether `burst` means anything for this algorithm.
@@ -109,6 +139,10 @@ pub enum QuotaError {
     ZeroBurst,
     #[error("burst applies only to token_bucket and leaky_bucket, not {0}")]
     BurstNotApplicable(Algorithm),
+    #[error("sub_windows applies only to sliding_window, not {0}")]
+    SubWindowsNotApplicable(Algorithm),
+    #[error("sub_windows must be from 1 to {MAX_SUB_WINDOWS}, not {0}")]
+    SubWindowsOutOfRange(u64),
     #[error(
         "sliding_log keeps one timestamp per hit, so its limit may be at most {MAX_SLIDING_LOG_LIMIT}, not {0}"
     )]
@@ -116,19 +150,21 @@ pub enum QuotaError {
     #[error("the {field} may be at most {MAX_LIMIT}, not {value}")]
     LimitTooLarge { field: &'static str, value: u64 },
     #[error(
-        "unknown algorithm `{0}` (expected sliding_window, fixed_window, sliding_log, token_bucket or leaky_bucket)"
+        "unknown algorithm `{0}` (expected sliding_window, sliding_window_estimate, fixed_window, sliding_log, token_bucket or leaky_bucket)"
     )]
     UnknownAlgorithm(String),
 }
 
-/// A validated limit: `limit` hits per `window`, decided by `algorithm`, with bucket capacity `burst`.
-/// Invalid quotas cannot be built.
+/// A validated limit: `limit` hits per `window`, decided by `algorithm`, with bucket capacity `burst`
+/// (and `sub_windows` for `sliding_window`). Invalid quotas cannot be built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Quota {
     algorithm: Algorithm,
     limit: u64,
     window_ns: u64,
     burst: u64,
+    /// `k` for `sliding_window`, 0 for every other algorithm.
+    sub_windows: u32,
 }
 
 impl Quota {
@@ -171,12 +207,32 @@ impl Quota {
             }
             Some(b) => b,
         };
+        let sub_windows = match algorithm {
+            Algorithm::SlidingWindow => DEFAULT_SUB_WINDOWS,
+            _ => 0,
+        };
         Ok(Self {
             algorithm,
             limit,
             window_ns: window.as_nanos() as u64,
             burst,
+            sub_windows,
         })
+    }
+
+    /// This `sliding_window` quota with `k` sub-windows per window instead of
+    /// [`DEFAULT_SUB_WINDOWS`] (see [`sliding_window`] for what `k` trades).
+    pub fn with_sub_windows(self, k: u64) -> Result<Self, QuotaError> {
+        if self.algorithm != Algorithm::SlidingWindow {
+            return Err(QuotaError::SubWindowsNotApplicable(self.algorithm));
+        }
+        match u32::try_from(k) {
+            Ok(k) if (1..=MAX_SUB_WINDOWS).contains(&k) => Ok(Self {
+                sub_windows: k,
+                ..self
+            }),
+            _ => Err(QuotaError::SubWindowsOutOfRange(k)),
+        }
     }
 
     pub fn algorithm(&self) -> Algorithm {
@@ -200,12 +256,20 @@ impl Quota {
         self.burst
     }
 
+    /// `sliding_window`'s sub-windows per window `k`; `None` for the other algorithms.
+    pub fn sub_windows(&self) -> Option<u32> {
+        (self.sub_windows > 0).then_some(self.sub_windows)
+    }
+
     /// Decides `hits` at `now` and updates `state` when they are admitted.
     /// A `state` of another algorithm (or [`State::Empty`]) starts fresh.
     pub fn decide(&self, state: &mut State, now: Nanos, hits: u64) -> Decision {
         match self.algorithm {
             Algorithm::SlidingWindow => {
                 sliding_window::decide(self, state.sliding_window(), now, hits)
+            }
+            Algorithm::SlidingWindowEstimate => {
+                sliding_window_estimate::decide(self, state.sliding_window_estimate(), now, hits)
             }
             Algorithm::FixedWindow => fixed_window::decide(self, state.fixed_window(), now, hits),
             Algorithm::SlidingLog => sliding_log::decide(self, state.sliding_log(), now, hits),
@@ -219,6 +283,9 @@ impl Quota {
         match (self.algorithm, state) {
             (Algorithm::SlidingWindow, State::SlidingWindow(s)) => {
                 sliding_window::expires_at(self, s)
+            }
+            (Algorithm::SlidingWindowEstimate, State::SlidingWindowEstimate(s)) => {
+                sliding_window_estimate::expires_at(self, s)
             }
             (Algorithm::FixedWindow, State::FixedWindow(s)) => fixed_window::expires_at(self, s),
             (Algorithm::SlidingLog, State::SlidingLog(s)) => sliding_log::expires_at(self, s),
@@ -249,6 +316,7 @@ pub enum State {
     #[default]
     Empty,
     SlidingWindow(sliding_window::State),
+    SlidingWindowEstimate(sliding_window_estimate::State),
     FixedWindow(fixed_window::State),
     SlidingLog(sliding_log::State),
     TokenBucket(token_bucket::State),
@@ -271,6 +339,11 @@ macro_rules! state_accessor {
 
 impl State {
     state_accessor!(sliding_window, SlidingWindow, sliding_window);
+    state_accessor!(
+        sliding_window_estimate,
+        SlidingWindowEstimate,
+        sliding_window_estimate
+    );
     state_accessor!(fixed_window, FixedWindow, fixed_window);
     state_accessor!(sliding_log, SlidingLog, sliding_log);
     state_accessor!(token_bucket, TokenBucket, token_bucket);
@@ -309,240 +382,9 @@ fn exceeds_capacity(limit: u64, remaining: u64, reset_after: Duration) -> Decisi
     }
 }
 
-/// Workloads and the invariants every algorithm must keep, shared by the algorithms' tests.
-#[cfg(test)]
-pub(crate) mod testkit {
-    use super::*;
-    use proptest::prelude::*;
-
-    /// Move the clock by `dt` nanoseconds (negative: the clock steps back), then ask for `hits`.
-    #[derive(Debug, Clone, Copy)]
-    pub struct Step {
-        pub dt: i64,
-        pub hits: u64,
-    }
-
-    /// A time far from the epoch, so that window alignment and large products are exercised.
-    pub const BASE: Nanos = 1_700_000_000_123_456_789;
-
-    /// Random workloads for a quota of `capacity` hits per `window_ns`: mostly small forward steps,
-    /// some longer gaps, some backward steps; hits mostly around the capacity, a few enormous.
-    pub fn steps(window_ns: u64, capacity: u64, len: usize) -> impl Strategy<Value = Vec<Step>> {
-        let w = i64::try_from(window_ns).unwrap();
-        let dt = prop_oneof![
-            2 => Just(0i64),
-            6 => 0..=(w / 4).max(1),
-            3 => 0..=2 * w,
-            1 => 0..=5 * w,
-            1 => -w..0,
-        ];
-        let hits = prop_oneof![
-            3 => Just(1u64),
-            1 => Just(0u64),
-            4 => 0..=capacity + 1,
-            1 => prop_oneof![Just(u64::from(u32::MAX)), Just(u64::MAX), Just(capacity)],
-        ];
-        prop::collection::vec((dt, hits).prop_map(|(dt, hits)| Step { dt, hits }), 1..len)
-    }
-
-    /// Random quotas of `algorithm` (windows from a few ns to an hour, limits from `limits`, and a
-    /// burst for the buckets), a start offset from [`BASE`], and a workload of up to `len` steps.
-    pub fn cases(
-        algorithm: Algorithm,
-        limits: impl Strategy<Value = u64>,
-        len: usize,
-    ) -> impl Strategy<Value = (Quota, u64, Vec<Step>)> {
-        let window = prop_oneof![
-            1u64..50,
-            1_000u64..100_000,
-            Just(1_000_000),
-            Just(3_600 * crate::clock::NANOS_PER_SEC)
-        ];
-        let burst = if algorithm.uses_burst() {
-            prop::option::of(1u64..15).boxed()
-        } else {
-            Just(None).boxed()
-        };
-        (limits, window, burst, 0u64..1_000_000).prop_flat_map(move |(l, w, b, off)| {
-            let q = quota(algorithm, l, w, b);
-            (Just(q), Just(off), steps(w, q.burst(), len))
-        })
-    }
-
-    pub fn advance(now: Nanos, dt: i64) -> Nanos {
-        now.saturating_add_signed(dt)
-    }
-
-    pub fn quota(algorithm: Algorithm, limit: u64, window_ns: u64, burst: Option<u64>) -> Quota {
-        Quota::new(algorithm, limit, Duration::from_nanos(window_ns), burst).unwrap()
-    }
-
-    /// The fresh state of `q`'s algorithm (what [`State::Empty`] becomes on its first decision).
-    pub fn fresh(q: &Quota) -> State {
-        match q.algorithm() {
-            Algorithm::SlidingWindow => State::SlidingWindow(Default::default()),
-            Algorithm::FixedWindow => State::FixedWindow(Default::default()),
-            Algorithm::SlidingLog => State::SlidingLog(Default::default()),
-            Algorithm::TokenBucket => State::TokenBucket(Default::default()),
-            Algorithm::LeakyBucket => State::LeakyBucket(Default::default()),
-        }
-    }
-
-    fn ns(d: Duration) -> Nanos {
-        u64::try_from(d.as_nanos()).unwrap()
-    }
-
-    fn decide_on(q: &Quota, state: &State, now: Nanos, hits: u64) -> Decision {
-        q.decide(&mut state.clone(), now, hits)
-    }
-
-    /// Checks one decision `d` of `hits` at `now`, which took `before` to `after`, against the rules
-    /// common to every algorithm (see the module docs).
-    pub fn check_step(
-        q: &Quota,
-        before: &State,
-        now: Nanos,
-        hits: u64,
-        d: &Decision,
-        after: &State,
-    ) {
-        let capacity = q.burst();
-        assert_eq!(d.limit, capacity);
-        assert_eq!(d.exceeds_capacity, hits > capacity, "{d:?}");
-        assert!(!(d.exceeds_capacity && d.allowed));
-        assert!(d.remaining <= capacity);
-        if !d.allowed || hits == 0 {
-            assert_eq!(before, after, "a denial or a probe changed the state");
-        }
-        if hits == 0 {
-            assert_eq!(
-                d.allowed,
-                d.remaining > 0,
-                "a probe admits iff one more hit fits"
-            );
-        }
-
-        // `remaining` more hits fit right now, one more does not.
-        if d.remaining > 0 {
-            assert!(
-                decide_on(q, after, now, d.remaining).allowed,
-                "remaining {d:?}"
-            );
-        }
-        if d.remaining < capacity {
-            assert!(
-                !decide_on(q, after, now, d.remaining + 1).allowed,
-                "remaining+1 {d:?}"
-            );
-        }
-
-        let r = ns(d.reset_after);
-        // Times past the end of `u64` saturate, so exactness is only checked before it.
-        let exact = r < u64::MAX && now.checked_add(r).is_some();
-        if exact && !d.allowed && !d.exceeds_capacity {
-            // The same request fits exactly `reset_after` from now, and not a nanosecond earlier.
-            assert!(
-                decide_on(q, before, now + r, hits).allowed,
-                "retry at {r} {d:?}"
-            );
-            if r > 0 {
-                assert!(
-                    !decide_on(q, before, now + r - 1, hits).allowed,
-                    "retry at {r}-1 {d:?}"
-                );
-            }
-        } else if exact {
-            // The quota is fully restored exactly `reset_after` from now.
-            assert_eq!(
-                decide_on(q, after, now + r, 0).remaining,
-                capacity,
-                "restore at {r}"
-            );
-            if r > 0 {
-                let early = decide_on(q, after, now + r - 1, 0).remaining;
-                assert!(early < capacity, "restored before {r}");
-            }
-        }
-
-        // From `expires_at` on, the state decides exactly like a fresh one.
-        // (`u64::MAX` stands for "not within the range of `Nanos`".)
-        let at = q.expires_at(after).max(now);
-        for h in [0, 1, capacity, capacity.saturating_add(1)] {
-            if at == u64::MAX {
-                break;
-            }
-            assert_eq!(
-                decide_on(q, after, at, h),
-                decide_on(q, &State::Empty, at, h),
-                "state after expires_at {at} differs from a fresh one"
-            );
-        }
-    }
-
-    /// Runs `steps` from `start` through `q`, checking the common rules at each step, and returns the
-    /// effective time, the hits and the decision of each step, for a reference model to replay.
-    pub fn run(q: &Quota, start: Nanos, steps: &[Step]) -> Vec<(Nanos, u64, Decision)> {
-        let mut state = fresh(q);
-        let mut now = start;
-        let mut out = Vec::with_capacity(steps.len());
-        for s in steps {
-            now = advance(now, s.dt);
-            let before = state.clone();
-            let d = q.decide(&mut state, now, s.hits);
-            check_step(q, &before, now, s.hits, &d, &state);
-            out.push((now, s.hits, d));
-        }
-        out
-    }
-
-    /// An exact non-negative rational, for reference models.
-    #[derive(Debug, Clone, Copy)]
-    pub struct Ratio {
-        pub num: u128,
-        pub den: u128,
-    }
-
-    impl Ratio {
-        pub fn int(n: u128) -> Self {
-            Self { num: n, den: 1 }
-        }
-        pub fn new(num: u128, den: u128) -> Self {
-            let g = gcd(num, den);
-            Self {
-                num: num / g,
-                den: den / g,
-            }
-        }
-        pub fn add(self, o: Self) -> Self {
-            Self::new(self.num * o.den + o.num * self.den, self.den * o.den)
-        }
-        /// `self - o`, or zero if `o` is larger.
-        pub fn sub_sat(self, o: Self) -> Self {
-            let (a, b) = (self.num * o.den, o.num * self.den);
-            Self::new(a.saturating_sub(b), self.den * o.den)
-        }
-        pub fn min(self, o: Self) -> Self {
-            if self.le(o) { self } else { o }
-        }
-        pub fn le(self, o: Self) -> bool {
-            self.num * o.den <= o.num * self.den
-        }
-        pub fn floor(self) -> u128 {
-            self.num / self.den
-        }
-    }
-
-    fn gcd(mut a: u128, mut b: u128) -> u128 {
-        while b != 0 {
-            (a, b) = (b, a % b);
-        }
-        a.max(1)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::testkit::{check_step, fresh};
+    use super::testkit::{self, check_step, fresh};
     use super::*;
     use proptest::prelude::*;
 
@@ -560,14 +402,15 @@ mod tests {
             Just(1_000_000),
             1..=MAX_WINDOW.as_nanos() as u64
         ];
-        (algorithm, big.clone(), window, prop::option::of(big)).prop_map(|(a, l, w, b)| {
+        let k = testkit::sub_windows();
+        (algorithm, big.clone(), window, prop::option::of(big), k).prop_map(|(a, l, w, b, k)| {
             let l = if a == Algorithm::SlidingLog {
                 l.min(MAX_SLIDING_LOG_LIMIT)
             } else {
                 l
             };
             let b = b.filter(|_| a.uses_burst());
-            Quota::new(a, l, Duration::from_nanos(w), b).unwrap()
+            testkit::with_k(Quota::new(a, l, Duration::from_nanos(w), b).unwrap(), k)
         })
     }
 
@@ -600,11 +443,59 @@ mod tests {
     }
 
     #[test]
+    fn codes_are_fixed_and_distinct() {
+        // Counter keys and the Redis script carry these numbers: they may never change.
+        let codes = Algorithm::ALL.map(|a| (a.as_str(), a.code()));
+        assert_eq!(
+            codes,
+            [
+                ("sliding_window", 5),
+                ("fixed_window", 1),
+                ("sliding_log", 2),
+                ("token_bucket", 3),
+                ("leaky_bucket", 4),
+                ("sliding_window_estimate", 0),
+            ]
+        );
+        for a in Algorithm::ALL {
+            assert_eq!(a.as_str().parse::<Algorithm>(), Ok(a));
+        }
+    }
+
+    #[test]
+    fn sub_windows_apply_to_sliding_window_only() {
+        let q = |a| Quota::new(a, 10, Duration::from_secs(1), None).unwrap();
+        let sw = q(Algorithm::SlidingWindow);
+        assert_eq!(sw.sub_windows(), Some(DEFAULT_SUB_WINDOWS));
+        assert_eq!(sw.with_sub_windows(1).unwrap().sub_windows(), Some(1));
+        assert_eq!(
+            sw.with_sub_windows(100).unwrap().sub_windows(),
+            Some(MAX_SUB_WINDOWS)
+        );
+        assert_eq!(
+            sw.with_sub_windows(0),
+            Err(QuotaError::SubWindowsOutOfRange(0))
+        );
+        assert_eq!(
+            sw.with_sub_windows(u64::MAX),
+            Err(QuotaError::SubWindowsOutOfRange(u64::MAX))
+        );
+        for a in Algorithm::ALL.into_iter().skip(1) {
+            assert_eq!(q(a).sub_windows(), None);
+            assert_eq!(
+                q(a).with_sub_windows(10),
+                Err(QuotaError::SubWindowsNotApplicable(a))
+            );
+        }
+    }
+
+    #[test]
     fn states_are_compact() {
         // The memory store keeps one `State` per key: a million keys should cost tens of MB.
         assert!(size_of::<State>() <= 32, "{}", size_of::<State>());
         assert_eq!(size_of::<token_bucket::State>(), 24);
         assert_eq!(size_of::<sliding_window::State>(), 24);
+        assert_eq!(size_of::<sliding_window_estimate::State>(), 24);
         assert_eq!(size_of::<fixed_window::State>(), 16);
         assert_eq!(size_of::<sliding_log::State>(), 8);
     }

@@ -4,7 +4,7 @@
 //! and column. Field placement mirrors envoyproxy/ratelimit: `shadow_mode`, `quota_mode`,
 //! `detailed_metric`, `value_to_metric` and `share_threshold` belong to the descriptor; `unit`,
 //! `requests_per_unit`, `unlimited`, `name`, `replaces` (and tollgate's `algorithm`, `window`,
-//! `burst`) to its `rate_limit`.
+//! `burst`, `sub_windows`) to its `rate_limit`.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -15,7 +15,7 @@ use super::locate::NodePath;
 use super::matcher::{DomainRules, Glob, KeyEntry, Level, LevelKind, LevelMeta, Node, RuleEntry};
 use super::raw::{Number, RawDescriptor, RawFile, RawRateLimit};
 use super::{LoadOptions, Rule, Unit};
-use crate::algorithm::{Algorithm, Quota, QuotaError};
+use crate::algorithm::{Algorithm, MAX_SUB_WINDOWS, Quota, QuotaError};
 
 pub(crate) type Problem = (NodePath, String);
 /// A `replaces` name and where it was written.
@@ -224,6 +224,7 @@ impl Builder {
                 ("window", rl.window.is_some()),
                 ("algorithm", rl.algorithm.is_some()),
                 ("burst", rl.burst.is_some()),
+                ("sub_windows", rl.sub_windows.is_some()),
             ];
             for (field, present) in conflicts {
                 if present {
@@ -308,10 +309,25 @@ impl Builder {
                 None
             }
         };
+        let sub_windows = match &rl.sub_windows {
+            None => Some(None),
+            Some(Number::Whole(n)) => Some(Some(*n)),
+            Some(Number::Other(s)) => {
+                self.problem(
+                    at.field("sub_windows"),
+                    format!(
+                        "sub_windows must be a whole number from 1 to {MAX_SUB_WINDOWS}, not `{s}`"
+                    ),
+                );
+                None
+            }
+        };
         if self.problems.len() != before {
             return None;
         }
-        let (Some(limit), Some(algorithm), Some(burst)) = (limit, algorithm, burst) else {
+        let (Some(limit), Some(algorithm), Some(burst), Some(sub_windows)) =
+            (limit, algorithm, burst, sub_windows)
+        else {
             return None;
         };
         let length = unit.map(Unit::duration).or(window)?;
@@ -325,7 +341,9 @@ impl Builder {
                 replaces,
             });
         }
-        match Quota::new(algorithm, limit, length, burst) {
+        let quota = Quota::new(algorithm, limit, length, burst)
+            .and_then(|q| sub_windows.map_or(Ok(q), |k| q.with_sub_windows(k)));
+        match quota {
             Ok(quota) => Some(Limit {
                 quota: Some(quota),
                 unit,
@@ -341,6 +359,8 @@ impl Builder {
                     QuotaError::ZeroWindow | QuotaError::WindowTooLong if unit.is_some() => "unit",
                     QuotaError::ZeroWindow | QuotaError::WindowTooLong => "window",
                     QuotaError::ZeroBurst | QuotaError::BurstNotApplicable(_) => "burst",
+                    QuotaError::SubWindowsNotApplicable(_)
+                    | QuotaError::SubWindowsOutOfRange(_) => "sub_windows",
                     QuotaError::LimitTooLarge { field: "burst", .. } => "burst",
                     QuotaError::LimitTooLarge { .. } => "requests_per_unit",
                     QuotaError::UnknownAlgorithm(_) => "algorithm",

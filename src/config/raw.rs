@@ -44,6 +44,7 @@ pub(crate) struct RawRateLimit {
     pub algorithm: Option<String>,
     pub window: Option<String>,
     pub burst: Option<Number>,
+    pub sub_windows: Option<Number>,
 }
 
 #[derive(Debug, Deserialize)]

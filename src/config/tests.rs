@@ -1172,3 +1172,41 @@ fn envoyproxy_refusals_are_refused_here_with_a_position() {
         assert!(e.starts_with(at), "{text}: {e}");
     }
 }
+
+#[test]
+fn sub_windows_only_for_sliding_window() {
+    let s = parse(&format!(
+        "{RL}      unit: second\n      requests_per_unit: 5\n      sub_windows: 4\n"
+    ));
+    let q = s.find("d", &[("a", "x")]).unwrap().rule.quota.unwrap();
+    assert_eq!(
+        (q.algorithm(), q.sub_windows()),
+        (Algorithm::SlidingWindow, Some(4))
+    );
+    let s = parse(&format!(
+        "{RL}      unit: second\n      requests_per_unit: 5\n"
+    ));
+    let q = s.find("d", &[("a", "x")]).unwrap().rule.quota.unwrap();
+    assert_eq!(q.sub_windows(), Some(crate::algorithm::DEFAULT_SUB_WINDOWS));
+    assert_eq!(
+        rl_error("      unit: second\n      requests_per_unit: 5\n      sub_windows: 0\n"),
+        format!("t.yaml:7:20: {}", QuotaError::SubWindowsOutOfRange(0))
+    );
+    assert_eq!(
+        rl_error("      unit: second\n      requests_per_unit: 5\n      sub_windows: 2.5\n"),
+        "t.yaml:7:20: sub_windows must be a whole number from 1 to 100, not `2.5`"
+    );
+    assert_eq!(
+        rl_error(
+            "      unit: second\n      requests_per_unit: 5\n      algorithm: fixed_window\n      sub_windows: 10\n"
+        ),
+        format!(
+            "t.yaml:8:20: {}",
+            QuotaError::SubWindowsNotApplicable(Algorithm::FixedWindow)
+        )
+    );
+    assert_eq!(
+        rl_error("      unlimited: true\n      sub_windows: 10\n"),
+        "t.yaml:6:7: an `unlimited: true` rate limit takes no `sub_windows`"
+    );
+}

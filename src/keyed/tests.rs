@@ -191,13 +191,17 @@ async fn rate_limit_holds_the_limit_exactly_each_second() {
 }
 
 #[tokio::test]
-async fn rate_limit_smooths_the_boundary() {
+async fn rate_limit_never_passes_the_limit_across_a_boundary() {
     let (clock, store) = manual();
     let l = KeyedLimiter::with_store(store);
+    // A burst just before a second's end, then just after it: a fixed window would admit 20 in
+    // 100 ms; the sliding window admits nothing more until the burst is a second old.
+    clock.advance(Duration::from_millis(950));
     assert_eq!(burst(10, async || l.rate_limit("u", 10).await).await, 10);
-    // Half-way into the next second, the previous one still weighs half: 5 more, not 10.
-    clock.advance(Duration::from_millis(1500));
-    assert_eq!(burst(10, async || l.rate_limit("u", 10).await).await, 5);
+    clock.advance(Duration::from_millis(100));
+    assert_eq!(burst(10, async || l.rate_limit("u", 10).await).await, 0);
+    clock.advance(Duration::from_millis(1000));
+    assert_eq!(burst(10, async || l.rate_limit("u", 10).await).await, 10);
 }
 
 #[tokio::test]

@@ -45,8 +45,8 @@ pub fn on_redis(rules: &str, url: &str, timeout: &str, policy: &str) -> Tollgate
 }
 
 /// The algorithms' rule names, in [`Algorithm::ALL`]'s order (sliding_window, fixed_window,
-/// sliding_log, token_bucket, leaky_bucket).
-pub fn algorithms() -> [&'static str; 5] {
+/// sliding_log, token_bucket, leaky_bucket, sliding_window_estimate).
+pub fn algorithms() -> [&'static str; 6] {
     Algorithm::ALL.map(Algorithm::as_str)
 }
 
@@ -63,7 +63,9 @@ pub fn every_algorithm_rules(
     let mut yaml = format!("domain: {domain}\ndescriptors:\n");
     for algorithm in Algorithm::ALL {
         let rate = match algorithm {
-            Algorithm::FixedWindow | Algorithm::SlidingWindow => {
+            Algorithm::FixedWindow
+            | Algorithm::SlidingWindow
+            | Algorithm::SlidingWindowEstimate => {
                 format!("window: {window}, requests_per_unit: {limit}")
             }
             Algorithm::SlidingLog => format!("window: {log_window}, requests_per_unit: {limit}"),

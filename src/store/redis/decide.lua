@@ -1,10 +1,12 @@
 -- tollgate: decides every counter in KEYS in one atomic step. All KEYS share one cluster slot.
 --
 -- KEYS[i]  counter i (`tg:{hash}key`, see src/keys.rs).
--- ARGV     six per counter, in KEYS order:
---            algorithm (1 sliding_window, 2 fixed_window, 3 sliding_log, 4 token_bucket, 5 leaky_bucket),
---            limit L, window W in microseconds, burst B, hits n (at most capacity + 1),
---            time in microseconds since the epoch, or "" to read Redis' TIME.
+-- ARGV     seven per counter, in KEYS order:
+--            algorithm, by its code in src/algorithm/mod.rs (0 sliding_window_estimate,
+--              1 fixed_window, 2 sliding_log, 3 token_bucket, 4 leaky_bucket, 5 sliding_window),
+--            limit L, window W in microseconds, burst B, sub-windows k (sliding_window; else 0),
+--            hits n (at most capacity + 1), time in microseconds since the epoch, or "" to read
+--            Redis' TIME.
 -- Reply    four integers per counter: allowed (0/1), remaining, and reset_after in microseconds as
 --          hi, lo (hi * 2^32 + lo), saturated at 2^64 - 1.
 --
@@ -16,9 +18,12 @@
 -- stays below 2^53), with the double quotient of each step corrected by exact comparison.
 --
 -- State per algorithm (each key's TTL is set when it is written, to the moment its state becomes
--- equivalent to a fresh one, so an idle user leaves nothing; a denial writes nothing):
+-- equivalent to a fresh one, so an idle user leaves nothing; a denial writes nothing). A code names
+-- one layout forever, and the counter key carries the code, so no layout is read as another:
 --   fixed_window    string "start count"
---   sliding_window  string "last prev cur"
+--   sliding_window  string "last n0 n1 ... nm": the last admission's time and the hits of its
+--                   sub-window and of the m <= k before it, newest first, trailing zeros dropped
+--   sliding_window_estimate  string "last prev cur"
 --   token/leaky     string "last hi lo", the level scaled by W being hi * 2^48 + lo
 --   sliding_log     sorted set: one member per run of hits, scored by its time, named
 --                   "cumulative:count" (cumulative hits through this run, and the run's own count),
@@ -234,7 +239,7 @@ local function fixed_window(key, L, W, n, now, grace)
   return 1, free - n, stop
 end
 
-local function sliding_window(key, L, W, n, now, grace)
+local function sliding_window_estimate(key, L, W, n, now, grace)
   local last, s_prev, s_cur = 0, 0, 0
   local v = redis.call('GET', key)
   if v then
@@ -296,6 +301,87 @@ local function sliding_window(key, L, W, n, now, grace)
   local value = num(t) .. ' ' .. num(prev) .. ' ' .. num(cur)
   redis.call('SET', key, value, 'PX', ttl_ms(restored(cur), now, grace))
   return 1, free(cur), restored(cur)
+end
+
+-- sliding_window: sub-window j(t) = floor(t * k / W) = q * k + s, with q = floor(t / W) and
+-- s = floor((t mod W) * k / W); the hits of j(t) - k ..= j(t) count, and n fit iff they plus n are at
+-- most L. Sub-window (q, s) is forgotten from (q + 1) * W + ceil((s + 1) * W / k). All plain: W < 2^45
+-- and k <= 100, so (t mod W) * k and (s + 1) * W stay below 2^52.
+local function sliding_window(key, L, W, k, n, now, grace)
+  local function slot(t)
+    local r = fmod(t, W)
+    local s = plain_divmod(r * k, W)
+    return (t - r) / W, s
+  end
+  local function expiry(q, s)
+    local c, r = plain_divmod((s + 1) * W, k)
+    if r > 0 then c = c + 1 end
+    return (q + 1) * W + c
+  end
+  local last, counts = 0, {}
+  local v = redis.call('GET', key)
+  if v then
+    local i = 0
+    for x in string.gmatch(v, '%d+') do
+      if i == 0 then last = tonumber(x) else counts[i] = tonumber(x) end
+      i = i + 1
+    end
+    if #counts == 0 or expiry(slot(last)) <= now then
+      redis.call('DEL', key)
+      last, counts = 0, {}
+    end
+  end
+  local t = math.max(now, last)
+  local cq, cs = slot(t)
+  local lq, ls = slot(last)
+  local shift = k + 1
+  if cq == lq then
+    shift = cs - ls
+  elseif cq - lq == 1 then
+    shift = math.min(k + cs - ls, k + 1)
+  end
+  -- live[j]: the hits of the sub-window shift + j - 1 before t's, newest first.
+  local live, used = {}, 0
+  for j = 1, math.min(k + 1 - shift, #counts) do
+    live[j] = counts[j]
+    used = used + counts[j]
+  end
+  local free = math.max(L - used, 0)
+  local function expiry_back(i)
+    local q, s = cq, cs - i
+    if s < 0 then q, s = q - 1, s + k end
+    return expiry(q, s)
+  end
+  local function restored()
+    for j = 1, #live do
+      if live[j] > 0 then return expiry_back(shift + j - 1) end
+    end
+    return 0
+  end
+  -- When enough of the oldest sub-windows have expired for m <= L more hits to fit.
+  local function fits_at(m)
+    local excess, expired = used - (L - m), 0
+    for j = #live, 1, -1 do
+      expired = expired + live[j]
+      if expired >= excess then return expiry_back(shift + j - 1) end
+    end
+    return 0
+  end
+  if n > L then return 0, free, restored() end
+  if n == 0 and free > 0 then return 1, free, restored() end
+  if n == 0 then return 0, free, fits_at(1) end
+  if n > free then return 0, free, fits_at(n) end
+  local parts, top = {num(t)}, 0
+  for j = 1, k + 1 do
+    local c = 0
+    if j > shift then c = live[j - shift] or 0 end
+    if j == 1 then c = c + n end
+    parts[j + 1] = num(c)
+    if c > 0 then top = j + 1 end
+  end
+  local at = expiry(cq, cs)
+  redis.call('SET', key, table.concat(parts, ' ', 1, top), 'PX', ttl_ms(at, now, grace))
+  return 1, free - n, at
 end
 
 -- token_bucket and leaky_bucket: the level, scaled by W, rises by W per hit and drains by L per us;
@@ -428,19 +514,22 @@ end
 
 local out = {}
 for i = 1, #KEYS do
-  local j = (i - 1) * 6
+  local j = (i - 1) * 7
   local algorithm = tonumber(ARGV[j + 1])
-  local L, W, B, n = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4]), tonumber(ARGV[j + 5])
-  local now, grace = now_of(ARGV[j + 6])
+  local L, W, B, k = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4]), tonumber(ARGV[j + 5])
+  local n = tonumber(ARGV[j + 6])
+  local now, grace = now_of(ARGV[j + 7])
   local key = KEYS[i]
   local allowed, remaining, at
-  if algorithm == 1 then
-    allowed, remaining, at = sliding_window(key, L, W, n, now, grace)
-  elseif algorithm == 2 then
+  if algorithm == 5 then
+    allowed, remaining, at = sliding_window(key, L, W, k, n, now, grace)
+  elseif algorithm == 0 then
+    allowed, remaining, at = sliding_window_estimate(key, L, W, n, now, grace)
+  elseif algorithm == 1 then
     allowed, remaining, at = fixed_window(key, L, W, n, now, grace)
-  elseif algorithm == 3 then
+  elseif algorithm == 2 then
     allowed, remaining, at = sliding_log(key, L, W, n, now, grace)
-  elseif algorithm == 4 or algorithm == 5 then
+  elseif algorithm == 3 or algorithm == 4 then
     allowed, remaining, at = meter(key, L, W, B, n, now, grace)
   else
     return redis.error_reply('tollgate: unknown algorithm ' .. tostring(ARGV[j + 1]))

@@ -10,18 +10,18 @@ use std::time::Duration;
 use fred::prelude::{ClientLike, Value};
 use fred::types::{ClusterHash, CustomCommand};
 
-use crate::algorithm::{Algorithm, Decision};
+use crate::algorithm::Decision;
 use crate::store::{Batch, Decisions, Routed, StoreError};
 
 /// The decision script; see its header for KEYS, ARGV, the reply and the state of each algorithm.
 pub const SCRIPT: &str = include_str!("decide.lua");
 
 /// Values per counter in the script's ARGV and in its reply.
-const ARGS_PER_COUNTER: usize = 6;
+const ARGS_PER_COUNTER: usize = 7;
 const REPLY_PER_COUNTER: usize = 4;
 
 /// The `EVALSHA` arguments deciding `run` (hits of one slot): the script's `sha`, the number of
-/// keys, the keys, then six ARGV values per counter. `now_us` overrides Redis' `TIME`.
+/// keys, the keys, then seven ARGV values per counter. `now_us` overrides Redis' `TIME`.
 pub(super) fn args(sha: &str, run: Batch<'_, '_>, now_us: Option<u64>) -> Vec<Value> {
     let hits = run.hits();
     let mut args = Vec::with_capacity(2 + hits.len() * (1 + ARGS_PER_COUNTER));
@@ -33,20 +33,14 @@ pub(super) fn args(sha: &str, run: Batch<'_, '_>, now_us: Option<u64>) -> Vec<Va
     );
     for r in hits {
         let q = r.hit.quota;
-        let code: i64 = match q.algorithm() {
-            Algorithm::SlidingWindow => 1,
-            Algorithm::FixedWindow => 2,
-            Algorithm::SlidingLog => 3,
-            Algorithm::TokenBucket => 4,
-            Algorithm::LeakyBucket => 5,
-        };
         // More than the capacity never fits: capacity + 1 decides the same and stays small.
         let sent = r.hit.hits.min(q.burst() + 1);
         args.extend([
-            Value::Integer(code),
+            Value::Integer(i64::from(q.algorithm().code())),
             Value::Integer(int(q.limit())),
             Value::Integer(int(q.window_ns().div_ceil(1_000))),
             Value::Integer(int(q.burst())),
+            Value::Integer(int(q.sub_windows().map_or(0, u64::from))),
             Value::Integer(int(sent)),
             match now_us {
                 Some(t) => Value::Integer(int(t)),
