@@ -8,16 +8,17 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+use tollgate::clock::SystemClock;
+use tollgate::config::Snapshot;
+use tollgate::limiter::{Limiter, Settings};
+use tollgate::rules::LiveRules;
+use tollgate::server::{self, ServeOptions};
+use tollgate::store::Store;
+use tollgate::store::memory::MemoryStore;
+use tollgate::store::redis::{RedisOptions, RedisStore};
+use tollgate::store::resilient;
+
 use crate::cli::{BenchArgs, CheckArgs, LogArgs, LogFormat, ServeArgs, StoreKind};
-use crate::clock::SystemClock;
-use crate::config::Snapshot;
-use crate::limiter::{Limiter, Settings};
-use crate::reload::LiveRules;
-use crate::server::{self, ServeOptions};
-use crate::store::Store;
-use crate::store::memory::MemoryStore;
-use crate::store::redis::{RedisOptions, RedisStore};
-use crate::store::resilient;
 
 pub fn init_logging(log: &LogArgs) -> Result<()> {
     // envoyproxy/ratelimit's LOG_LEVEL says `warning`; as a filter that would name a target.
@@ -60,7 +61,7 @@ pub fn check(args: &CheckArgs) -> bool {
 /// `tollgate bench`: runs the load generator and prints its report; fails on a bad flag, an
 /// unreachable target, or a run in which every request failed.
 pub fn bench(args: BenchArgs) -> Result<()> {
-    use crate::loadgen::{self, DescriptorTemplate};
+    use tollgate::loadgen::{self, DescriptorTemplate};
     let descriptors = args
         .descriptor
         .iter()
@@ -104,7 +105,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 
 /// `tollgate serve`: runs until SIGTERM or SIGINT, then drains.
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    let metrics = crate::metrics::install().context("installing the metrics recorder")?;
+    let metrics = server::prometheus::install().context("installing the metrics recorder")?;
     let rules = LiveRules::new(args.config.clone()).map_err(|errors| {
         for e in &errors {
             tracing::error!("{e}");

@@ -23,7 +23,7 @@ use crate::algorithm::{Algorithm, Decision, Quota};
 use crate::config::{Rule, Unit};
 use crate::keys::CounterKey;
 use crate::metrics as m;
-use crate::reload::LiveRules;
+use crate::rules::LiveRules;
 use crate::store::{Hit, Store, StoreError};
 
 /// The most descriptors one request may carry; Envoy sends a handful, so more is a broken client.

@@ -225,7 +225,7 @@ enum JsonUnit {
 impl JsonUnit {
     fn get(&self) -> Result<Unit, String> {
         let unit = match self {
-            JsonUnit::Number(n) => crate::grpc::unit_from_proto(*n),
+            JsonUnit::Number(n) => super::grpc::unit_from_proto(*n),
             JsonUnit::Name(name) => match name.to_ascii_uppercase().as_str() {
                 "SECOND" => Some(Unit::Second),
                 "MINUTE" => Some(Unit::Minute),
@@ -324,7 +324,7 @@ fn response_json(resp: &limiter::Response) -> Value {
             current_limit: s.current_limit.as_ref().map(|l| JsonLimit {
                 name: l.name.clone(),
                 requests_per_unit: l.requests_per_unit,
-                unit: crate::grpc::unit_to_proto(l.unit).as_str_name(),
+                unit: super::grpc::unit_to_proto(l.unit).as_str_name(),
             }),
             limit_remaining: s.limit_remaining,
             duration_until_reset: s.duration_until_reset.map(duration_json),
