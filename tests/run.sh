@@ -275,6 +275,7 @@ done
 echo "CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}" >&2
 step fmt cargo fmt --all -- --check || true
 step clippy cargo clippy --all-targets -- -D warnings || true
+step lib-only cargo clippy --no-default-features --lib -- -D warnings || true
 step build cargo build --bins || exit 1
 if step tests run_tests; then :; fi
 SUMMARY[-1]="$(sed 's/ *$//' <<<"${SUMMARY[-1]}")  $(test_counts)"
