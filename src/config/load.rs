@@ -279,6 +279,78 @@ fn walk_from(
 mod tests {
     use super::*;
 
+    /// What `walk` reports under `root`, relative to it, in order.
+    fn walked(root: &Path) -> Vec<String> {
+        let shown = |path: &Path| {
+            path.strip_prefix(root)
+                .unwrap_or(path)
+                .display()
+                .to_string()
+        };
+        let mut seen = Vec::new();
+        walk(root, &mut |found| {
+            seen.push(match found {
+                Found::Dir(dir) => format!("dir {}", shown(dir)),
+                Found::Subdir(path) => format!("subdir {}", shown(path)),
+                Found::RuleFile { path, is_file } => format!("rule {} {is_file}", shown(path)),
+                Found::Problem(error) => format!("problem {}", error.message),
+            })
+        });
+        seen
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn walk_reads_visible_rule_files_and_each_directory_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        for file in [
+            "b.yaml",
+            "a.txt",
+            ".hidden.yaml",
+            "team/c.yml",
+            "..data/d.yaml",
+        ] {
+            let path = root.join(file);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, "domain: d\n").unwrap();
+        }
+        std::os::unix::fs::symlink("team", root.join("alias")).unwrap();
+        std::os::unix::fs::symlink("gone.yaml", root.join("dangling.yaml")).unwrap();
+        assert_eq!(
+            walked(&root),
+            [
+                "dir ",
+                "subdir alias",
+                "dir team",
+                "rule alias/c.yml true",
+                "rule b.yaml true",
+                "rule dangling.yaml false",
+                "subdir team",
+            ]
+        );
+        assert!(is_rule_name(Path::new("x/e.yml")) && !is_rule_name(Path::new("x/.e.yml")));
+        assert!(!is_rule_name(Path::new("e.YAML")));
+    }
+
+    #[test]
+    fn walk_reports_directories_nested_too_deep() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let deepest =
+            (0..=MAX_DEPTH).fold(root.clone(), |path, level| path.join(level.to_string()));
+        fs::create_dir_all(&deepest).unwrap();
+        let seen = walked(&root);
+        assert_eq!(
+            seen.last().map(String::as_str),
+            Some("problem directories nested deeper than 16 levels")
+        );
+        assert_eq!(
+            seen.iter().filter(|s| s.starts_with("dir")).count(),
+            MAX_DEPTH + 1
+        );
+    }
+
     #[test]
     fn positions_are_stripped_from_messages() {
         assert_eq!(

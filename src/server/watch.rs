@@ -7,7 +7,7 @@
 //! rewritten in place, `mv new rules.yaml`, files created or deleted, and the Kubernetes ConfigMap
 //! swap (`..data` renamed over in the volume's root). The watch set is recomputed before each load,
 //! since a swap moves the real files into a new directory. Which directories and files count is
-//! the loader's walk ([`walk`]), so the watcher never disagrees with what a load reads.
+//! the loader's walk (`config::load::walk`), so the watcher never disagrees with what a load reads.
 //!
 //! Debounce: a batch starts at the first relevant event and ends once none has come for [`QUIET`]
 //! and no file is still open for writing (a `MODIFY` not yet followed by `CLOSE_WRITE`), bounded by
