@@ -198,7 +198,7 @@ pub(crate) fn is_rule_name(path: &Path) -> bool {
 
 /// What [`walk`] meets in a rule directory.
 #[cfg_attr(
-    not(feature = "server"),
+    all(not(feature = "server"), not(test)),
     expect(dead_code, reason = "directories are the file watcher's")
 )]
 pub(crate) enum Found<'a> {
