@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces README's gRPC figures: a release server with the memory store on free ports, the
+# Reproduces docs/performance.md's gRPC figures: a release server with the memory store on free ports, the
 # load generator on the same machine, closed loop then open loop; prints each run's JSON.
 #
 #   benches/grpc.sh                 # 1 run of each

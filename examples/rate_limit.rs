@@ -1,23 +1,22 @@
-//! Seed 000: `rate_limit(user_id, limit)`, requests per second per user, sliding window, with
-//! per-user limits changed at runtime.
+//! `rate_limit(user_id, limit) -> bool`: requests per second per user, sliding window; and the
+//! same limit per client with per-user limits changed at runtime.
 //!
 //! `cargo run --example rate_limit`
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use tollgate::direct::{PerSecondLimiter, RateLimiter, UserLimits};
+use tollgate::keyed::{KeyedLimiter, RateLimiter, WindowLimiter};
 
 #[tokio::main]
-async fn main() -> Result<(), tollgate::direct::DirectError> {
-    // The seed's exact call: a process-wide memory limiter.
-    let admitted = count(|| tollgate::direct::rate_limit("alice", 3)).await;
+async fn main() -> Result<(), tollgate::keyed::KeyedError> {
+    // The call as asked for: a process-wide memory limiter.
+    let admitted = count(|| tollgate::keyed::rate_limit("alice", 3)).await;
     println!("rate_limit(\"alice\", 3) x10 in one burst: {admitted} admitted");
 
-    // A limiter of your own, with per-user limits that can change while it runs.
-    let limits = Arc::new(UserLimits::new(2)?);
+    // Per-second limits per user that can change while it runs.
+    let limiter = WindowLimiter::new(KeyedLimiter::new(), 2, Duration::from_secs(1))?;
+    let limits = limiter.limits();
     limits.set("premium", 5)?;
-    let limiter = PerSecondLimiter::new().user_limits(limits.clone());
     for user in ["premium", "free"] {
         let admitted = count(|| limiter.allow(user)).await;
         println!(
@@ -26,8 +25,11 @@ async fn main() -> Result<(), tollgate::direct::DirectError> {
         );
     }
 
-    let d = limiter.try_allow("free").await?;
-    println!("free user denied; retry in {:?}", d.reset_after);
+    let d = limiter.keyed().decide(&limiter.call("free")?, 1).await?;
+    println!(
+        "free user denied: {}; retry in {:?}",
+        !d.allowed, d.reset_after
+    );
 
     // A changed limit counts on a fresh counter at once.
     limits.set_default(4)?;

@@ -1,5 +1,5 @@
-//! Seed 001: a `RateLimiter` trait with `allow(client_id)`, configured by limit and window,
-//! shared by many concurrent tasks.
+//! A `RateLimiter` trait with `allow(client_id) -> bool`, configured by limit, window and Redis
+//! address, shared by many concurrent tasks.
 //!
 //! `cargo run --example rate_limiter` (memory), or with a fleet's Redis:
 //! `REDIS_URL=redis://127.0.0.1:6379 cargo run --example rate_limiter`
@@ -7,24 +7,25 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tollgate::direct::{RateLimiter, WindowLimiter};
+use tollgate::keyed::{KeyedLimiter, RateLimiter, WindowLimiter};
 
 #[tokio::main]
-async fn main() -> Result<(), tollgate::direct::DirectError> {
+async fn main() -> Result<(), tollgate::keyed::KeyedError> {
     // 100 requests per minute per client, in Redis if REDIS_URL is set, else in this process.
-    let config = WindowLimiter::builder()
-        .limit(100)
-        .window(Duration::from_secs(60))
-        .namespace("example");
-    let limiter: Arc<dyn RateLimiter> = match std::env::var("REDIS_URL") {
+    let keyed = match std::env::var("REDIS_URL") {
         Ok(url) => {
             println!("counting in Redis at {url}");
-            Arc::new(config.redis(&url).await?)
+            KeyedLimiter::redis(&url).await?
         }
-        Err(_) => Arc::new(config.memory()?),
+        Err(_) => KeyedLimiter::new(),
     };
+    let limiter: Arc<dyn RateLimiter> = Arc::new(WindowLimiter::new(
+        keyed.namespace("example"),
+        100,
+        Duration::from_secs(60),
+    )?);
 
-    // 16 tasks, 250 requests in all, from two clients.
+    // 16 tasks, 256 requests in all, from two clients.
     let mut tasks = Vec::new();
     for t in 0..16 {
         let limiter = limiter.clone();

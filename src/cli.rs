@@ -8,6 +8,8 @@ use std::time::Duration;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use tollgate::algorithm::Algorithm;
+use tollgate::config::LoadOptions;
 use tollgate::store::resilient::{OnStoreError, ResilienceOptions};
 
 #[derive(Debug, Parser)]
@@ -49,9 +51,27 @@ pub struct ServeArgs {
     /// A within-limit hit that uses at least this share of the limit counts as near_limit.
     #[arg(long, env = "TOLLGATE_NEAR_LIMIT_RATIO", default_value_t = 0.8, value_parser = parse_ratio)]
     pub near_limit_ratio: f64,
-    /// Global shadow mode: every answer is OK; over-limit hits are still counted in metrics.
+    /// Global shadow mode: the overall answer is always OK; each descriptor keeps its own code and
+    /// over-limit hits are still counted in metrics.
     #[arg(long, env = "TOLLGATE_SHADOW_MODE")]
     pub shadow_mode: bool,
+    /// Global quota mode: a request is refused only once every descriptor that has a limit is over.
+    #[arg(long, env = "TOLLGATE_QUOTA_MODE")]
+    pub quota_mode: bool,
+    /// Once any descriptor of a request is over its limit, charge none of the request's descriptors
+    /// (costs a second store call per request; see docs/migration.md for the bound under races).
+    #[arg(long, env = "TOLLGATE_STOP_CHARGING_WHEN_OVER")]
+    pub stop_charging_when_over: bool,
+    /// Return envoyproxy/ratelimit's response dynamic metadata (the request, and the `metadata:`
+    /// of the rules it passed) to Envoy.
+    #[arg(long, env = "TOLLGATE_RESPONSE_DYNAMIC_METADATA")]
+    pub response_dynamic_metadata: bool,
+    /// Also count envoyproxy/ratelimit's metric series (ratelimit_service_rate_limit_*), as its
+    /// documented statsd-exporter mapping names them, so its dashboards keep working.
+    #[arg(long, env = "TOLLGATE_ENVOY_RATELIMIT_METRICS")]
+    pub envoy_ratelimit_metrics: bool,
+    #[command(flatten)]
+    pub rules: RuleArgs,
     /// Add X-RateLimit-Limit/-Remaining/-Reset headers to responses (for Envoy to pass on).
     #[arg(long, env = "TOLLGATE_RESPONSE_HEADERS")]
     pub response_headers: bool,
@@ -87,6 +107,8 @@ pub struct ServeArgs {
     /// How many tollgate instances share the store: the `local` fallback enforces L / N each.
     #[arg(long, env = "TOLLGATE_INSTANCES", default_value = "1")]
     pub instances: NonZeroU32,
+    #[command(flatten)]
+    pub xds: Box<tollgate::xds::XdsArgs>,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -132,6 +154,37 @@ pub struct CheckArgs {
     /// A rule file or a directory of them.
     #[arg(long, env = "TOLLGATE_CONFIG")]
     pub config: PathBuf,
+    #[command(flatten)]
+    pub rules: RuleArgs,
+}
+
+/// How rule files are read.
+#[derive(Debug, Clone, Args)]
+pub struct RuleArgs {
+    /// Merge rule files that name the same domain (their top-level descriptors must differ)
+    /// instead of refusing the second one.
+    #[arg(long, env = "TOLLGATE_MERGE_DOMAIN_CONFIG")]
+    pub merge_domain_config: bool,
+    /// The algorithm of a rule that names none, and of a descriptor's `limit` override.
+    /// envoyproxy/ratelimit counts fixed windows: `fixed_window` gives its answers exactly.
+    #[arg(long, env = "TOLLGATE_DEFAULT_ALGORITHM", default_value = "sliding_window", value_parser = parse_algorithm)]
+    pub default_algorithm: Algorithm,
+}
+
+impl RuleArgs {
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            merge_domains: self.merge_domain_config,
+            default_algorithm: self.default_algorithm,
+        }
+    }
+}
+
+fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
+    s.trim()
+        .to_ascii_lowercase()
+        .parse()
+        .map_err(|e: tollgate::algorithm::QuotaError| e.to_string())
 }
 
 #[derive(Debug, Args)]

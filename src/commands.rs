@@ -43,7 +43,7 @@ pub fn init_logging(log: &LogArgs) -> Result<()> {
 
 /// `tollgate check`: prints every error as `file:line:column: message`; `Ok(false)` if any.
 pub fn check(args: &CheckArgs) -> bool {
-    match Snapshot::load(&args.config) {
+    match Snapshot::load_with(&args.config, args.rules.load_options()) {
         Ok(snapshot) => {
             println!("{}: ok", args.config.display());
             print!("{}", snapshot.summary());
@@ -106,12 +106,19 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 /// `tollgate serve`: runs until SIGTERM or SIGINT, then drains.
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let metrics = server::prometheus::install().context("installing the metrics recorder")?;
-    let rules = LiveRules::new(args.config.clone()).map_err(|errors| {
-        for e in &errors {
-            tracing::error!("{e}");
-        }
-        anyhow::anyhow!("the rules could not be loaded ({} errors)", errors.len())
-    })?;
+    let peer_xds = tollgate::xds::xds_env_defaults(|name| std::env::var(name).ok())?;
+    let xds = (*args.xds).clone().or(peer_xds).resolve()?;
+    if xds.is_some() && args.config.is_some() {
+        tracing::warn!("--config-source xds: the rules come from xDS; --config is not read");
+    }
+    let config = args.config.clone().filter(|_| xds.is_none());
+    let rules =
+        LiveRules::with_options(config.clone(), args.rules.load_options()).map_err(|errors| {
+            for e in &errors {
+                tracing::error!("{e}");
+            }
+            anyhow::anyhow!("the rules could not be loaded ({} errors)", errors.len())
+        })?;
 
     let shutdown = CancellationToken::new();
     let tasks = tokio_util::task::TaskTracker::new();
@@ -142,10 +149,17 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     tasks.spawn(async move {
         let _ = sweeper.await;
     });
-    if args.config.is_some() {
+    // In xDS mode the watcher only keeps SIGHUP harmless: there is no file to reload.
+    if config.is_some() || xds.is_some() {
         let watcher = rules.watch(shutdown.clone());
         tasks.spawn(async move {
             let _ = watcher.await;
+        });
+    }
+    if let Some(xds) = xds {
+        let client = tollgate::xds::spawn(xds, Arc::clone(&rules), shutdown.clone());
+        tasks.spawn(async move {
+            let _ = client.await;
         });
     }
     let limiter = Arc::new(Limiter::new(
@@ -154,6 +168,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         Settings {
             near_limit_ratio: args.near_limit_ratio,
             shadow_mode: args.shadow_mode,
+            quota_mode: args.quota_mode,
+            stop_charging_when_over: args.stop_charging_when_over,
+            response_dynamic_metadata: args.response_dynamic_metadata,
+            envoy_ratelimit_metrics: args.envoy_ratelimit_metrics,
+            default_algorithm: args.rules.default_algorithm,
         },
     ));
 

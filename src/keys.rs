@@ -10,8 +10,8 @@
 //! the key's xxh3-64 hash. Redis Cluster hashes only the first `{…}` of a name into a slot, so the slot
 //! follows the hash of the whole key: counters spread evenly over the slots, and a client's value,
 //! which comes after the hash tag, can neither choose the slot nor close the tag early. The full bytes
-//! after it keep the name injective even if two keys' hashes collided. xxh3 is specified and seedless
-//! here, so every process and every release computes the same name.
+//! after it keep the name injective even if two keys' hashes collided. xxh3 is specified and used
+//! without a secret here, so every process and every release computes the same name.
 
 use std::fmt;
 

@@ -14,11 +14,13 @@
 //!   limit) and [`store::resilient`] (timeouts, per-shard circuit breakers, `--on-store-error`).
 //! - [`rules`]: the rules in force, published whole and swapped whole on reload.
 //! - [`limiter`]: a request's descriptors → rules → store → per-descriptor statuses.
-//! - [`direct`]: per-user calls (`rate_limit`, `allow`, `allow_request`, leaky bucket) without
-//!   rule files.
+//! - [`keyed`]: one keyed limiter over any store, and the per-user call shapes on top of it
+//!   (`rate_limit`, `allow`, `allow_request`, leaky bucket), without rule files.
 //! - [`metrics`]: metric names, descriptions and recording through the `metrics` facade.
 //! - `server` (feature `server`): Envoy's gRPC `RateLimitService`, the admin HTTP port, the rule
 //!   file watcher and the Prometheus recorder, wired by `run(listeners, options, shutdown)`.
+//! - `xds` (feature `server`): rules from an xDS management server (ADS), as Envoy Gateway
+//!   serves them.
 //! - `loadgen` (feature `loadgen`): `tollgate bench`, a closed- or open-loop load generator for
 //!   any RLS server; it depends on neither the server nor the command line.
 //!
@@ -27,7 +29,7 @@
 pub mod algorithm;
 pub mod clock;
 pub mod config;
-pub mod direct;
+pub mod keyed;
 pub mod keys;
 pub mod limiter;
 #[cfg(feature = "loadgen")]
@@ -37,3 +39,5 @@ pub mod rules;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod store;
+#[cfg(feature = "server")]
+pub mod xds;

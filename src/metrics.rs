@@ -5,7 +5,11 @@
 //! results, store kinds; a raw user value appears only through a rule's `detailed_metric` or
 //! `value_to_metric`, which the operator opts into.
 
+mod hits;
+
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+pub use hits::{HitCounters, HitSplit};
 
 /// Hits per rule and result; labels `domain`, `rule`, `result` (one of the `RESULT_*` values).
 pub const HITS: &str = "tollgate_rule_hits_total";
@@ -13,6 +17,19 @@ pub const RESULT_WITHIN_LIMIT: &str = "within_limit";
 pub const RESULT_NEAR_LIMIT: &str = "near_limit";
 pub const RESULT_OVER_LIMIT: &str = "over_limit";
 pub const RESULT_SHADOW_MODE: &str = "shadow_mode";
+/// envoyproxy/ratelimit's series, as its documented statsd-exporter mapping names them (labels
+/// `domain`, `key1`, `key2`), counted with `--envoy-ratelimit-metrics`; see [`HitSplit`] for the split.
+pub const PEER_TOTAL_HITS: &str = "ratelimit_service_rate_limit_total_hits";
+pub const PEER_WITHIN_LIMIT: &str = "ratelimit_service_rate_limit_within_limit";
+pub const PEER_NEAR_LIMIT: &str = "ratelimit_service_rate_limit_near_limit";
+pub const PEER_OVER_LIMIT: &str = "ratelimit_service_rate_limit_over_limit";
+pub const PEER_SHADOW_MODE: &str = "ratelimit_service_rate_limit_shadow_mode";
+/// The peer's count of requests answered OK only because of global shadow mode.
+pub const PEER_GLOBAL_SHADOW_MODE: &str = "ratelimit_service_global_shadow_mode";
+/// The peer's failed calls; label `err_type` (`redis_error`, `service_error`).
+pub const PEER_SHOULD_RATE_LIMIT_ERROR: &str = "ratelimit_service_should_rate_limit_error";
+/// Requests answered OK only because of global shadow mode.
+pub const GLOBAL_SHADOW_MODE: &str = "tollgate_global_shadow_mode_total";
 /// Descriptors that matched no rule (or a domain with no rules); label `domain`.
 pub const UNMATCHED: &str = "tollgate_unmatched_descriptors_total";
 /// gRPC `ShouldRateLimit` latency; label `code` (`OK`, `OVER_LIMIT`, or a gRPC status name).
@@ -50,6 +67,10 @@ pub const INVALID_REQUESTS: &str = "tollgate_invalid_requests_total";
 /// them). Call once, after installing a recorder.
 pub fn describe() {
     describe_counter!(HITS, "Rate-limit decisions per rule and result");
+    describe_counter!(
+        GLOBAL_SHADOW_MODE,
+        "Requests answered OK only because of global shadow mode"
+    );
     describe_counter!(UNMATCHED, "Descriptors that matched no rule");
     describe_histogram!(
         GRPC_REQUEST_DURATION,

@@ -18,7 +18,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
-use crate::config::{ConfigError, Snapshot};
+use crate::config::{ConfigError, LoadOptions, Snapshot};
 use crate::metrics::{CONFIG_GENERATION, CONFIG_RELOADS};
 
 /// One validated rule set and when it was published.
@@ -39,26 +39,35 @@ pub struct LiveRules {
     /// Serializes reloads, so generations are published in the order they were loaded.
     reloading: Mutex<()>,
     failed_reloads: AtomicU64,
+    options: LoadOptions,
 }
 
 impl LiveRules {
     /// Loads the rules at `path` (a file or a directory) as generation 1. `None` gives an empty
     /// rule set with nothing to reload.
     pub fn new(path: Option<PathBuf>) -> Result<Arc<Self>, Vec<ConfigError>> {
+        Self::with_options(path, LoadOptions::default())
+    }
+
+    /// [`LiveRules::new`], reading the files with `options` now and at every reload.
+    pub fn with_options(
+        path: Option<PathBuf>,
+        options: LoadOptions,
+    ) -> Result<Arc<Self>, Vec<ConfigError>> {
         let Some(path) = path else {
-            return Ok(Self::publish_first(Snapshot::empty(), None));
+            return Ok(Self::publish_first(Snapshot::empty(), None, options));
         };
         let path = std::path::absolute(&path).unwrap_or(path);
-        let snapshot = Snapshot::load(&path)?;
-        Ok(Self::publish_first(snapshot, Some(path)))
+        let snapshot = Snapshot::load_with(&path, options)?;
+        Ok(Self::publish_first(snapshot, Some(path), options))
     }
 
     /// Rules built in memory, as generation 1, with no file behind them.
     pub fn from_snapshot(snapshot: Snapshot) -> Arc<Self> {
-        Self::publish_first(snapshot, None)
+        Self::publish_first(snapshot, None, LoadOptions::default())
     }
 
-    fn publish_first(snapshot: Snapshot, path: Option<PathBuf>) -> Arc<Self> {
+    fn publish_first(snapshot: Snapshot, path: Option<PathBuf>, options: LoadOptions) -> Arc<Self> {
         metrics::gauge!(CONFIG_GENERATION).set(1.0);
         Arc::new(Self {
             current: ArcSwap::from_pointee(Generation {
@@ -69,6 +78,7 @@ impl LiveRules {
             path,
             reloading: Mutex::new(()),
             failed_reloads: AtomicU64::new(0),
+            options,
         })
     }
 
@@ -97,7 +107,7 @@ impl LiveRules {
         let Some(path) = &self.path else {
             return Ok(self.current.load().number);
         };
-        match Snapshot::load(path) {
+        match Snapshot::load_with(path, self.options) {
             Ok(snapshot) => {
                 let number = self.current.load().number + 1;
                 self.current.store(Arc::new(Generation {
@@ -123,6 +133,21 @@ impl LiveRules {
                 Err(errors)
             }
         }
+    }
+    /// Publishes rules validated elsewhere (an xDS response) as the next generation, whose number
+    /// it returns; `source` names them in the log.
+    pub fn publish(&self, snapshot: Snapshot, source: &str) -> u64 {
+        let _one_at_a_time = self.reloading.lock();
+        let number = self.current.load().number + 1;
+        self.current.store(Arc::new(Generation {
+            snapshot,
+            number,
+            loaded_at: SystemTime::now(),
+        }));
+        metrics::counter!(CONFIG_RELOADS, "result" => "success").increment(1);
+        metrics::gauge!(CONFIG_GENERATION).set(number as f64);
+        tracing::info!(generation = number, source, "rules published");
+        number
     }
 }
 

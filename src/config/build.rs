@@ -8,19 +8,27 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::locate::NodePath;
 use super::matcher::{DomainRules, Glob, KeyEntry, Level, LevelKind, LevelMeta, Node, RuleEntry};
 use super::raw::{Number, RawDescriptor, RawFile, RawRateLimit};
-use super::{Rule, Unit};
+use super::{LoadOptions, Rule, Unit};
 use crate::algorithm::{Algorithm, Quota, QuotaError};
 
 pub(crate) type Problem = (NodePath, String);
+/// A `replaces` name and where it was written.
+pub(crate) type Replaces = (String, NodePath);
 
-pub(crate) fn build(source: &Path, raw: RawFile) -> Result<DomainRules, Vec<Problem>> {
+pub(crate) fn build(
+    source: &Path,
+    raw: RawFile,
+    options: LoadOptions,
+) -> Result<(DomainRules, Vec<Replaces>), Vec<Problem>> {
     let root = NodePath::default();
     let mut b = Builder {
+        default_algorithm: options.default_algorithm,
         domain: String::new(),
         problems: Vec::new(),
         rules: Vec::new(),
@@ -42,32 +50,43 @@ pub(crate) fn build(source: &Path, raw: RawFile) -> Result<DomainRules, Vec<Prob
         &root.field("descriptors"),
         &mut Vec::new(),
     );
+    // A merged domain's other files may name the limit: its check waits for them (`unresolved`).
+    let mut unresolved = Vec::new();
     for (name, path) in std::mem::take(&mut b.replaces) {
-        if !b.names.contains(&name) {
-            let message = format!(
-                "replaces `{name}`, but no rate limit in domain `{}` has that name",
-                b.domain
-            );
+        if b.names.contains(&name) {
+            continue;
+        }
+        if options.merge_domains {
+            unresolved.push((name, path));
+        } else {
+            let message = unknown_replaces(&name, &b.domain);
             b.problems.push((path, message));
         }
     }
     if !b.problems.is_empty() {
         return Err(b.problems);
     }
-    Ok(DomainRules {
+    let rules = DomainRules {
         name: b.domain.into(),
         source: source.to_owned(),
         root: tree,
         rules: b.rules,
-    })
+        unresolved: Vec::new(),
+    };
+    Ok((rules, unresolved))
+}
+
+pub(crate) fn unknown_replaces(name: &str, domain: &str) -> String {
+    format!("replaces `{name}`, but no rate limit in domain `{domain}` has that name")
 }
 
 struct Builder {
+    default_algorithm: Algorithm,
     domain: String,
     problems: Vec<Problem>,
     rules: Vec<RuleEntry>,
     names: HashSet<String>,
-    replaces: Vec<(String, NodePath)>,
+    replaces: Vec<Replaces>,
 }
 
 /// A descriptor's own settings, before it is placed in the tree.
@@ -143,6 +162,7 @@ impl Builder {
                     detailed_metric: d.detailed_metric.unwrap_or(false),
                     value_to_metric: d.value_to_metric.unwrap_or(false),
                     replaces: limit.replaces,
+                    metadata: d.metadata.clone().map(Arc::new),
                 };
                 self.rules.push(RuleEntry {
                     rule,
@@ -197,9 +217,10 @@ impl Builder {
         }
 
         if unlimited {
+            // envoyproxy/ratelimit ignores `requests_per_unit` beside `unlimited: true` (files
+            // written for it carry one), but refuses a unit.
             let conflicts = [
                 ("unit", rl.unit.is_some()),
-                ("requests_per_unit", rl.requests_per_unit.is_some()),
                 ("window", rl.window.is_some()),
                 ("algorithm", rl.algorithm.is_some()),
                 ("burst", rl.burst.is_some()),
@@ -221,15 +242,10 @@ impl Builder {
             });
         }
 
-        let unit = rl.unit.as_deref().and_then(|u| match parse_unit(u) {
-            Some(unit) => Some(unit),
-            None => {
-                self.problem(
-                    at.field("unit"),
-                    format!(
-                        "unknown unit `{u}` (expected second, minute, hour, day, week, month or year)"
-                    ),
-                );
+        let unit = rl.unit.as_deref().and_then(|u| match u.parse::<Unit>() {
+            Ok(unit) => Some(unit),
+            Err(e) => {
+                self.problem(at.field("unit"), e.to_string());
                 None
             }
         });
@@ -269,7 +285,7 @@ impl Builder {
             }
         };
         let algorithm = match rl.algorithm.as_deref() {
-            None => Some(Algorithm::default()),
+            None => Some(self.default_algorithm),
             Some(a) => match a.trim().to_ascii_lowercase().parse::<Algorithm>() {
                 Ok(a) => Some(a),
                 Err(_) => {
@@ -353,20 +369,6 @@ fn rule_id(domain: &str, levels: &[LevelMeta]) -> String {
     id
 }
 
-/// Case-insensitive, as envoyproxy/ratelimit upper-cases the unit before its enum lookup.
-fn parse_unit(s: &str) -> Option<Unit> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "second" => Some(Unit::Second),
-        "minute" => Some(Unit::Minute),
-        "hour" => Some(Unit::Hour),
-        "day" => Some(Unit::Day),
-        "week" => Some(Unit::Week),
-        "month" => Some(Unit::Month),
-        "year" => Some(Unit::Year),
-        _ => None,
-    }
-}
-
 /// `250ms`, `90s`, `2h`, `1d`, `1w`, or a sum such as `1h30m`; whole numbers only.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || {
@@ -439,13 +441,5 @@ mod tests {
         ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn units_ignore_case() {
-        assert_eq!(parse_unit("SECOND"), Some(Unit::Second));
-        assert_eq!(parse_unit("Week"), Some(Unit::Week));
-        assert_eq!(parse_unit("fortnight"), None);
-        assert_eq!(parse_unit("UNKNOWN"), None);
     }
 }

@@ -10,17 +10,21 @@ use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::ConfigError;
-use super::build::build;
+use super::build::{build, unknown_replaces};
 use super::locate::{NodePath, locate};
 use super::matcher::DomainRules;
 use super::raw::RawFile;
+use super::{ConfigError, LoadOptions};
 
 /// Directory depth limit, against symlink loops that canonicalization cannot see.
 const MAX_DEPTH: usize = 16;
 
 /// One file's text to one domain.
-pub(crate) fn parse_text(file: &Path, text: &str) -> Result<DomainRules, Vec<ConfigError>> {
+pub(crate) fn parse_text(
+    file: &Path,
+    text: &str,
+    options: LoadOptions,
+) -> Result<DomainRules, Vec<ConfigError>> {
     let error = |(line, column): (usize, usize), message: String| ConfigError {
         file: file.to_owned(),
         line,
@@ -42,12 +46,20 @@ pub(crate) fn parse_text(file: &Path, text: &str) -> Result<DomainRules, Vec<Con
             return Err(vec![error(at, strip_positions(&e.to_string()))]);
         }
     };
-    build(file, raw).map_err(|problems| {
+    let (mut rules, unresolved) = build(file, raw, options).map_err(|problems| {
         problems
             .into_iter()
             .map(|(path, message)| error(locate(text, &path), message))
-            .collect()
-    })
+            .collect::<Vec<_>>()
+    })?;
+    rules.unresolved = unresolved
+        .into_iter()
+        .map(|(name, path)| {
+            let message = unknown_replaces(&name, &rules.name);
+            (name, error(locate(text, &path), message))
+        })
+        .collect();
+    Ok(rules)
 }
 
 fn is_only_comments(text: &str) -> bool {
@@ -107,7 +119,10 @@ fn parse_position(s: &str) -> Option<(usize, String)> {
 }
 
 /// Every domain under `path` (a file or a directory), or every error found.
-pub(crate) fn load_path(path: &Path) -> Result<Vec<DomainRules>, Vec<ConfigError>> {
+pub(crate) fn load_path(
+    path: &Path,
+    options: LoadOptions,
+) -> Result<Vec<DomainRules>, Vec<ConfigError>> {
     let io_error = |p: &Path, what: &str, e: std::io::Error| ConfigError {
         file: p.to_owned(),
         line: 1,
@@ -155,32 +170,59 @@ pub(crate) fn load_path(path: &Path) -> Result<Vec<DomainRules>, Vec<ConfigError
                 continue;
             }
         };
-        match parse_text(&file, &text) {
-            Ok(domain) => {
-                if let Some(first) = domains.iter().find(|d| d.name == domain.name) {
+        match parse_text(&file, &text, options) {
+            Ok(domain) => match domains.iter_mut().find(|d| d.name == domain.name) {
+                None => domains.push(domain),
+                Some(first) => {
+                    let message = if options.merge_domains {
+                        match first.merge(domain) {
+                            Ok(()) => continue,
+                            Err(shown) => format!(
+                                "duplicate descriptor `{shown}` in merged domain `{}`: already defined in {}",
+                                first.name,
+                                first.source.display()
+                            ),
+                        }
+                    } else {
+                        format!(
+                            "duplicate domain `{}`: already defined in {}",
+                            domain.name,
+                            first.source.display()
+                        )
+                    };
                     let (line, column) = locate(&text, &NodePath::default().field("domain"));
                     errors.push(ConfigError {
                         file: file.clone(),
                         line,
                         column,
-                        message: format!(
-                            "duplicate domain `{}`: already defined in {}",
-                            domain.name,
-                            first.source.display()
-                        ),
+                        message,
                     });
-                } else {
-                    domains.push(domain);
                 }
-            }
+            },
             Err(mut e) => errors.append(&mut e),
         }
     }
+    errors.extend(domains.iter_mut().flat_map(unresolved_replaces));
     if errors.is_empty() {
         Ok(domains)
     } else {
         Err(errors)
     }
+}
+
+/// The `replaces` of a merged domain that name no limit in any of its files.
+pub(crate) fn unresolved_replaces(domain: &mut DomainRules) -> Vec<ConfigError> {
+    let unresolved = std::mem::take(&mut domain.unresolved);
+    unresolved
+        .into_iter()
+        .filter(|(name, _)| {
+            !domain
+                .rules
+                .iter()
+                .any(|r| r.rule.name.as_deref() == Some(name.as_str()))
+        })
+        .map(|(_, error)| error)
+        .collect()
 }
 
 /// Whether the loader reads a file of this name in a directory: visible, ending in `.yaml` or

@@ -2,7 +2,7 @@
 //!
 //! serde_norway keeps no spans, but it stamps an error raised while deserializing a node with that
 //! node's position. So to place a semantic error found after parsing, we parse the text again with a
-//! seed that walks down the path, skipping everything else, and fails on arrival: the error's
+//! probe that walks down the path, skipping everything else, and fails on arrival: the error's
 //! location is the node's. This runs only when a file is refused, so its cost does not matter.
 //! If the path stops existing part-way (a missing field), the deepest node reached is reported.
 
@@ -101,7 +101,7 @@ impl<'de> Visitor<'de> for Nav<'_> {
             return Err(arrived());
         };
         let fail_on_key = self.at_key && rest.is_empty();
-        while let Some(found) = map.next_key_seed(KeySeed {
+        while let Some(found) = map.next_key_seed(KeyProbe {
             name,
             fail: fail_on_key,
         })? {
@@ -139,12 +139,12 @@ impl<'de> Visitor<'de> for Nav<'_> {
 }
 
 /// Deserializes a mapping key: `true` if it is the wanted field; fails on it when `fail`.
-struct KeySeed {
+struct KeyProbe {
     name: &'static str,
     fail: bool,
 }
 
-impl<'de> DeserializeSeed<'de> for KeySeed {
+impl<'de> DeserializeSeed<'de> for KeyProbe {
     type Value = bool;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
@@ -152,7 +152,7 @@ impl<'de> DeserializeSeed<'de> for KeySeed {
     }
 }
 
-impl<'de> Visitor<'de> for KeySeed {
+impl<'de> Visitor<'de> for KeyProbe {
     type Value = bool;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {

@@ -119,6 +119,9 @@ pub(crate) struct DomainRules {
     pub source: std::path::PathBuf,
     pub root: Level,
     pub rules: Vec<RuleEntry>,
+    /// `replaces` names not found in this file, kept while files of one domain are merged
+    /// (with where each was written, once located).
+    pub unresolved: Vec<(String, super::ConfigError)>,
 }
 
 impl DomainRules {
@@ -148,6 +151,82 @@ impl DomainRules {
             level = &node.children;
         }
         None
+    }
+}
+
+impl DomainRules {
+    /// Adds the descriptors of another file of this domain, as envoyproxy/ratelimit's
+    /// `MERGE_DOMAIN_CONFIG` does: top-level descriptors join this domain's; one that is already
+    /// here (same key and value) is refused, named as `key` or `key_value`.
+    pub fn merge(&mut self, other: DomainRules) -> Result<(), String> {
+        for (key, theirs) in &other.root.keys {
+            let Some(ours) = self.root.keys.get(key) else {
+                continue;
+            };
+            let clash = theirs
+                .exact
+                .keys()
+                .find(|v| ours.exact.contains_key(*v))
+                .map(|v| format!("{key}_{v}"))
+                .or_else(|| {
+                    theirs
+                        .wildcards
+                        .iter()
+                        .find(|w| {
+                            ours.wildcards
+                                .iter()
+                                .any(|o| o.glob.pattern() == w.glob.pattern())
+                        })
+                        .map(|w| format!("{key}_{}", w.glob.pattern()))
+                })
+                .or_else(|| (theirs.any.is_some() && ours.any.is_some()).then(|| key.to_string()));
+            if let Some(shown) = clash {
+                return Err(shown);
+            }
+        }
+        let offset = self.rules.len();
+        let DomainRules {
+            root,
+            rules,
+            unresolved,
+            ..
+        } = other;
+        self.unresolved.extend(unresolved);
+        for (key, mut theirs) in root.keys {
+            theirs.shift_rules(offset);
+            let ours = self.root.keys.entry(key).or_default();
+            ours.exact.extend(theirs.exact);
+            ours.wildcards.extend(theirs.wildcards);
+            if theirs.any.is_some() {
+                ours.any = theirs.any;
+            }
+        }
+        self.rules.extend(rules);
+        Ok(())
+    }
+}
+
+impl KeyEntry {
+    fn shift_rules(&mut self, offset: usize) {
+        let nodes = self
+            .exact
+            .values_mut()
+            .chain(self.wildcards.iter_mut().map(|w| &mut w.node))
+            .chain(self.any.as_deref_mut());
+        for node in nodes {
+            node.shift_rules(offset);
+        }
+    }
+}
+
+impl Node {
+    fn shift_rules(&mut self, offset: usize) {
+        if let Some(rule) = &mut self.rule {
+            *rule += offset;
+        }
+        for entry in self.children.keys.values_mut() {
+            entry.shift_rules(offset);
+        }
     }
 }
 

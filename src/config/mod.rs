@@ -17,60 +17,20 @@ pub(crate) mod load;
 mod locate;
 mod matcher;
 mod raw;
+mod unit;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hashbrown::HashMap;
 use serde_json::json;
 use smallvec::SmallVec;
 
-use crate::algorithm::Quota;
+use crate::algorithm::{Algorithm, Quota};
 use matcher::{DomainRules, LevelKind, LevelMeta};
-
-/// Envoy's `RateLimitUnit`, also the YAML `unit`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Unit {
-    Second,
-    Minute,
-    Hour,
-    Day,
-    Week,
-    Month,
-    Year,
-}
-
-impl Unit {
-    /// As envoyproxy/ratelimit counts them: a month is 30 days, a year 365.
-    pub fn duration(self) -> Duration {
-        let secs = match self {
-            Unit::Second => 1,
-            Unit::Minute => 60,
-            Unit::Hour => 3_600,
-            Unit::Day => 86_400,
-            Unit::Week => 7 * 86_400,
-            Unit::Month => 30 * 86_400,
-            Unit::Year => 365 * 86_400,
-        };
-        Duration::from_secs(secs)
-    }
-
-    /// The unit whose length is exactly `window`, if any.
-    pub fn of_window(window: Duration) -> Option<Unit> {
-        [
-            Unit::Second,
-            Unit::Minute,
-            Unit::Hour,
-            Unit::Day,
-            Unit::Week,
-            Unit::Month,
-            Unit::Year,
-        ]
-        .into_iter()
-        .find(|u| u.duration() == window)
-    }
-}
+pub use unit::{Unit, UnknownUnit};
 
 /// One rate limit as configured, after validation.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,6 +53,20 @@ pub struct Rule {
     pub value_to_metric: bool,
     /// Names of limits this one replaces when both apply to one request.
     pub replaces: Vec<String>,
+    /// The descriptor's `metadata:` mapping, returned to Envoy as response dynamic metadata when
+    /// the request passes this limit (and the server is asked to).
+    pub metadata: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+}
+
+/// How rule files are read: the choices envoyproxy/ratelimit makes by environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LoadOptions {
+    /// Merge files that name the same domain (the peer's `MERGE_DOMAIN_CONFIG`); their top-level
+    /// descriptors must differ. Without it a second file for a domain is refused.
+    pub merge_domains: bool,
+    /// The algorithm of a rule that names none. envoyproxy/ratelimit's files name none and mean
+    /// `fixed_window`.
+    pub default_algorithm: Algorithm,
 }
 
 /// The rule that applies to one descriptor, and how its counter is named.
@@ -145,11 +119,55 @@ impl Snapshot {
     /// Loads a file, or every `*.yaml`/`*.yml` file of a directory (hidden entries such as
     /// Kubernetes' `..data` are followed only through the visible names). Returns every error found.
     pub fn load(path: &Path) -> Result<Self, Vec<ConfigError>> {
-        load::load_path(path).map(Self::from_domains)
+        Self::load_with(path, LoadOptions::default())
+    }
+
+    /// [`Snapshot::load`] with the given choices.
+    pub fn load_with(path: &Path, options: LoadOptions) -> Result<Self, Vec<ConfigError>> {
+        load::load_path(path, options).map(Self::from_domains)
     }
 
     pub fn parse(file_name: &str, text: &str) -> Result<Self, Vec<ConfigError>> {
-        load::parse_text(Path::new(file_name), text).map(|d| Self::from_domains(vec![d]))
+        Self::parse_with(file_name, text, LoadOptions::default())
+    }
+
+    /// [`Snapshot::parse`] with the given choices.
+    pub fn parse_with(
+        file_name: &str,
+        text: &str,
+        options: LoadOptions,
+    ) -> Result<Self, Vec<ConfigError>> {
+        let mut domain = load::parse_text(Path::new(file_name), text, options)?;
+        let errors = load::unresolved_replaces(&mut domain);
+        if errors.is_empty() {
+            Ok(Self::from_domains(vec![domain]))
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The domains of several snapshots as one, for rules that arrive a domain at a time (xDS).
+    /// A domain found twice is refused, as in a directory.
+    pub fn merge(parts: impl IntoIterator<Item = Snapshot>) -> Result<Self, ConfigError> {
+        let mut domains: Vec<DomainRules> = Vec::new();
+        for domain in parts.into_iter().flat_map(|s| s.domains) {
+            if let Some(first) = domains.iter().find(|d| d.name == domain.name) {
+                let message = format!(
+                    "duplicate domain `{}`: already defined in {}",
+                    domain.name,
+                    first.source.display()
+                );
+                let (file, line, column) = (domain.source, 1, 1);
+                return Err(ConfigError {
+                    file,
+                    line,
+                    column,
+                    message,
+                });
+            }
+            domains.push(domain);
+        }
+        Ok(Self::from_domains(domains))
     }
 
     fn from_domains(mut domains: Vec<DomainRules>) -> Self {
@@ -242,7 +260,7 @@ fn domain_json(d: &DomainRules) -> serde_json::Value {
                 "id": r.id,
                 "name": r.name,
                 "descriptor": descriptor,
-                "unit": r.unit.map(unit_name),
+                "unit": r.unit.map(Unit::as_str),
                 "quota": quota,
                 "unlimited": r.unlimited,
                 "shadow_mode": r.shadow_mode,
@@ -250,6 +268,7 @@ fn domain_json(d: &DomainRules) -> serde_json::Value {
                 "detailed_metric": r.detailed_metric,
                 "value_to_metric": r.value_to_metric,
                 "replaces": r.replaces,
+                "metadata": r.metadata.as_deref(),
             })
         })
         .collect();
@@ -272,18 +291,6 @@ fn level_json(l: &LevelMeta) -> serde_json::Value {
 
 fn duration_ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-fn unit_name(u: Unit) -> &'static str {
-    match u {
-        Unit::Second => "second",
-        Unit::Minute => "minute",
-        Unit::Hour => "hour",
-        Unit::Day => "day",
-        Unit::Week => "week",
-        Unit::Month => "month",
-        Unit::Year => "year",
-    }
 }
 
 #[cfg(test)]

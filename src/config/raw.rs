@@ -29,6 +29,8 @@ pub(crate) struct RawDescriptor {
     pub detailed_metric: Option<bool>,
     pub value_to_metric: Option<bool>,
     pub share_threshold: Option<bool>,
+    /// Free-form, returned to Envoy as dynamic metadata; YAML numbers become JSON numbers.
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Deserialize)]

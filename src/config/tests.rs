@@ -240,11 +240,15 @@ fn burst_only_for_buckets() {
 }
 
 #[test]
-fn unlimited_takes_no_limit() {
-    assert_eq!(
-        rl_error("      unlimited: true\n      requests_per_unit: 5\n"),
-        "t.yaml:6:7: an `unlimited: true` rate limit takes no `requests_per_unit`"
-    );
+fn unlimited_takes_no_unit_but_ignores_requests_per_unit() {
+    // envoyproxy/ratelimit's unlimited_with_unit.yaml is refused; a requests_per_unit beside
+    // `unlimited: true` loads there and here, and limits nothing.
+    let s = parse(&format!(
+        "{RL}      unlimited: true\n      requests_per_unit: 5\n"
+    ));
+    let rule = s.rules("d").next().unwrap();
+    assert!(rule.unlimited);
+    assert_eq!(rule.quota, None);
     assert_eq!(
         rl_error("      unit: SECOND\n      unlimited: true\n"),
         "t.yaml:5:7: an `unlimited: true` rate limit takes no `unit`"
@@ -1012,5 +1016,159 @@ mod fuzz {
                 let _ = s.find("d", &[("a", "x"), ("b", "y")]).map(|m| m.metric_key());
             }
         }
+    }
+}
+
+#[test]
+fn metadata_loads_on_the_rule_it_sits_beside() {
+    let s = parse(
+        "domain: test-domain\ndescriptors:\n  - key: key1\n    value: value1\n    descriptors:\n      - key: subkey1\n        rate_limit: {unit: second, requests_per_unit: 5}\n        metadata:\n          name: service_1\n      - key: subkey1\n        value: subvalue1\n        rate_limit: {unit: second, requests_per_unit: 10}\n  - key: key2\n    rate_limit: {unit: minute, requests_per_unit: 20}\n    metadata:\n      service_with_quota:\n        name: service_2\n        weight: 2\n        tags: [a, b]\n",
+    );
+    let m = s
+        .find("test-domain", &[("key1", "value1"), ("subkey1", "x")])
+        .unwrap();
+    let md = m.rule.metadata.as_deref().unwrap();
+    assert_eq!(md["name"], "service_1");
+    let m = s
+        .find(
+            "test-domain",
+            &[("key1", "value1"), ("subkey1", "subvalue1")],
+        )
+        .unwrap();
+    assert_eq!(m.rule.metadata, None);
+    let m = s.find("test-domain", &[("key2", "y")]).unwrap();
+    let md = m.rule.metadata.as_deref().unwrap();
+    assert_eq!(
+        serde_json::Value::Object(md.clone()),
+        serde_json::json!({"service_with_quota": {"name": "service_2", "weight": 2, "tags": ["a", "b"]}})
+    );
+    assert_eq!(m.metric_key(), "test-domain.key2");
+    // Metadata must be a mapping.
+    assert!(
+        error("domain: d\ndescriptors:\n  - key: a\n    metadata: [1]\n").contains("t.yaml:4:")
+    );
+}
+
+#[test]
+fn files_of_one_domain_merge_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "a.yaml",
+        "domain: test-domain\ndescriptors:\n  - key: key1\n    value: value1\n    rate_limit: {unit: minute, requests_per_unit: 10, replaces: [{name: sub}]}\n",
+    );
+    write(
+        dir.path(),
+        "b.yaml",
+        "domain: test-domain\ndescriptors:\n  - key: key2\n    value: value2\n    rate_limit: {unit: minute, requests_per_unit: 20}\n  - key: key1\n    descriptors:\n      - key: sub\n        rate_limit: {name: sub, unit: second, requests_per_unit: 3}\n",
+    );
+    let merge = LoadOptions {
+        merge_domains: true,
+        ..LoadOptions::default()
+    };
+    let s = Snapshot::load_with(dir.path(), merge).unwrap();
+    let limit = |entries: &[(&str, &str)]| {
+        s.find("test-domain", entries)
+            .and_then(|m| m.rule.quota)
+            .map(|q| q.limit())
+    };
+    assert_eq!(limit(&[("key1", "value1")]), Some(10));
+    assert_eq!(limit(&[("key2", "value2")]), Some(20));
+    assert_eq!(limit(&[("key1", "other"), ("sub", "x")]), Some(3));
+    assert_eq!(limit(&[]), None);
+    assert_eq!(s.rule_count(), 3);
+    // `replaces` may name a limit of another file of the domain; a name in none is refused.
+    assert_eq!(
+        s.find("test-domain", &[("key1", "value1")])
+            .unwrap()
+            .rule
+            .replaces,
+        ["sub"]
+    );
+    let lone = "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: day, requests_per_unit: 1, replaces: [{name: nope}]}\n";
+    let e = Snapshot::parse_with("t.yaml", lone, merge).unwrap_err();
+    assert_eq!(
+        e[0].to_string(),
+        "t.yaml:4:69: replaces `nope`, but no rate limit in domain `d` has that name"
+    );
+    // Without the option the second file is refused (envoyproxy's duplicate_domain.yaml).
+    assert!(Snapshot::load(dir.path()).is_err());
+    // A top-level descriptor defined in both files is refused even when merging.
+    write(
+        dir.path(),
+        "c.yaml",
+        "domain: test-domain\ndescriptors:\n  - key: key2\n    value: value2\n    rate_limit: {unit: hour, requests_per_unit: 1}\n",
+    );
+    let e = Snapshot::load_with(dir.path(), merge).unwrap_err();
+    assert_eq!(e.len(), 1);
+    assert!(
+        e[0].to_string().contains(
+            "c.yaml:1:9: duplicate descriptor `key2_value2` in merged domain `test-domain`"
+        ),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn the_default_algorithm_applies_to_rules_that_name_none() {
+    let text = "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: minute, requests_per_unit: 5}\n  - key: b\n    rate_limit: {unit: minute, requests_per_unit: 5, algorithm: token_bucket}\n";
+    let algorithm = |s: &Snapshot, key: &str| {
+        s.find("d", &[(key, "x")])
+            .and_then(|m| m.rule.quota)
+            .map(|q| q.algorithm())
+    };
+    let s = parse(text);
+    assert_eq!(algorithm(&s, "a"), Some(Algorithm::SlidingWindow));
+    let fixed = LoadOptions {
+        default_algorithm: Algorithm::FixedWindow,
+        ..LoadOptions::default()
+    };
+    let s = Snapshot::parse_with("t.yaml", text, fixed).unwrap();
+    assert_eq!(algorithm(&s, "a"), Some(Algorithm::FixedWindow));
+    assert_eq!(algorithm(&s, "b"), Some(Algorithm::TokenBucket));
+}
+
+#[test]
+fn envoyproxy_refusals_are_refused_here_with_a_position() {
+    // The peer's non_string_key, non_map_list, misspelled_key(2), replaces_self, replaces_empty,
+    // bad_limit_unit, empty_key, empty_domain, duplicate_key and unlimited_with_unit files.
+    let cases = [
+        ("0.25: test-domain\ndescriptors: []\n", "t.yaml:1:"),
+        ("domain: d\ndescriptors:\n  - a\n  - b\n", "t.yaml:3:"),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    ratelimit:\n      unit: day\n",
+            "t.yaml:4:",
+        ),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: day\n      requestsperunit: 5\n",
+            "t.yaml:6:",
+        ),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {name: n, unit: day, requests_per_unit: 5, replaces: [{name: n}]}\n",
+            "t.yaml:4:",
+        ),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: day, requests_per_unit: 5, replaces: [{name: ''}]}\n",
+            "t.yaml:4:",
+        ),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: fortnight, requests_per_unit: 5}\n",
+            "t.yaml:4:",
+        ),
+        ("domain: d\ndescriptors:\n  - key: ''\n", "t.yaml:3:"),
+        ("domain: ''\ndescriptors: []\n", "t.yaml:1:"),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    value: v\n  - key: k\n    value: v\n",
+            "t.yaml:6:",
+        ),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unlimited: true, unit: day}\n",
+            "t.yaml:4:",
+        ),
+    ];
+    for (text, at) in cases {
+        let e = error(text);
+        assert!(e.starts_with(at), "{text}: {e}");
     }
 }

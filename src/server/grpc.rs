@@ -16,7 +16,10 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
     RateLimitService, RateLimitServiceServer,
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use envoy_types::pb::google::protobuf::Duration as PbDuration;
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::{
+    Duration as PbDuration, ListValue, Struct as PbStruct, Value as PbValue,
+};
 use tonic::{Request, Response, Status};
 
 use crate::config::Unit;
@@ -74,6 +77,15 @@ impl RateLimitService for RlsService {
                 )
             }
             Err(e) => {
+                if self.limiter.settings().envoy_ratelimit_metrics {
+                    let err_type = if e.is_invalid_argument() {
+                        "service_error"
+                    } else {
+                        "redis_error"
+                    };
+                    metrics::counter!(m::PEER_SHOULD_RATE_LIMIT_ERROR, "err_type" => err_type)
+                        .increment(1);
+                }
                 let status = status_of(&e);
                 let label = code_name(status.code());
                 let latency = metrics::histogram!(m::GRPC_REQUEST_DURATION, "code" => label);
@@ -106,29 +118,12 @@ fn code_name(code: tonic::Code) -> &'static str {
 
 /// Envoy's unit enum → ours; `None` for `UNKNOWN` or values this build does not know.
 pub fn unit_from_proto(unit: i32) -> Option<Unit> {
-    Some(match PbUnit::try_from(unit).ok()? {
-        PbUnit::Second => Unit::Second,
-        PbUnit::Minute => Unit::Minute,
-        PbUnit::Hour => Unit::Hour,
-        PbUnit::Day => Unit::Day,
-        PbUnit::Week => Unit::Week,
-        PbUnit::Month => Unit::Month,
-        PbUnit::Year => Unit::Year,
-        PbUnit::Unknown => return None,
-    })
+    Unit::from_envoy_number(unit)
 }
 
 pub fn unit_to_proto(unit: Option<Unit>) -> PbUnit {
-    match unit {
-        Some(Unit::Second) => PbUnit::Second,
-        Some(Unit::Minute) => PbUnit::Minute,
-        Some(Unit::Hour) => PbUnit::Hour,
-        Some(Unit::Day) => PbUnit::Day,
-        Some(Unit::Week) => PbUnit::Week,
-        Some(Unit::Month) => PbUnit::Month,
-        Some(Unit::Year) => PbUnit::Year,
-        None => PbUnit::Unknown,
-    }
+    unit.and_then(|u| PbUnit::try_from(u.envoy_number()).ok())
+        .unwrap_or(PbUnit::Unknown)
 }
 
 /// Moves the request's strings into the limiter's form (no copies).
@@ -202,8 +197,34 @@ pub fn to_proto(resp: &limiter::Response, response_headers: bool) -> RateLimitRe
         overall_code: code_to_proto(resp.overall_code) as i32,
         statuses,
         response_headers_to_add,
+        dynamic_metadata: resp
+            .dynamic_metadata
+            .as_ref()
+            .map(|fields| struct_of(fields.clone())),
         ..Default::default()
     }
+}
+
+/// JSON as protobuf's `Struct`, for Envoy's dynamic metadata.
+fn struct_of(fields: serde_json::Map<String, serde_json::Value>) -> PbStruct {
+    PbStruct {
+        fields: fields.into_iter().map(|(k, v)| (k, value_of(v))).collect(),
+    }
+}
+
+fn value_of(v: serde_json::Value) -> PbValue {
+    use serde_json::Value as J;
+    let kind = match v {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        J::String(s) => Kind::StringValue(s),
+        J::Array(a) => Kind::ListValue(ListValue {
+            values: a.into_iter().map(value_of).collect(),
+        }),
+        J::Object(o) => Kind::StructValue(struct_of(o)),
+    };
+    PbValue { kind: Some(kind) }
 }
 
 /// `X-RateLimit-Limit`, `-Remaining` and `-Reset` for the tightest descriptor, in the form of the

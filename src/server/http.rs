@@ -226,16 +226,7 @@ impl JsonUnit {
     fn get(&self) -> Result<Unit, String> {
         let unit = match self {
             JsonUnit::Number(n) => super::grpc::unit_from_proto(*n),
-            JsonUnit::Name(name) => match name.to_ascii_uppercase().as_str() {
-                "SECOND" => Some(Unit::Second),
-                "MINUTE" => Some(Unit::Minute),
-                "HOUR" => Some(Unit::Hour),
-                "DAY" => Some(Unit::Day),
-                "WEEK" => Some(Unit::Week),
-                "MONTH" => Some(Unit::Month),
-                "YEAR" => Some(Unit::Year),
-                _ => None,
-            },
+            JsonUnit::Name(name) => name.parse::<Unit>().ok(),
         };
         unit.ok_or_else(|| format!("unknown unit {self:?}"))
     }

@@ -2,7 +2,7 @@
 //!
 //! Layout: `N` shards (a power of two, by default at least 4 × the cores), each a
 //! `parking_lot::Mutex` around a `hashbrown::HashTable` of entries. A key is hashed once with
-//! foldhash (randomly seeded per store, so a client cannot aim many keys at one shard or one probe
+//! foldhash (keyed at random per store, so a client cannot aim many keys at one shard or one probe
 //! chain); bits 40.. of the hash pick the shard and the low bits, which the table uses, its bucket, so
 //! the two choices are independent. The hash is kept in the entry, so a table that grows or shrinks
 //! never hashes a key again, and so are the key's bytes (up to 72 of them, enough for a domain and one

@@ -12,6 +12,7 @@
 //! a message pointing at `tests/run.sh`, which installs them. Nothing is ever skipped.
 #![allow(dead_code, unused_imports)]
 
+pub mod ads;
 pub mod bad_input;
 pub mod envoy;
 pub mod fleet;

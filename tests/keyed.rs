@@ -1,5 +1,6 @@
-//! The direct calls (`tollgate::direct`) over every store, on the real clock: one suite of scenarios,
-//! run against each backend so that a fleet's store decides as the embedded one does.
+//! The keyed limiter and its call shapes (`tollgate::keyed`) over every store, on the real clock: one
+//! suite of scenarios, run against each backend so that a fleet's store decides as the embedded one
+//! does.
 //!
 //! Windows are long (a minute) or rates slow, so that the time a scenario takes on a real clock
 //! never changes an answer.
@@ -10,14 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tollgate::clock::SystemClock;
-use tollgate::direct::FailMode;
-use tollgate::direct::{
-    Algorithm, BucketPolicy, EndpointLimiter, InlineLimiter, LeakyLimiter, PerSecondLimiter, Rate,
+use tollgate::keyed::{
+    Algorithm, BucketPolicy, Call, EndpointLimiter, KeyedLimiter, OnStoreError, Quota, Rate,
     RateLimiter, WindowLimiter,
 };
 use tollgate::store::Store;
 use tollgate::store::memory::MemoryStore;
 use tollgate::store::redis::{RedisOptions, RedisStore};
+use tollgate::store::resilient::{ResilienceOptions, protect};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -38,25 +39,30 @@ async fn burst(n: usize, f: impl AsyncFn() -> bool) -> usize {
     admitted
 }
 
+/// A limit of `n` per minute by an exact log, as a call of its own: the general keyed API.
+fn log_call(user: &str, n: u64) -> Result<Call<'_>, tollgate::keyed::KeyedError> {
+    let quota = Quota::new(Algorithm::SlidingLog, n, MINUTE, None)?;
+    Call::new("allow", [("user", user)], quota)
+}
+
+fn window(store: &Arc<dyn Store>, limit: u64) -> WindowLimiter {
+    WindowLimiter::new(KeyedLimiter::with_store(store.clone()), limit, MINUTE).unwrap()
+}
+
+fn endpoint(store: &Arc<dyn Store>, capacity: u64, per_second: f64) -> EndpointLimiter {
+    let policy = BucketPolicy::new(capacity, Rate::per_second(per_second).unwrap()).unwrap();
+    EndpointLimiter::new(KeyedLimiter::with_store(store.clone()), policy)
+}
+
 async fn each_call_admits_exactly_its_limit(store: &Arc<dyn Store>, tag: &str) {
     let user = format!("{tag}-exact");
-    let per_second = PerSecondLimiter::with_store(store.clone());
-    let window = WindowLimiter::builder()
-        .limit(7)
-        .window(MINUTE)
-        .store(store.clone())
-        .unwrap();
-    let endpoint = EndpointLimiter::with_store(
-        store.clone(),
-        BucketPolicy::new(6, Rate::per_second(0.001).unwrap()).unwrap(),
-    );
-    let leaky = LeakyLimiter::with_store(store.clone());
-    let inline = InlineLimiter::with_store(store.clone());
-    let log = InlineLimiter::with_store(store.clone()).algorithm(Algorithm::SlidingLog);
+    let keyed = KeyedLimiter::with_store(store.clone());
+    let window = window(store, 7);
+    let endpoint = endpoint(store, 6, 0.001);
 
     // A per-second burst may straddle a second boundary; the sliding window still admits 5.
     assert_eq!(
-        burst(15, async || per_second.rate_limit(&user, 5).await).await,
+        burst(15, async || keyed.rate_limit(&user, 5).await).await,
         5
     );
     assert_eq!(burst(15, async || window.allow(&user).await).await, 7);
@@ -65,27 +71,22 @@ async fn each_call_admits_exactly_its_limit(store: &Arc<dyn Store>, tag: &str) {
         6
     );
     assert_eq!(
-        burst(15, async || leaky.leaky_bucket(&user, 4, 0.001).await).await,
+        burst(15, async || keyed.leaky_bucket(&user, 4, 0.001).await).await,
         4
     );
     assert_eq!(
-        burst(15, async || inline.allow(&user, 3, MINUTE).await).await,
+        burst(15, async || keyed.allow(&user, 3, MINUTE).await).await,
         3
     );
     assert_eq!(
-        burst(15, async || log.allow(&user, 2, MINUTE).await).await,
+        burst(15, async || keyed.check(log_call(&user, 2)).await).await,
         2
     );
 }
 
 async fn calls_and_users_never_share_counters(store: &Arc<dyn Store>, tag: &str) {
-    let per_second = PerSecondLimiter::with_store(store.clone());
-    let inline = InlineLimiter::with_store(store.clone());
-    let leaky = LeakyLimiter::with_store(store.clone());
-    let endpoint = EndpointLimiter::with_store(
-        store.clone(),
-        BucketPolicy::new(1, Rate::per_second(0.001).unwrap()).unwrap(),
-    );
+    let keyed = KeyedLimiter::with_store(store.clone());
+    let endpoint = endpoint(store, 1, 0.001);
     let users = [
         format!("{tag}-iso"),
         format!("{tag}-iso "),
@@ -93,15 +94,15 @@ async fn calls_and_users_never_share_counters(store: &Arc<dyn Store>, tag: &str)
         format!("{tag}-iso{{slot}}"),
     ];
     for user in &users {
-        assert!(per_second.rate_limit(user, 1).await, "{user}");
-        assert!(inline.allow(user, 1, MINUTE).await, "{user}");
-        assert!(leaky.leaky_bucket(user, 1, 0.001).await, "{user}");
+        assert!(keyed.rate_limit(user, 1).await, "{user}");
+        assert!(keyed.allow(user, 1, MINUTE).await, "{user}");
+        assert!(keyed.leaky_bucket(user, 1, 0.001).await, "{user}");
         assert!(endpoint.allow_request(user, "/a").await, "{user}");
         assert!(endpoint.allow_request(user, "/b").await, "{user}");
     }
     for user in &users {
-        assert!(!inline.allow(user, 1, MINUTE).await, "{user}");
-        assert!(!leaky.leaky_bucket(user, 1, 0.001).await, "{user}");
+        assert!(!keyed.allow(user, 1, MINUTE).await, "{user}");
+        assert!(!keyed.leaky_bucket(user, 1, 0.001).await, "{user}");
         assert!(!endpoint.allow_request(user, "/a").await, "{user}");
     }
     // The pair is encoded injectively: ("x/", "a") is not ("x", "/a").
@@ -113,12 +114,8 @@ async fn calls_and_users_never_share_counters(store: &Arc<dyn Store>, tag: &str)
 async fn instances_on_one_store_share_counters(store: &Arc<dyn Store>, tag: &str) {
     let user = format!("{tag}-fleet");
     let build = |ns: &str| {
-        WindowLimiter::builder()
-            .limit(4)
-            .window(MINUTE)
-            .namespace(ns)
-            .store(store.clone())
-            .unwrap()
+        let keyed = KeyedLimiter::with_store(store.clone()).namespace(ns);
+        WindowLimiter::new(keyed, 4, MINUTE).unwrap()
     };
     let (a, b, other) = (build("api"), build("api"), build("admin"));
     assert_eq!(burst(3, async || a.allow(&user).await).await, 3);
@@ -127,13 +124,7 @@ async fn instances_on_one_store_share_counters(store: &Arc<dyn Store>, tag: &str
 }
 
 async fn concurrent_tasks_never_exceed_the_limit(store: &Arc<dyn Store>, tag: &str) {
-    let limiter = Arc::new(
-        WindowLimiter::builder()
-            .limit(50)
-            .window(MINUTE)
-            .store(store.clone())
-            .unwrap(),
-    );
+    let limiter = Arc::new(window(store, 50));
     let user = format!("{tag}-hot");
     let tasks: Vec<_> = (0..300)
         .map(|_| {
@@ -150,32 +141,31 @@ async fn concurrent_tasks_never_exceed_the_limit(store: &Arc<dyn Store>, tag: &s
 
 async fn denials_say_when_to_retry(store: &Arc<dyn Store>, tag: &str) {
     let user = format!("{tag}-retry");
-    let leaky = LeakyLimiter::with_store(store.clone());
-    assert!(leaky.leaky_bucket(&user, 1, 0.001).await);
-    let d = leaky.try_leaky_bucket(&user, 1, 0.001).await.unwrap();
+    let keyed = KeyedLimiter::with_store(store.clone());
+    assert!(keyed.leaky_bucket(&user, 1, 0.001).await);
+    let leaky = Call::leaky_bucket(&user, 1, 0.001).unwrap();
+    let d = keyed.decide(&leaky, 1).await.unwrap();
     assert!(!d.allowed);
     assert!(
         d.reset_after > Duration::from_secs(990) && d.reset_after <= Duration::from_secs(1000),
         "{d:?}"
     );
 
-    let endpoint = EndpointLimiter::with_store(
-        store.clone(),
-        BucketPolicy::new(2, Rate::per_second(0.5).unwrap()).unwrap(),
-    );
+    let endpoint = endpoint(store, 2, 0.5);
     assert!(endpoint.allow_request(&user, "/x").await);
-    let d = endpoint.try_allow_request(&user, "/x").await.unwrap();
+    let call = endpoint.call(&user, "/x").unwrap();
+    let d = endpoint.keyed().decide(&call, 1).await.unwrap();
     assert!(d.allowed && d.remaining == 0, "{d:?}");
-    let d = endpoint.try_allow_request(&user, "/x").await.unwrap();
+    let d = endpoint.keyed().decide(&call, 1).await.unwrap();
     assert!(!d.allowed);
     assert!(
         d.reset_after > Duration::from_millis(1500) && d.reset_after <= Duration::from_secs(2),
         "{d:?}"
     );
 
-    let inline = InlineLimiter::with_store(store.clone());
-    assert!(inline.allow(&user, 1, MINUTE).await);
-    let d = inline.try_allow(&user, 1, MINUTE).await.unwrap();
+    assert!(keyed.allow(&user, 1, MINUTE).await);
+    let call = Call::allow(&user, 1, MINUTE).unwrap();
+    let d = keyed.decide(&call, 1).await.unwrap();
     assert!(!d.allowed && d.reset_after <= 2 * MINUTE, "{d:?}");
 }
 
@@ -206,44 +196,57 @@ async fn redis_cluster() {
     scenarios(redis(cluster.cluster_url()).await, "cluster").await;
 }
 
-/// The `redis(url)` constructors: instances built from one URL share counters; a dead server is
-/// answered by the fail mode, and a bad URL or configuration is an error before any call.
+/// `KeyedLimiter::redis(url)`: instances built from one URL share counters; a dead server is
+/// answered by the failure mode (or, for a store wrapped by `protect`, by its policy first), and a
+/// bad URL or configuration is an error before any call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn redis_constructors_and_fail_modes() {
+async fn redis_constructor_and_failure_modes() {
     let mut server = common::RedisServer::start();
     let url = server.url();
-    let build = || WindowLimiter::builder().limit(3).window(MINUTE).redis(&url);
-    let (a, b) = (build().await.unwrap(), build().await.unwrap());
+    let build = async || {
+        let keyed = KeyedLimiter::redis(&url).await.unwrap();
+        WindowLimiter::new(keyed, 3, MINUTE).unwrap()
+    };
+    let (a, b) = (build().await, build().await);
     assert_eq!(burst(2, async || a.allow("shared").await).await, 2);
     assert_eq!(burst(5, async || b.allow("shared").await).await, 1);
 
-    let per_second = PerSecondLimiter::redis(&url).await.unwrap();
-    assert!(per_second.rate_limit("u", 1).await);
-    assert!(!per_second.rate_limit("u", 1).await);
-    let leaky = LeakyLimiter::redis(&url).await.unwrap();
-    assert!(leaky.leaky_bucket("u", 1, 0.001).await);
-    assert!(!leaky.leaky_bucket("u", 1, 0.001).await);
-    let inline = InlineLimiter::redis(&url).await.unwrap();
-    assert!(inline.allow("u", 1, MINUTE).await);
-    assert!(!inline.allow("u", 1, MINUTE).await);
+    let keyed = KeyedLimiter::redis(&url).await.unwrap();
+    assert!(keyed.rate_limit("u", 1).await);
+    assert!(!keyed.rate_limit("u", 1).await);
+    assert!(keyed.leaky_bucket("u", 1, 0.001).await);
+    assert!(!keyed.leaky_bucket("u", 1, 0.001).await);
+    assert!(keyed.allow("u", 1, MINUTE).await);
+    assert!(!keyed.allow("u", 1, MINUTE).await);
     let policy = BucketPolicy::new(1, Rate::per_second(0.001).unwrap()).unwrap();
-    let endpoint = EndpointLimiter::redis(&url, policy).await.unwrap();
+    let endpoint = EndpointLimiter::new(keyed.clone(), policy);
     assert!(endpoint.allow_request("u", "/a").await);
     assert!(!endpoint.allow_request("u", "/a").await);
     assert!(!server.keys().is_empty());
 
-    let open = InlineLimiter::redis(&url).await.unwrap();
-    let closed = InlineLimiter::redis(&url)
-        .await
-        .unwrap()
-        .fail_mode(FailMode::Closed);
+    let open = KeyedLimiter::redis(&url).await.unwrap();
+    let closed = open.clone().on_store_error(OnStoreError::Deny);
+    let local = open.clone().on_store_error(OnStoreError::Local);
+    let options = ResilienceOptions {
+        on_error: OnStoreError::Deny,
+        ..ResilienceOptions::default()
+    };
+    // The protected store answers by its own policy (deny) before the limiter's (allow) applies.
+    let protected = KeyedLimiter::with_store(protect(open.store().clone(), &options));
     server.kill();
     assert!(open.allow("v", 1, MINUTE).await);
     assert!(open.allow("v", 1, MINUTE).await);
     assert!(!closed.allow("v", 1, MINUTE).await);
-    let err = closed.try_allow("v", 1, MINUTE).await.unwrap_err();
+    assert!(local.allow("v", 1, MINUTE).await);
+    assert!(!local.allow("v", 1, MINUTE).await);
+    assert!(!protected.allow("v", 1, MINUTE).await);
+    let err = closed
+        .decide(&Call::allow("v", 1, MINUTE).unwrap(), 1)
+        .await
+        .unwrap_err();
     assert!(err.is_store_error(), "{err}");
 
-    assert!(WindowLimiter::builder().limit(0).redis(&url).await.is_err());
-    assert!(InlineLimiter::redis("not a url").await.is_err());
+    let keyed = KeyedLimiter::redis(&url).await.unwrap();
+    assert!(WindowLimiter::new(keyed, 0, MINUTE).is_err());
+    assert!(KeyedLimiter::redis("not a url").await.is_err());
 }

@@ -10,24 +10,30 @@
 
 use std::time::Duration;
 
-use super::DirectError;
-use crate::algorithm::MAX_WINDOW;
+use super::KeyedError;
+use crate::algorithm::{Algorithm, MAX_WINDOW, Quota, QuotaError};
 
-/// The largest count of a [`Rate`], and the largest limit or capacity the direct calls pass on:
+/// The largest count of a [`Rate`], and the largest limit or capacity the keyed calls pass on:
 /// [`MAX_LIMIT`](crate::algorithm::MAX_LIMIT), the largest any quota takes (`u32::MAX`).
 pub const MAX_COUNT: u64 = crate::algorithm::MAX_LIMIT;
+
+/// A limit or capacity above [`MAX_COUNT`] is taken as `MAX_COUNT`: a caller passing a huge number
+/// means "practically unlimited", never "deny everything".
+pub(super) fn clamp(n: u64) -> u64 {
+    n.min(MAX_COUNT)
+}
 
 /// `count` requests per `period`: `1 ≤ count ≤ MAX_COUNT`, `1 ns ≤ period ≤ 400 days`.
 ///
 /// ```
 /// use std::time::Duration;
-/// use tollgate::direct::Rate;
+/// use tollgate::keyed::Rate;
 ///
 /// let r = Rate::per_second(0.001)?;
 /// assert_eq!((r.count(), r.period()), (1, Duration::from_secs(1000)));
 /// let r = Rate::new(3, Duration::from_millis(10))?;
 /// assert_eq!(r.per_second_f64(), 300.0);
-/// # Ok::<(), tollgate::direct::DirectError>(())
+/// # Ok::<(), tollgate::keyed::KeyedError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Rate {
@@ -37,8 +43,8 @@ pub struct Rate {
 
 impl Rate {
     /// `count` per `period`, exactly.
-    pub fn new(count: u64, period: Duration) -> Result<Self, DirectError> {
-        let invalid = |reason| DirectError::Rate {
+    pub fn new(count: u64, period: Duration) -> Result<Self, KeyedError> {
+        let invalid = |reason| KeyedError::Rate {
             rate: count as f64 / period.as_secs_f64(),
             reason,
         };
@@ -58,8 +64,8 @@ impl Rate {
     }
 
     /// `per_second` requests per second, converted exactly (see the module docs).
-    pub fn per_second(per_second: f64) -> Result<Self, DirectError> {
-        let invalid = |reason| DirectError::Rate {
+    pub fn per_second(per_second: f64) -> Result<Self, KeyedError> {
+        let invalid = |reason| KeyedError::Rate {
             rate: per_second,
             reason,
         };
@@ -98,6 +104,11 @@ impl Rate {
         self.period
     }
 
+    /// A bucket of `algorithm` holding `capacity` (taken as at most [`MAX_COUNT`]) at this rate.
+    pub(super) fn bucket(self, algorithm: Algorithm, capacity: u64) -> Result<Quota, QuotaError> {
+        Quota::new(algorithm, self.count, self.period, Some(clamp(capacity)))
+    }
+
     /// The rate in requests per second, rounded to `f64`.
     pub fn per_second_f64(&self) -> f64 {
         self.count as f64 / self.period.as_secs_f64()
@@ -113,7 +124,7 @@ enum Approx {
 /// The continued-fraction convergent `p / q` of `x > 0` described in the module docs, with
 /// `p ≤ max_p` and `1 ≤ q ≤ max_q`.
 fn rational(x: f64, max_p: u128, max_q: u128) -> Approx {
-    // Convergents: h(n) = a(n)·h(n−1) + h(n−2), k(n) likewise, seeded with (0, 1) and (1, 0).
+    // Convergents: h(n) = a(n)·h(n−1) + h(n−2), k(n) likewise, starting from (0, 1) and (1, 0).
     let (mut h0, mut h1) = (0u128, 1u128);
     let (mut k0, mut k1) = (1u128, 0u128);
     let mut best: Option<(u128, u128)> = None;
@@ -206,7 +217,7 @@ mod tests {
             f64::MAX,
         ] {
             let e = Rate::per_second(x).unwrap_err();
-            assert!(matches!(e, DirectError::Rate { .. }), "{x}: {e}");
+            assert!(matches!(e, KeyedError::Rate { .. }), "{x}: {e}");
         }
         assert!(Rate::per_second(min * 1.0001).is_ok());
         assert!(Rate::new(MAX_COUNT + 1, Duration::from_secs(1)).is_err());

@@ -1,0 +1,334 @@
+//! The limiter: one rate-limit request in, one status per descriptor out.
+//!
+//! It is the whole of the service's semantics, with no transport in it: the gRPC service, the HTTP
+//! `/json` and `/check` endpoints and the library all call [`Limiter::should_rate_limit`], which
+//! takes three steps:
+//! 1. `plan`: the rule (or `limit` override) of each descriptor, `replaces` applied;
+//! 2. decide: one store call for every counted descriptor. Each descriptor is decided on its own, as
+//!    in envoyproxy/ratelimit: a request that is over one limit still spends quota on the others it
+//!    is within, unless [`Settings::stop_charging_when_over`] asks otherwise;
+//! 3. `conclude`: statuses, the overall code (shadow and quota modes), metrics, metadata.
+//!
+//! With `stop_charging_when_over` the decide step first asks the store what is left (hits of 0
+//! spend nothing) and charges the request only if every descriptor fits. Between the two calls
+//! another request may spend, so the bound is one round trip: a request that raced with another
+//! for the last hits can still have some descriptors charged and one refused. envoyproxy/ratelimit
+//! has the same bound (a GET pipeline, then an INCRBY pipeline).
+
+mod conclude;
+mod plan;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use smallvec::SmallVec;
+
+use crate::algorithm::{Algorithm, Decision};
+use crate::config::Unit;
+use crate::metrics::{self as m, HitCounters};
+use crate::rules::LiveRules;
+use crate::store::{Hit, Store, StoreError};
+use plan::Plan;
+
+/// The most descriptors one request may carry; Envoy sends a handful, so more is a broken client.
+pub const MAX_DESCRIPTORS: usize = 1024;
+/// The most entries one descriptor may carry.
+pub const MAX_ENTRIES: usize = 64;
+
+/// A rate-limit request, transport-neutral (Envoy's `RateLimitRequest`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Request {
+    pub domain: String,
+    pub descriptors: Vec<Descriptor>,
+    /// Hits for every descriptor without its own; 0 counts as 1 (proto3's unset).
+    pub hits_addend: u64,
+}
+
+/// One descriptor: ordered `(key, value)` entries.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Descriptor {
+    pub entries: Vec<(String, String)>,
+    /// Envoy's per-descriptor `limit`: replaces the configured quota for this descriptor.
+    pub limit: Option<LimitOverride>,
+    /// Envoy's per-descriptor `hits_addend`; `Some(0)` is a probe that consumes nothing.
+    pub hits_addend: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitOverride {
+    pub requests_per_unit: u64,
+    pub unit: Unit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    Ok,
+    OverLimit,
+}
+
+/// The limit a status reports, as Envoy's `RateLimit` message carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentLimit {
+    pub name: Option<String>,
+    pub requests_per_unit: u64,
+    /// `None` when the window is not one of Envoy's units (e.g. `window: 90s`).
+    pub unit: Option<Unit>,
+    pub window: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub code: Code,
+    /// `None` when no rule applied (unknown domain, unmatched, replaced) or the rule is unlimited.
+    pub current_limit: Option<CurrentLimit>,
+    pub limit_remaining: u64,
+    pub duration_until_reset: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    pub overall_code: Code,
+    pub statuses: Vec<Status>,
+    /// envoyproxy/ratelimit's response dynamic metadata, when [`Settings::response_dynamic_metadata`]
+    /// asks: `domain`, `descriptors` (`entries` as `key=value`, `limit`, `hitsAddend`), `hitsAddend`,
+    /// and under `metadata` the merged `metadata:` of the rules the request passed (the first
+    /// descriptor's value wins a key both set).
+    pub dynamic_metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Response {
+    /// The status that binds tightest (over limit first, then least remaining): the one the
+    /// `X-RateLimit-*` headers describe.
+    pub fn tightest(&self) -> Option<&Status> {
+        self.statuses
+            .iter()
+            .filter(|s| s.current_limit.is_some())
+            .min_by_key(|s| (s.code == Code::Ok, s.limit_remaining))
+    }
+}
+
+/// Why a request cannot be answered. Being over a limit is not an error.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    #[error("the domain is empty")]
+    EmptyDomain,
+    #[error("the request has no descriptors")]
+    NoDescriptors,
+    #[error("the request has {0} descriptors; at most {MAX_DESCRIPTORS} are accepted")]
+    TooManyDescriptors(usize),
+    #[error("descriptor {0} has {1} entries; at most {MAX_ENTRIES} are accepted")]
+    TooManyEntries(usize, usize),
+    #[error("descriptor {descriptor} entry {entry} has an empty key")]
+    EmptyKey { descriptor: usize, entry: usize },
+    #[error("descriptor {0} has a limit override with an unknown unit")]
+    UnknownUnit(usize),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl LimitError {
+    /// Whether the caller sent something invalid (as opposed to the store failing).
+    pub fn is_invalid_argument(&self) -> bool {
+        !matches!(self, LimitError::Store(_))
+    }
+
+    /// A short, bounded reason for metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            LimitError::EmptyDomain => "empty_domain",
+            LimitError::NoDescriptors => "no_descriptors",
+            LimitError::TooManyDescriptors(_) => "too_many_descriptors",
+            LimitError::TooManyEntries(..) => "too_many_entries",
+            LimitError::EmptyKey { .. } => "empty_key",
+            LimitError::UnknownUnit(_) => "unknown_unit",
+            LimitError::Store(_) => "store",
+        }
+    }
+}
+
+/// Service-wide behaviour.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    /// A hit that brings a counter above `ratio` of its limit counts as `near_limit`.
+    pub near_limit_ratio: f64,
+    /// Global shadow mode: the overall code is always OK; each descriptor keeps its own code, and
+    /// over-limit hits still show in metrics.
+    pub shadow_mode: bool,
+    /// Global quota mode: every descriptor that is not unlimited is in quota mode, so a request
+    /// fails only once all of them are over.
+    pub quota_mode: bool,
+    /// Once any descriptor of a request is over, charge none of them (see the module docs).
+    pub stop_charging_when_over: bool,
+    /// Return [`Response::dynamic_metadata`].
+    pub response_dynamic_metadata: bool,
+    /// Also count envoyproxy/ratelimit's metric series.
+    pub envoy_ratelimit_metrics: bool,
+    /// The algorithm of a descriptor's `limit` override (rules carry their own).
+    pub default_algorithm: Algorithm,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            near_limit_ratio: 0.8,
+            shadow_mode: false,
+            quota_mode: false,
+            stop_charging_when_over: false,
+            response_dynamic_metadata: false,
+            envoy_ratelimit_metrics: false,
+            default_algorithm: Algorithm::default(),
+        }
+    }
+}
+
+/// Rules in force + a store = decisions.
+pub struct Limiter {
+    rules: Arc<LiveRules>,
+    store: Arc<dyn Store>,
+    settings: Settings,
+    hit_counters: HitCounters,
+    /// Taken from the recorder at the first store call, so a recorder installed after `new` but
+    /// before traffic still receives it.
+    store_latency: OnceLock<metrics::Histogram>,
+}
+
+impl Limiter {
+    pub fn new(rules: Arc<LiveRules>, store: Arc<dyn Store>, settings: Settings) -> Self {
+        Self {
+            rules,
+            store,
+            settings,
+            hit_counters: HitCounters::new(settings.envoy_ratelimit_metrics),
+            store_latency: OnceLock::new(),
+        }
+    }
+
+    pub fn rules(&self) -> &Arc<LiveRules> {
+        &self.rules
+    }
+
+    pub fn settings(&self) -> Settings {
+        self.settings
+    }
+
+    pub fn store_kind(&self) -> &'static str {
+        self.store.kind()
+    }
+
+    pub async fn should_rate_limit(&self, request: &Request) -> Result<Response, LimitError> {
+        validate(request)?;
+        let generation = self.rules.current();
+        let plans = plan::plan(
+            &generation.snapshot,
+            request,
+            self.settings.default_algorithm,
+        )?;
+        let decisions = self.decide(&plans).await?;
+        Ok(conclude::conclude(
+            &self.settings,
+            &self.hit_counters,
+            request,
+            &plans,
+            decisions,
+        ))
+    }
+
+    /// One decision per counted plan, `None` for the others.
+    async fn decide(&self, plans: &[Plan<'_>]) -> Result<Vec<Option<Decision>>, LimitError> {
+        let counted = || {
+            plans.iter().filter_map(|p| match p {
+                Plan::Limited(e) => e.counter.as_ref().map(|(key, quota)| Hit {
+                    key,
+                    quota,
+                    hits: e.hits,
+                }),
+                _ => None,
+            })
+        };
+        let hits: SmallVec<[Hit<'_>; 4]> = counted().collect();
+        let banned = plans
+            .iter()
+            .any(|p| matches!(p, Plan::Limited(e) if e.counter.is_none()));
+        let decisions = if hits.is_empty() {
+            Vec::new()
+        } else if self.settings.stop_charging_when_over {
+            let probes: SmallVec<[Hit<'_>; 4]> =
+                hits.iter().map(|h| Hit { hits: 0, ..*h }).collect();
+            let left = self.store_decide(&probes).await?;
+            let fits = |(hit, d): (&Hit<'_>, &Decision)| {
+                if hit.hits == 0 {
+                    d.allowed
+                } else {
+                    hit.hits <= d.remaining
+                }
+            };
+            if !banned && hits.iter().zip(&left).all(fits) {
+                self.store_decide(&hits).await?
+            } else {
+                hits.iter()
+                    .zip(left)
+                    .map(|(hit, d)| Decision {
+                        allowed: fits((hit, &d)),
+                        ..d
+                    })
+                    .collect()
+            }
+        } else {
+            self.store_decide(&hits).await?
+        };
+        let mut decisions = decisions.into_iter();
+        Ok(plans
+            .iter()
+            .map(|p| match p {
+                Plan::Limited(e) if e.counter.is_some() => decisions.next(),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// One store call, timed; exactly one decision per hit.
+    async fn store_decide(&self, hits: &[Hit<'_>]) -> Result<Vec<Decision>, LimitError> {
+        let started = std::time::Instant::now();
+        let result = self.store.decide(hits).await;
+        self.store_latency
+            .get_or_init(|| metrics::histogram!(m::STORE_DURATION, "store" => self.store.kind()))
+            .record(started.elapsed().as_secs_f64());
+        let decisions = result?;
+        if decisions.len() != hits.len() {
+            return Err(StoreError::Protocol(format!(
+                "the store answered {} decisions for {} hits",
+                decisions.len(),
+                hits.len()
+            ))
+            .into());
+        }
+        Ok(decisions)
+    }
+}
+
+fn validate(request: &Request) -> Result<(), LimitError> {
+    if request.domain.is_empty() {
+        return Err(LimitError::EmptyDomain);
+    }
+    if request.descriptors.is_empty() {
+        return Err(LimitError::NoDescriptors);
+    }
+    if request.descriptors.len() > MAX_DESCRIPTORS {
+        return Err(LimitError::TooManyDescriptors(request.descriptors.len()));
+    }
+    for (i, d) in request.descriptors.iter().enumerate() {
+        if d.entries.len() > MAX_ENTRIES {
+            return Err(LimitError::TooManyEntries(i, d.entries.len()));
+        }
+        if let Some(entry) = d.entries.iter().position(|(k, _)| k.is_empty()) {
+            return Err(LimitError::EmptyKey {
+                descriptor: i,
+                entry,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
