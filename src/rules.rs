@@ -109,14 +109,7 @@ impl LiveRules {
         };
         match Snapshot::load_with(path, self.options) {
             Ok(snapshot) => {
-                let number = self.current.load().number + 1;
-                self.current.store(Arc::new(Generation {
-                    snapshot,
-                    number,
-                    loaded_at: SystemTime::now(),
-                }));
-                metrics::counter!(CONFIG_RELOADS, "result" => "success").increment(1);
-                metrics::gauge!(CONFIG_GENERATION).set(number as f64);
+                let number = self.publish_next(snapshot);
                 tracing::info!(generation = number, path = %path.display(), "rules reloaded");
                 Ok(number)
             }
@@ -134,10 +127,18 @@ impl LiveRules {
             }
         }
     }
+
     /// Publishes rules validated elsewhere (an xDS response) as the next generation, whose number
     /// it returns; `source` names them in the log.
     pub fn publish(&self, snapshot: Snapshot, source: &str) -> u64 {
         let _one_at_a_time = self.reloading.lock();
+        let number = self.publish_next(snapshot);
+        tracing::info!(generation = number, source, "rules published");
+        number
+    }
+
+    /// Swaps `snapshot` in as the next generation and counts it; the caller holds `reloading`.
+    fn publish_next(&self, snapshot: Snapshot) -> u64 {
         let number = self.current.load().number + 1;
         self.current.store(Arc::new(Generation {
             snapshot,
@@ -146,7 +147,6 @@ impl LiveRules {
         }));
         metrics::counter!(CONFIG_RELOADS, "result" => "success").increment(1);
         metrics::gauge!(CONFIG_GENERATION).set(number as f64);
-        tracing::info!(generation = number, source, "rules published");
         number
     }
 }
