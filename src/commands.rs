@@ -138,7 +138,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             let options = RedisOptions {
                 url,
                 pool_size: usize::from(args.redis_pool_size),
-                timeout: resilience.timeout,
+                // fred's backstop only: the resilient layer enforces the deadline.
+                timeout: resilience.timeout.saturating_mul(2),
             };
             let redis = Arc::new(RedisStore::connect(options).await.context("--redis-url")?);
             let store = resilient::protect(redis, &resilience);

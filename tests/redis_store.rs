@@ -655,3 +655,112 @@ async fn each_grpc_thread_decides_through_its_own_connection() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Redis' `TIME` as microseconds since the epoch.
+async fn redis_time_us(client: &fred::prelude::Client) -> u64 {
+    let time: Vec<u64> = raw(client, "TIME", vec![]).await.convert().unwrap();
+    time[0] * 1_000_000 + time[1]
+}
+
+/// The script's `TIME` branch (every other test of the script overrides the time): a denial's
+/// `reset_after` in an epoch-aligned 1 s window is exactly the time to the next whole second as
+/// Redis read it, so it must fall between the times read just before and just after the call. A
+/// script that dropped `TIME`'s microseconds would answer a whole second; one that misread them, a
+/// time outside the bracket. Edge guard: a bracket that spans a second boundary, or starts on one,
+/// is measured again.
+#[tokio::test]
+async fn the_script_reads_redis_time_to_the_microsecond() {
+    let server = RedisServer::start();
+    let store = connect(server.url()).await;
+    let raw = raw_client(&server.url()).await;
+    let q = quota(Algorithm::FixedWindow, 1, Duration::from_secs(1));
+    let mut measured = 0;
+    for attempt in 0..50 {
+        let key = CounterKey::new("time", &q, [("attempt", &*attempt.to_string())]);
+        let hit = Hit {
+            key: &key,
+            quota: &q,
+            hits: 1,
+        };
+        let before = redis_time_us(&raw).await;
+        let d = store.decide(&[hit, hit]).await.unwrap();
+        let after = redis_time_us(&raw).await;
+        if before / 1_000_000 != after / 1_000_000 || before % 1_000_000 == 0 {
+            continue;
+        }
+        assert!(d[0].allowed && !d[1].allowed, "{d:?}");
+        let next_second = (before / 1_000_000 + 1) * 1_000_000;
+        let reset_us = u64::try_from(d[1].reset_after.as_micros()).unwrap();
+        assert_eq!(d[1].reset_after, Duration::from_micros(reset_us));
+        assert!(
+            (next_second - after..=next_second - before).contains(&reset_us),
+            "reset_after {reset_us} us, Redis TIME read {before}..{after} us"
+        );
+        measured += 1;
+        if measured == 5 {
+            return;
+        }
+    }
+    panic!("only {measured} of 50 calls stayed within one second of Redis TIME");
+}
+
+const CACHE_RULES: &str = "\
+domain: api
+descriptors:
+  - key: user_id
+    rate_limit:
+      unit: day
+      requests_per_unit: 2
+";
+
+/// The over-limit cache as the server wires it: once Redis denied a key, further requests on it
+/// are answered locally, each counted once in `tollgate_local_cache_hits_total`; requests the
+/// store decides are not counted. Edge guard: a run that would cross a UTC day boundary (the
+/// rule's window) waits until the new day has begun.
+#[tokio::test]
+async fn the_served_over_limit_cache_answers_a_denied_key_and_counts_each_answer() {
+    use common::Tollgate;
+    use common::fleet::metrics;
+    use common::grpc::{self, Code};
+    use common::http::prometheus_value;
+    const HITS: &str = "tollgate_local_cache_hits_total";
+
+    let day = 86_400;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    if day - now % day < 60 {
+        tokio::time::sleep(Duration::from_secs(day - now % day + 1)).await;
+    }
+    let server = RedisServer::start();
+    let url = server.url();
+    let (_dir, tg) = Tollgate::with_rules(CACHE_RULES, &["--store", "redis", "--redis-url", &url]);
+    let mut client = tg.client().await;
+    let cache_hits = |text: &str| prometheus_value(text, HITS, &[]).unwrap_or(0.0);
+
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        codes.push(grpc::check(&mut client, "api", &[("user_id", "alice")]).await);
+    }
+    assert_eq!(codes, [Code::Ok, Code::Ok, Code::OverLimit]);
+    assert_eq!(
+        cache_hits(&metrics(&tg).await),
+        0.0,
+        "the store decided all three"
+    );
+
+    for _ in 0..5 {
+        let code = grpc::check(&mut client, "api", &[("user_id", "alice")]).await;
+        assert_eq!(code, Code::OverLimit);
+    }
+    assert_eq!(
+        grpc::check(&mut client, "api", &[("user_id", "bob")]).await,
+        Code::Ok
+    );
+    assert_eq!(
+        cache_hits(&metrics(&tg).await),
+        5.0,
+        "one cache hit per request on the denied key, none for another key"
+    );
+}

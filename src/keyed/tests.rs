@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use super::*;
 use crate::algorithm::{MAX_WINDOW, State};
 use crate::clock::{ManualClock, NANOS_PER_SEC};
+use crate::store::{Batch, Decisions};
 
 /// A time far from the epoch, on a second boundary.
 const START: u64 = 1_700_000_000 * NANOS_PER_SEC;
@@ -25,7 +26,7 @@ struct DownStore;
 
 #[async_trait]
 impl Store for DownStore {
-    async fn decide(&self, _: &[Hit<'_>]) -> Result<Vec<Decision>, StoreError> {
+    async fn decide_routed(&self, _: Batch<'_, '_>) -> Result<Decisions, StoreError> {
         Err(StoreError::Unavailable("down for the test".into()))
     }
 

@@ -286,23 +286,14 @@ impl Limiter {
             .collect())
     }
 
-    /// One store call, timed; exactly one decision per hit.
+    /// One store call, timed; exactly one decision per hit (the store's `Decisions` guarantee it).
     async fn store_decide(&self, hits: &[Hit<'_>]) -> Result<Vec<Decision>, LimitError> {
         let started = std::time::Instant::now();
         let result = self.store.decide(hits).await;
         self.store_latency
             .get_or_init(|| metrics::histogram!(m::STORE_DURATION, "store" => self.store.kind()))
             .record(started.elapsed().as_secs_f64());
-        let decisions = result?;
-        if decisions.len() != hits.len() {
-            return Err(StoreError::Protocol(format!(
-                "the store answered {} decisions for {} hits",
-                decisions.len(),
-                hits.len()
-            ))
-            .into());
-        }
-        Ok(decisions)
+        Ok(result?.into_vec())
     }
 }
 

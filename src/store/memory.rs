@@ -1,10 +1,7 @@
 //! The embedded store: every counter of one instance in this process' memory.
 //!
-//! Layout: `N` shards (a power of two, by default at least 4 × the cores), each a
-//! `parking_lot::Mutex` around a `hashbrown::HashTable` of entries. A key is hashed once with
-//! foldhash (keyed at random per store, so a client cannot aim many keys at one shard or one probe
-//! chain); bits 40.. of the hash pick the shard and the low bits, which the table uses, its bucket, so
-//! the two choices are independent. The hash is kept in the entry, so a table that grows or shrinks
+//! Layout: the shared sharded table (`store::sharded`) (by default at least 4 × the cores shards),
+//! each shard a `hashbrown::HashTable` of entries. The hash is kept in the entry, so a table that grows or shrinks
 //! never hashes a key again, and so are the key's bytes (up to 72 of them, enough for a domain and one
 //! or two short descriptor entries): a lookup in a big, cold table then costs the cache misses on the
 //! table's control bytes and on one two-line entry, not a third on a separately allocated key.
@@ -22,17 +19,16 @@
 //! leave nothing behind. A decision that leaves a fresh state (a denied first hit, a probe) stores
 //! nothing at all, and an expired entry met by a decision is removed then and there.
 
-use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use hashbrown::HashTable;
-use parking_lot::Mutex;
 use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
-use super::{Hit, Store, StoreError};
+use super::sharded::{self, Sharded};
+use super::{Batch, Decisions, Hit, Store, StoreError};
 use crate::algorithm::{Decision, State};
 use crate::clock::{Clock, Nanos};
 
@@ -42,12 +38,6 @@ const MIN_SHRINK_CAPACITY: usize = 64;
 /// Shards are never fewer than this, whatever the core count: more shards cost ~128 bytes each and
 /// shorten every lock hold of the sweeper.
 const MIN_DEFAULT_SHARDS: usize = 64;
-
-/// Which hash bits pick the shard (the table itself uses the low bits and the top 7).
-const SHARD_SHIFT: u32 = 40;
-
-/// The largest shard count (`2^(57 - SHARD_SHIFT)`): above it the shard bits would overlap the tag.
-const MAX_SHARDS: usize = 1 << 16;
 
 /// Key bytes up to this length live inside the entry (longer ones spill to the heap), which makes an
 /// entry exactly two cache lines and saves a dependent cache miss per lookup.
@@ -61,28 +51,16 @@ struct Entry {
     state: State,
 }
 
-/// One lock and its table, padded to its own cache lines so that neighbouring shards do not
-/// false-share.
-#[repr(align(128))]
-#[derive(Default)]
-struct Shard {
-    // A blocking mutex on purpose: nothing is awaited while it is held, and each hold is one
-    // decision (or one sweep of this shard), so an async mutex would only add cost.
-    table: Mutex<HashTable<Entry>>,
-}
-
 /// Counters kept in this process. See the module docs for the design.
 pub struct MemoryStore {
     clock: Arc<dyn Clock>,
-    hasher: foldhash::fast::RandomState,
-    shards: Box<[Shard]>,
-    shard_mask: u64,
+    shards: Sharded<HashTable<Entry>>,
 }
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("shards", &self.shards.len())
+            .field("shards", &self.shards.count())
             .finish_non_exhaustive()
     }
 }
@@ -90,18 +68,14 @@ impl std::fmt::Debug for MemoryStore {
 impl MemoryStore {
     /// A store with the default shard count: 4 × the cores, rounded up to a power of two, at least 64.
     pub fn new(clock: Arc<dyn Clock>) -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self::with_shards(clock, (cores * 4).max(MIN_DEFAULT_SHARDS))
+        Self::with_shards(clock, sharded::default_count(MIN_DEFAULT_SHARDS))
     }
 
     /// A store with `shards` shards, rounded up to a power of two (at least 1, at most 65 536).
     pub fn with_shards(clock: Arc<dyn Clock>, shards: usize) -> Self {
-        let n = shards.clamp(1, MAX_SHARDS).next_power_of_two();
         Self {
             clock,
-            hasher: foldhash::fast::RandomState::default(),
-            shards: (0..n).map(|_| Shard::default()).collect(),
-            shard_mask: n as u64 - 1,
+            shards: Sharded::new(shards),
         }
     }
 
@@ -118,8 +92,8 @@ impl MemoryStore {
 
     /// Decides one hit at `now`.
     pub fn decide_at(&self, hit: &Hit<'_>, now: Nanos) -> Decision {
-        let hash = self.hasher.hash_one(hit.key);
-        let mut table = self.shard(hash).table.lock();
+        let hash = self.shards.hash(hit.key);
+        let mut table = self.shards.shard(hash).lock();
         match table.find_entry(hash, |e| {
             e.hash == hash && e.key.as_slice() == hit.key.as_bytes()
         }) {
@@ -153,7 +127,7 @@ impl MemoryStore {
     /// Removes every entry expired at `now` and shrinks tables left mostly empty; returns how many
     /// entries it removed. Locks one shard at a time.
     pub fn sweep(&self, now: Nanos) -> usize {
-        (0..self.shards.len())
+        (0..self.shards.count())
             .map(|i| self.sweep_shard(i, now))
             .sum()
     }
@@ -163,7 +137,7 @@ impl MemoryStore {
         let Some(shard) = self.shards.get(index) else {
             return 0;
         };
-        let mut table = shard.table.lock();
+        let mut table = shard.lock();
         let before = table.len();
         table.retain(|e| e.expires_at > now);
         let len = table.len();
@@ -197,7 +171,7 @@ impl MemoryStore {
                     _ = ticks.tick() => {}
                 }
                 let mut removed = 0;
-                for i in 0..store.shards.len() {
+                for i in 0..store.shards.count() {
                     removed += store.sweep_shard(i, store.clock.now());
                     tokio::task::yield_now().await;
                 }
@@ -210,33 +184,29 @@ impl MemoryStore {
 
     /// The number of live entries (expired ones count until swept).
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.table.lock().len()).sum()
+        self.shards.iter().map(|s| s.lock().len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.shards.iter().all(|s| s.table.lock().is_empty())
+        self.shards.iter().all(|s| s.lock().is_empty())
     }
 
     /// Entries the shards can hold without reallocating: what the store's tables cost in memory.
     pub fn capacity(&self) -> usize {
-        self.shards.iter().map(|s| s.table.lock().capacity()).sum()
+        self.shards.iter().map(|s| s.lock().capacity()).sum()
     }
 
     pub fn shard_count(&self) -> usize {
-        self.shards.len()
-    }
-
-    fn shard(&self, hash: u64) -> &Shard {
-        // The mask keeps the index below `shards.len()`, which is `shard_mask + 1`.
-        &self.shards[((hash >> SHARD_SHIFT) & self.shard_mask) as usize]
+        self.shards.count()
     }
 }
 
 #[async_trait]
 impl Store for MemoryStore {
     /// Completes without awaiting: every decision is made under a shard lock, never across an await.
-    async fn decide(&self, hits: &[Hit<'_>]) -> Result<Vec<Decision>, StoreError> {
-        Ok(self.decide_many(hits))
+    async fn decide_routed(&self, batch: Batch<'_, '_>) -> Result<Decisions, StoreError> {
+        let now = self.clock.now();
+        Ok(Decisions::each(batch, |r| self.decide_at(&r.hit, now)))
     }
 
     fn kind(&self) -> &'static str {
@@ -250,6 +220,7 @@ mod tests {
     use crate::algorithm::{Algorithm, Quota};
     use crate::clock::{ManualClock, NANOS_PER_SEC};
     use crate::keys::CounterKey;
+    use crate::store::sharded::MAX_SHARDS;
 
     const START: Nanos = 1_700_000_000 * NANOS_PER_SEC;
 

@@ -1,23 +1,44 @@
 //! Where counters live. One async trait, one module per backend: [`memory`] keeps state in this
-//! process; [`redis`] (a fleet sharing one limit) implements the same trait. Layers wrap any
-//! store in the same trait: [`overlimit`] answers keys known to be over their limit without a round
-//! trip, [`resilient`] bounds every call with a timeout and a circuit breaker and decides by the
-//! `--on-store-error` policy when the store fails.
+//! process; [`redis`] (a fleet sharing one limit) implements the same trait.
 //!
-//! A store also says which of its keys fail together ([`Store::partition`]): a Redis Cluster's
-//! shard (a master and its replicas), one partition for a single server or for memory. The
-//! [`resilient`] layer keeps one circuit breaker per partition, so one dead master sends only its
-//! own keys to the fallback.
+//! # One pipeline
+//! A request's hits are routed once: [`Store::decide`] asks the store for each hit's [`Route`]
+//! (its partition, its Redis Cluster slot and its Redis name, computed once), orders the routed
+//! hits by partition and slot (stably, so hits on one key keep their order) into a [`Batch`], and
+//! hands that down. Each layer takes contiguous runs of the batch (a partition, a slot) instead of
+//! scattering and gathering by index, and every answer is a [`Decisions`]: one decision per hit,
+//! built only from the batch it answers, so the count is checked in one place
+//! ([`Decisions::checked`], for answers read off a wire) and trusted everywhere else.
+//!
+//! # Layers
+//! In production ([`resilient::protect`]) a remote store is wrapped, outermost first:
+//! 1. [`resilient::ResilientStore`]: splits the batch by partition and runs one circuit breaker
+//!    per partition; the **store deadline** is enforced here and only here. A partition whose
+//!    breaker is open, or whose call failed or timed out, is answered without the store: first by
+//!    what the inner layers already know ([`Store::known`]), then by the `--on-store-error` policy.
+//! 2. [`overlimit::OverLimitCache`]: answers keys known to be over their limit without a round
+//!    trip. It sits inside the breaker so that it learns only from the store's own answers, never
+//!    from a fallback's; the breaker asks it first, so a known key stays denied while open.
+//! 3. The primary store ([`redis::RedisStore`]): routes keys, groups a partition's hits by slot.
+//!
+//! A store also says which of its keys fail together ([`Route::partition`]): a Redis Cluster's
+//! shard (a master and its replicas), one partition for a single server or for memory.
 //!
 //! A store owns time as well as state: the memory store reads an injected [`Clock`](crate::clock::Clock),
 //! the Redis store reads Redis' own `TIME`, so instances with skewed clocks still agree.
 
+mod decisions;
 pub mod memory;
 pub mod overlimit;
 pub mod redis;
 pub mod resilient;
+mod route;
+mod sharded;
 
 use async_trait::async_trait;
+
+pub use decisions::Decisions;
+pub use route::{Batch, Route, Routed};
 
 use crate::algorithm::{Decision, Quota};
 use crate::keys::CounterKey;
@@ -62,15 +83,35 @@ impl std::fmt::Display for Partition {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Decides every hit, each independently; the answer has one decision per hit, in order.
-    async fn decide(&self, hits: &[Hit<'_>]) -> Result<Vec<Decision>, StoreError>;
+    /// Decides every hit of `batch`, each independently: one decision per hit, in batch order.
+    async fn decide_routed(&self, batch: Batch<'_, '_>) -> Result<Decisions, StoreError>;
 
     /// A short name for logs and metrics (`memory`, `redis`).
     fn kind(&self) -> &'static str;
 
-    /// Which partition `key` lives in now: cheap, no I/O. Stores that fail as one keep the default.
-    fn partition(&self, _key: &CounterKey) -> Partition {
-        Partition::WHOLE
+    /// Where `key` lives now: cheap, no I/O. Stores that fail as one and need no name keep the
+    /// default; layers pass their inner store's route through.
+    fn route(&self, _key: &CounterKey) -> Route {
+        Route::default()
+    }
+
+    /// The decision of `hit` this store already knows without asking its backend (the
+    /// over-limit cache's known denials): cheap, no I/O. Stores that must ask keep the default.
+    fn known(&self, _hit: &Routed<'_>) -> Option<Decision> {
+        None
+    }
+
+    /// Routes every hit once and decides them: one decision per hit, in the order of `hits`.
+    async fn decide(&self, hits: &[Hit<'_>]) -> Result<Decisions, StoreError> {
+        let routes: smallvec::SmallVec<[Route; 4]> =
+            hits.iter().map(|h| self.route(h.key)).collect();
+        let mut routed: smallvec::SmallVec<[Routed<'_>; 4]> = hits
+            .iter()
+            .zip(&routes)
+            .map(|(&hit, route)| Routed { hit, route })
+            .collect();
+        let (batch, order) = Batch::sort(&mut routed);
+        Ok(self.decide_routed(batch).await?.restore(&order))
     }
 }
 

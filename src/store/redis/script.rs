@@ -1,0 +1,118 @@
+//! The decision script and its codec: one slot's routed hits encoded as the script's KEYS and
+//! ARGV, sent as `EVALSHA` (or `EVAL` after `NOSCRIPT`), and its reply decoded into decisions.
+//!
+//! `EVALSHA` is sent as a pipelined custom command (fred sends its own `evalsha` unpipelined); a
+//! `NOSCRIPT` reply (after a restart, a failover or a `SCRIPT FLUSH`) is answered by one `EVAL` of
+//! the script body, which also caches it again. See the script's header for KEYS, ARGV and reply.
+
+use std::time::Duration;
+
+use fred::prelude::{ClientLike, Value};
+use fred::types::{ClusterHash, CustomCommand};
+
+use crate::algorithm::{Algorithm, Decision};
+use crate::store::{Batch, Decisions, Routed, StoreError};
+
+/// The decision script; see its header for KEYS, ARGV, the reply and the state of each algorithm.
+pub const SCRIPT: &str = include_str!("decide.lua");
+
+/// Values per counter in the script's ARGV and in its reply.
+const ARGS_PER_COUNTER: usize = 6;
+const REPLY_PER_COUNTER: usize = 4;
+
+/// The `EVALSHA` arguments deciding `run` (hits of one slot): the script's `sha`, the number of
+/// keys, the keys, then six ARGV values per counter. `now_us` overrides Redis' `TIME`.
+pub(super) fn args(sha: &str, run: Batch<'_, '_>, now_us: Option<u64>) -> Vec<Value> {
+    let hits = run.hits();
+    let mut args = Vec::with_capacity(2 + hits.len() * (1 + ARGS_PER_COUNTER));
+    args.push(Value::from(sha));
+    args.push(Value::Integer(int(hits.len() as u64)));
+    args.extend(
+        hits.iter()
+            .map(|r| Value::Bytes(r.route.name.to_vec().into())),
+    );
+    for r in hits {
+        let q = r.hit.quota;
+        let code: i64 = match q.algorithm() {
+            Algorithm::SlidingWindow => 1,
+            Algorithm::FixedWindow => 2,
+            Algorithm::SlidingLog => 3,
+            Algorithm::TokenBucket => 4,
+            Algorithm::LeakyBucket => 5,
+        };
+        // More than the capacity never fits: capacity + 1 decides the same and stays small.
+        let sent = r.hit.hits.min(q.burst() + 1);
+        args.extend([
+            Value::Integer(code),
+            Value::Integer(int(q.limit())),
+            Value::Integer(int(q.window_ns().div_ceil(1_000))),
+            Value::Integer(int(q.burst())),
+            Value::Integer(int(sent)),
+            match now_us {
+                Some(t) => Value::Integer(int(t)),
+                None => Value::from(""),
+            },
+        ]);
+    }
+    args
+}
+
+/// Sends the script with `args` (from [`args`]) to `slot` through `client`: `EVALSHA`, or `EVAL`
+/// after `NOSCRIPT`.
+pub(super) async fn eval<C: ClientLike>(
+    client: &C,
+    slot: u16,
+    args: &[Value],
+) -> Result<Value, fred::error::Error> {
+    let command =
+        |name: &'static str| CustomCommand::new_static(name, ClusterHash::Custom(slot), false);
+    match client
+        .custom::<Value, Value>(command("EVALSHA"), args.to_vec())
+        .await
+    {
+        Err(e) if e.details().starts_with("NOSCRIPT") => {
+            tracing::debug!(
+                "Redis lost the script (restart, failover or SCRIPT FLUSH); sending it again"
+            );
+            let mut args = args.to_vec();
+            if let Some(sha) = args.first_mut() {
+                *sha = Value::from(SCRIPT);
+            }
+            client.custom::<Value, Value>(command("EVAL"), args).await
+        }
+        other => other,
+    }
+}
+
+/// The script's `reply` to `run`: four integers per counter, in order.
+pub(super) fn decode(run: Batch<'_, '_>, reply: Value) -> Result<Decisions, StoreError> {
+    let values: Vec<i64> = reply
+        .convert()
+        .map_err(|e| StoreError::Protocol(format!("unexpected script reply: {e}")))?;
+    let counters: Vec<&[i64]> = values.chunks(REPLY_PER_COUNTER).collect();
+    Decisions::checked(run, counters, decision)
+}
+
+/// One counter's reply: allowed, remaining, and `reset_after` in microseconds as `hi, lo`.
+fn decision(routed: &Routed<'_>, reply: &[i64]) -> Result<Decision, StoreError> {
+    let &[allowed, remaining, hi, lo] = reply else {
+        return Err(StoreError::Protocol(format!(
+            "a counter's reply has {} values, not {REPLY_PER_COUNTER}",
+            reply.len()
+        )));
+    };
+    let capacity = routed.hit.quota.burst();
+    let reset_us = (u64::try_from(hi).unwrap_or(0) << 32) | u64::try_from(lo).unwrap_or(0);
+    Ok(Decision {
+        allowed: allowed == 1,
+        limit: capacity,
+        remaining: u64::try_from(remaining).unwrap_or(0),
+        reset_after: Duration::from_nanos(reset_us.saturating_mul(1_000)),
+        exceeds_capacity: routed.hit.hits > capacity,
+    })
+}
+
+/// Quota values are at most `u32::MAX` (and times below 2^63 µs), so they fit an `i64`.
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,160 @@
+//! The `--on-store-error` policy: what a hit is answered when its partition of the store failed
+//! or its circuit is open, and the inner layers did not know the answer either.
+//!
+//! - `local` (the default): decided in an in-process [`MemoryStore`], each quota scaled to
+//!   `L / instances` (floor, at least 1; the burst likewise), so a fleet of `N` instances that all
+//!   lost the store still admits about `L` in total (up to `N` when `L < N`). Counters start empty:
+//!   a user already over the limit in the store gets a fresh local share.
+//! - `allow`: admitted, `remaining` = capacity (fail open).
+//! - `deny`: refused, `remaining` 0, `reset_after` = the time until the breaker next probes the
+//!   store (at least the initial backoff).
+//! - `error`: the [`StoreError`] is returned; the gRPC layer answers `UNAVAILABLE` and Envoy's
+//!   `failure_mode_deny` decides.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::algorithm::{Decision, Quota};
+use crate::clock::Clock;
+use crate::metrics as m;
+use crate::store::memory::MemoryStore;
+use crate::store::{Batch, Decisions, Hit, StoreError};
+
+/// What to answer when the store fails or its circuit is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnStoreError {
+    /// Decide in this process at L / instances until the store is back.
+    #[default]
+    Local,
+    /// Admit every request.
+    Allow,
+    /// Refuse every request.
+    Deny,
+    /// Answer UNAVAILABLE and let Envoy's failure_mode_deny decide.
+    Error,
+}
+
+impl OnStoreError {
+    /// Every policy, in the order `--help` lists them.
+    pub const ALL: [OnStoreError; 4] = [Self::Local, Self::Allow, Self::Deny, Self::Error];
+
+    /// The policy's name, as `--on-store-error` takes it and [`FromStr`](std::str::FromStr) reads it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnStoreError::Local => "local",
+            OnStoreError::Allow => "allow",
+            OnStoreError::Deny => "deny",
+            OnStoreError::Error => "error",
+        }
+    }
+}
+
+impl std::str::FromStr for OnStoreError {
+    type Err = UnknownPolicy;
+
+    fn from_str(name: &str) -> Result<Self, UnknownPolicy> {
+        let known = Self::ALL.into_iter().find(|policy| policy.as_str() == name);
+        known.ok_or_else(|| UnknownPolicy(name.to_owned()))
+    }
+}
+
+/// A store-error policy name that is none of [`OnStoreError::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown store-error policy `{0}` (local, allow, deny or error)")]
+pub struct UnknownPolicy(pub String);
+
+impl fmt::Display for OnStoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Decides by the policy; the `local` policy's counters live here.
+pub(super) struct Fallback {
+    policy: OnStoreError,
+    instances: NonZeroU32,
+    clock: Arc<dyn Clock>,
+    local: Arc<MemoryStore>,
+}
+
+impl Fallback {
+    pub(super) fn new(policy: OnStoreError, instances: NonZeroU32, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            local: Arc::new(MemoryStore::new(clock.clone())),
+            policy,
+            instances,
+            clock,
+        }
+    }
+
+    /// Answers `batch` by the policy; `retry` is when the breaker next probes the store, and
+    /// `failure` the error the `error` policy returns.
+    pub(super) fn decide(
+        &self,
+        batch: Batch<'_, '_>,
+        retry: Duration,
+        failure: impl FnOnce() -> StoreError,
+    ) -> Result<Decisions, StoreError> {
+        metrics::counter!(m::FALLBACK_DECISIONS, "policy" => self.policy.as_str())
+            .increment(batch.len() as u64);
+        let now = self.clock.now();
+        Ok(match self.policy {
+            OnStoreError::Local => Decisions::each(batch, |r| {
+                let quota = scaled_quota(r.hit.quota, self.instances);
+                let hit = Hit {
+                    quota: &quota,
+                    ..r.hit
+                };
+                self.local.decide_at(&hit, now)
+            }),
+            OnStoreError::Allow => Decisions::each(batch, |r| Decision {
+                allowed: true,
+                limit: r.hit.quota.burst(),
+                remaining: r.hit.quota.burst(),
+                reset_after: Duration::ZERO,
+                exceeds_capacity: false,
+            }),
+            OnStoreError::Deny => Decisions::each(batch, |r| Decision {
+                allowed: false,
+                limit: r.hit.quota.burst(),
+                remaining: 0,
+                reset_after: retry,
+                exceeds_capacity: false,
+            }),
+            OnStoreError::Error => return Err(failure()),
+        })
+    }
+
+    /// Sweeps the `local` policy's expired counters every `every` until `shutdown`.
+    pub(super) fn spawn_sweeper(
+        &self,
+        every: Duration,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        self.local.spawn_sweeper(every, shutdown)
+    }
+}
+
+/// `quota` with its limit and burst divided by `instances` (floor, at least 1): one instance's share
+/// of a fleet-wide limit.
+pub fn scaled_quota(quota: &Quota, instances: NonZeroU32) -> Quota {
+    let n = u64::from(instances.get());
+    if n == 1 {
+        return *quota;
+    }
+    let share = |v: u64| (v / n).max(1);
+    let burst = quota.algorithm().uses_burst().then(|| share(quota.burst()));
+    // A smaller limit and burst of a valid quota are valid; should that ever change, the unscaled
+    // quota is the safe answer.
+    Quota::new(
+        quota.algorithm(),
+        share(quota.limit()),
+        quota.window(),
+        burst,
+    )
+    .unwrap_or(*quota)
+}
