@@ -5,11 +5,12 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::algorithm::Algorithm;
-use crate::config::LoadOptions;
-use crate::store::resilient::{OnStoreError, ResilienceOptions};
+use tollgate::algorithm::Algorithm;
+use tollgate::config::LoadOptions;
+use tollgate::store::resilient::{OnStoreError, ResilienceOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -94,7 +95,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub rules: RuleArgs,
     /// Keys the over-limit cache in front of a remote store may hold.
-    #[arg(long, env = "TOLLGATE_OVER_LIMIT_CACHE_ENTRIES", default_value_t = crate::store::overlimit::DEFAULT_MAX_ENTRIES)]
+    #[arg(long, env = "TOLLGATE_OVER_LIMIT_CACHE_ENTRIES", default_value_t = tollgate::store::overlimit::DEFAULT_MAX_ENTRIES)]
     pub over_limit_cache_entries: usize,
     /// After SIGTERM, keep serving this long with health checks failing, before closing the ports.
     #[arg(long, env = "TOLLGATE_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
@@ -123,13 +124,13 @@ pub struct ServeArgs {
     #[arg(long, env = "TOLLGATE_STORE_TIMEOUT", default_value = "50ms", value_parser = parse_positive_duration)]
     pub store_timeout: Duration,
     /// What to answer when the remote store fails, times out, or its circuit is open.
-    #[arg(long, env = "TOLLGATE_ON_STORE_ERROR", value_enum, default_value_t = OnStoreError::Local)]
+    #[arg(long, env = "TOLLGATE_ON_STORE_ERROR", default_value_t = OnStoreError::Local, value_parser = on_store_error_values())]
     pub on_store_error: OnStoreError,
     /// How many tollgate instances share the store: the `local` fallback enforces L / N each.
     #[arg(long, env = "TOLLGATE_INSTANCES", default_value = "1")]
     pub instances: NonZeroU32,
     #[command(flatten)]
-    pub xds: Box<crate::xds::XdsArgs>,
+    pub xds: Box<tollgate::xds::XdsArgs>,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -145,6 +146,22 @@ impl ServeArgs {
             ..ResilienceOptions::default()
         }
     }
+}
+
+/// `--on-store-error`'s values, read by `OnStoreError`'s `FromStr`, each with its `--help` line.
+fn on_store_error_values() -> impl TypedValueParser<Value = OnStoreError> {
+    let value = |policy: OnStoreError| {
+        PossibleValue::new(policy.as_str()).help(match policy {
+            OnStoreError::Local => {
+                "Decide in this process at L / instances until the store is back"
+            }
+            OnStoreError::Allow => "Admit every request",
+            OnStoreError::Deny => "Refuse every request",
+            OnStoreError::Error => "Answer UNAVAILABLE and let Envoy's failure_mode_deny decide",
+        })
+    };
+    PossibleValuesParser::new(OnStoreError::ALL.map(value))
+        .try_map(|name| name.parse::<OnStoreError>())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -202,7 +219,7 @@ fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
     s.trim()
         .to_ascii_lowercase()
         .parse()
-        .map_err(|e: crate::algorithm::QuotaError| e.to_string())
+        .map_err(|e: tollgate::algorithm::QuotaError| e.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -263,7 +280,7 @@ pub enum LogFormat {
 
 /// Flags take durations as rule files do: `250ms`, `10s`, `1h30m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::config::parse_duration(s)
+    tollgate::config::parse_duration(s)
 }
 
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
@@ -440,6 +457,30 @@ mod tests {
             style(&["--reset-header", "X-Reset"]),
             Ok(ResponseHeaders::Off)
         );
+    }
+
+    #[test]
+    fn every_store_error_policy_is_a_flag_value() {
+        use clap::CommandFactory;
+        let command = Cli::command();
+        let serve = command.find_subcommand("serve").unwrap();
+        let flag = serve
+            .get_arguments()
+            .find(|a| a.get_id() == "on_store_error")
+            .unwrap();
+        let listed: Vec<_> = flag
+            .get_possible_values()
+            .iter()
+            .map(|v| v.get_name().to_owned())
+            .collect();
+        assert_eq!(listed, OnStoreError::ALL.map(OnStoreError::as_str));
+        for policy in OnStoreError::ALL {
+            let argv = ["tollgate", "serve", "--on-store-error", policy.as_str()];
+            let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("serve expected")
+            };
+            assert_eq!(args.on_store_error, policy);
+        }
     }
 
     #[test]

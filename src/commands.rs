@@ -8,17 +8,18 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+use tollgate::clock::SystemClock;
+use tollgate::config::Snapshot;
+use tollgate::limiter::{Limiter, Settings};
+use tollgate::rules::LiveRules;
+use tollgate::server::grpc::headers;
+use tollgate::server::{self, ServeOptions};
+use tollgate::store::Store;
+use tollgate::store::memory::MemoryStore;
+use tollgate::store::redis::{RedisOptions, RedisStore};
+use tollgate::store::resilient;
+
 use crate::cli::{BenchArgs, CheckArgs, LogArgs, LogFormat, ResponseHeaders, ServeArgs, StoreKind};
-use crate::clock::SystemClock;
-use crate::config::Snapshot;
-use crate::grpc::headers;
-use crate::limiter::{Limiter, Settings};
-use crate::reload::LiveRules;
-use crate::server::{self, ServeOptions};
-use crate::store::Store;
-use crate::store::memory::MemoryStore;
-use crate::store::redis::{RedisOptions, RedisStore};
-use crate::store::resilient;
 
 pub fn init_logging(log: &LogArgs) -> Result<()> {
     // envoyproxy/ratelimit's LOG_LEVEL says `warning`; as a filter that would name a target.
@@ -61,7 +62,7 @@ pub fn check(args: &CheckArgs) -> bool {
 /// `tollgate bench`: runs the load generator and prints its report; fails on a bad flag, an
 /// unreachable target, or a run in which every request failed.
 pub fn bench(args: BenchArgs) -> Result<()> {
-    use crate::loadgen::{self, DescriptorTemplate};
+    use tollgate::loadgen::{self, DescriptorTemplate};
     let descriptors = args
         .descriptor
         .iter()
@@ -105,8 +106,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 
 /// `tollgate serve`: runs until SIGTERM or SIGINT, then drains.
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    let metrics = crate::metrics::install().context("installing the metrics recorder")?;
-    let peer_xds = crate::xds::xds_env_defaults(|name| std::env::var(name).ok())?;
+    let metrics = server::prometheus::install().context("installing the metrics recorder")?;
+    let peer_xds = tollgate::xds::xds_env_defaults(|name| std::env::var(name).ok())?;
     let xds = (*args.xds).clone().or(peer_xds).resolve()?;
     if xds.is_some() && args.config.is_some() {
         tracing::warn!("--config-source xds: the rules come from xDS; --config is not read");
@@ -158,7 +159,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         });
     }
     if let Some(xds) = xds {
-        let client = crate::xds::spawn(xds, Arc::clone(&rules), shutdown.clone());
+        let client = tollgate::xds::spawn(xds, Arc::clone(&rules), shutdown.clone());
         tasks.spawn(async move {
             let _ = client.await;
         });

@@ -1,9 +1,14 @@
+//! The `tollgate` binary: `serve`, `check` and `bench`. Its command line ([`cli`]) and what each
+//! subcommand does ([`commands`]) are its own; everything else is the library.
+
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
-use tollgate::cli::{Cli, Command};
-use tollgate::commands;
 
+use cli::{Cli, Command};
+
+mod cli;
+mod commands;
 mod peer_env;
 
 // glibc's malloc was a sixth of the server's and the load generator's CPU under load (perf: malloc,

@@ -1,4 +1,5 @@
-//! Metric names, described once, and the Prometheus recorder.
+//! Metric names, described once, recorded through the `metrics` facade: whoever embeds the library
+//! installs the recorder (the server installs a Prometheus one, `server::prometheus`).
 //!
 //! Names carry the `tollgate_` prefix and unit suffixes. Labels are bounded: rule ids (from config),
 //! results, store kinds; a raw user value appears only through a rule's `detailed_metric` or
@@ -7,7 +8,6 @@
 mod hits;
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub use hits::{HitCounters, HitSplit};
 
@@ -63,21 +63,9 @@ pub const MEMORY_KEYS: &str = "tollgate_memory_store_keys";
 /// Requests refused as invalid; label `reason`.
 pub const INVALID_REQUESTS: &str = "tollgate_invalid_requests_total";
 
-/// Installs the global Prometheus recorder and describes every metric. Call once per process;
-/// a second call returns the error of the recorder already installed.
-pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
-    let latency_buckets = [
-        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-        0.5, 1.0,
-    ];
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency_buckets)?
-        .install_recorder()?;
-    describe();
-    Ok(handle)
-}
-
-fn describe() {
+/// Describes every metric to the recorder installed (units and help texts, as Prometheus shows
+/// them). Call once, after installing a recorder.
+pub fn describe() {
     describe_counter!(HITS, "Rate-limit decisions per rule and result");
     describe_counter!(
         GLOBAL_SHADOW_MODE,

@@ -11,10 +11,10 @@
 
 use std::collections::BTreeMap;
 
+use crate::cli::{LogFormat, ResponseHeaders, ServeArgs, StoreKind};
 use anyhow::{Context, Result};
 use clap::ArgMatches;
 use clap::parser::ValueSource;
-use tollgate::cli::{LogFormat, ResponseHeaders, ServeArgs, StoreKind};
 
 use vars::{Peer, log_level};
 
@@ -98,7 +98,7 @@ pub fn apply(
         args.redis_pool_size = size.clamp(1, 256);
     }
     if let Some(timeout) = peer.get("REDIS_TIMEOUT") {
-        let timeout = tollgate::cli::parse_duration(timeout)
+        let timeout = crate::cli::parse_duration(timeout)
             .map_err(|e| anyhow::anyhow!("REDIS_TIMEOUT: {e}"))?;
         if !timeout.is_zero() && out.free("store_timeout", "REDIS_TIMEOUT", &format!("{timeout:?}"))
         {

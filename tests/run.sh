@@ -344,6 +344,7 @@ done
 echo "CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}" >&2
 step fmt cargo fmt --all -- --check || true
 step clippy cargo clippy --all-targets -- -D warnings || true
+step lib-only cargo clippy --no-default-features --lib -- -D warnings || true
 # Licenses, banned crates, duplicate versions and sources (deny.toml). cargo-deny runs offline
 # (advisories would need a database download); `cargo fetch` first brings the crates of every
 # target platform from crates.io, so that it can read them all.

@@ -6,6 +6,7 @@
 //! after one fails, so `tollgate check` reports everything at once.
 
 use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -132,8 +133,14 @@ pub(crate) fn load_path(
     let files = if meta.is_dir() {
         let mut files = Vec::new();
         let mut errors = Vec::new();
-        let mut visited = HashSet::new();
-        collect(path, 0, &mut visited, &mut files, &mut errors);
+        walk(path, &mut |found| match found {
+            Found::RuleFile {
+                path,
+                is_file: true,
+            } => files.push(path.to_owned()),
+            Found::Problem(error) => errors.push(error),
+            _ => {}
+        });
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -218,12 +225,49 @@ pub(crate) fn unresolved_replaces(domain: &mut DomainRules) -> Vec<ConfigError> 
         .collect()
 }
 
-fn collect(
+/// Whether the loader reads a file of this name in a directory: visible, ending in `.yaml` or
+/// `.yml`.
+pub(crate) fn is_rule_name(path: &Path) -> bool {
+    let visible = path
+        .file_name()
+        .is_some_and(|name| !name.as_encoded_bytes().starts_with(b"."));
+    visible
+        && matches!(
+            path.extension().and_then(OsStr::to_str),
+            Some("yaml" | "yml")
+        )
+}
+
+/// What [`walk`] meets in a rule directory.
+#[cfg_attr(
+    all(not(feature = "server"), not(test)),
+    expect(dead_code, reason = "directories are the file watcher's")
+)]
+pub(crate) enum Found<'a> {
+    /// A directory about to be read, by its canonical path (as reached, if that cannot be had).
+    Dir(&'a Path),
+    /// A visible entry leading to a directory, which is walked next; as reached from the root,
+    /// symlinks unresolved, as are the paths below.
+    Subdir(&'a Path),
+    /// A visible entry with a rule file's name that does not lead to a directory. `is_file` is
+    /// false for a dangling symlink or anything else that is not a regular file: the loader skips
+    /// it like a vanished file, a watcher still waits for it to appear.
+    RuleFile { path: &'a Path, is_file: bool },
+    /// A directory that cannot be read, or one nested deeper than [`MAX_DEPTH`].
+    Problem(ConfigError),
+}
+
+/// Walks the rule directory `dir` as the loader reads it: visible entries in name order, symlinks
+/// followed, subdirectories down to [`MAX_DEPTH`] levels, each directory once.
+pub(crate) fn walk(dir: &Path, found: &mut impl FnMut(Found<'_>)) {
+    walk_from(dir, 0, &mut HashSet::new(), found);
+}
+
+fn walk_from(
     dir: &Path,
     depth: usize,
     visited: &mut HashSet<PathBuf>,
-    files: &mut Vec<PathBuf>,
-    errors: &mut Vec<ConfigError>,
+    found: &mut impl FnMut(Found<'_>),
 ) {
     let dir_error = |message: String| ConfigError {
         file: dir.to_owned(),
@@ -232,43 +276,43 @@ fn collect(
         message,
     };
     if depth > MAX_DEPTH {
-        errors.push(dir_error(format!(
+        found(Found::Problem(dir_error(format!(
             "directories nested deeper than {MAX_DEPTH} levels"
-        )));
+        ))));
         return;
     }
-    if let Ok(real) = fs::canonicalize(dir)
-        && !visited.insert(real)
-    {
+    let real = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+    if !visited.insert(real.clone()) {
         return;
     }
+    found(Found::Dir(&real));
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
-            errors.push(dir_error(format!("cannot read the directory: {e}")));
+            found(Found::Problem(dir_error(format!(
+                "cannot read the directory: {e}"
+            ))));
             return;
         }
     };
     let mut names: Vec<PathBuf> = entries
         .filter_map(Result::ok)
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter(|e| !e.file_name().as_encoded_bytes().starts_with(b"."))
         .map(|e| e.path())
         .collect();
     names.sort();
     for path in names {
-        // `metadata` follows symlinks; a dangling one is skipped like a vanished file.
-        let Ok(meta) = fs::metadata(&path) else {
-            continue;
-        };
-        if meta.is_dir() {
-            collect(&path, depth + 1, visited, files, errors);
-        } else if meta.is_file()
-            && matches!(
-                path.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml")
-            )
-        {
-            files.push(path);
+        // `metadata` follows symlinks.
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => {
+                found(Found::Subdir(&path));
+                walk_from(&path, depth + 1, visited, found);
+            }
+            meta if is_rule_name(&path) => found(Found::RuleFile {
+                path: &path,
+                is_file: meta.is_ok_and(|m| m.is_file()),
+            }),
+            _ => {}
         }
     }
 }
@@ -276,6 +320,78 @@ fn collect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `walk` reports under `root`, relative to it, in order.
+    fn walked(root: &Path) -> Vec<String> {
+        let shown = |path: &Path| {
+            path.strip_prefix(root)
+                .unwrap_or(path)
+                .display()
+                .to_string()
+        };
+        let mut seen = Vec::new();
+        walk(root, &mut |found| {
+            seen.push(match found {
+                Found::Dir(dir) => format!("dir {}", shown(dir)),
+                Found::Subdir(path) => format!("subdir {}", shown(path)),
+                Found::RuleFile { path, is_file } => format!("rule {} {is_file}", shown(path)),
+                Found::Problem(error) => format!("problem {}", error.message),
+            })
+        });
+        seen
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn walk_reads_visible_rule_files_and_each_directory_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        for file in [
+            "b.yaml",
+            "a.txt",
+            ".hidden.yaml",
+            "team/c.yml",
+            "..data/d.yaml",
+        ] {
+            let path = root.join(file);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, "domain: d\n").unwrap();
+        }
+        std::os::unix::fs::symlink("team", root.join("alias")).unwrap();
+        std::os::unix::fs::symlink("gone.yaml", root.join("dangling.yaml")).unwrap();
+        assert_eq!(
+            walked(&root),
+            [
+                "dir ",
+                "subdir alias",
+                "dir team",
+                "rule alias/c.yml true",
+                "rule b.yaml true",
+                "rule dangling.yaml false",
+                "subdir team",
+            ]
+        );
+        assert!(is_rule_name(Path::new("x/e.yml")) && !is_rule_name(Path::new("x/.e.yml")));
+        assert!(!is_rule_name(Path::new("e.YAML")));
+    }
+
+    #[test]
+    fn walk_reports_directories_nested_too_deep() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let deepest =
+            (0..=MAX_DEPTH).fold(root.clone(), |path, level| path.join(level.to_string()));
+        fs::create_dir_all(&deepest).unwrap();
+        let seen = walked(&root);
+        assert_eq!(
+            seen.last().map(String::as_str),
+            Some("problem directories nested deeper than 16 levels")
+        );
+        assert_eq!(
+            seen.iter().filter(|s| s.starts_with("dir")).count(),
+            MAX_DEPTH + 1
+        );
+    }
 
     #[test]
     fn positions_are_stripped_from_messages() {

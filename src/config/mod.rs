@@ -13,7 +13,7 @@
 //! hot-path lookup) and `load` (files and directories).
 
 mod build;
-mod load;
+pub(crate) mod load;
 mod locate;
 mod matcher;
 mod raw;

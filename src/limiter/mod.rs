@@ -26,7 +26,7 @@ use smallvec::SmallVec;
 use crate::algorithm::{Algorithm, Decision};
 use crate::config::Unit;
 use crate::metrics::{self as m, HitCounters};
-use crate::reload::LiveRules;
+use crate::rules::LiveRules;
 use crate::store::{Hit, Store, StoreError};
 use plan::Plan;
 

@@ -2,8 +2,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::cli::{Cli, Command, LogFormat, ResponseHeaders, ServeArgs, StoreKind};
 use clap::{CommandFactory, FromArgMatches};
-use tollgate::cli::{Cli, Command, LogFormat, ResponseHeaders, ServeArgs, StoreKind};
 
 use super::{Report, apply};
 

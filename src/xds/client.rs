@@ -21,7 +21,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use super::session::{StreamEnd, Subscription};
 use super::settings::{TlsFiles, XdsSettings};
-use crate::reload::LiveRules;
+use crate::rules::LiveRules;
 
 /// How long dialing the management server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -10,7 +10,7 @@
 //! xDS rules replace file rules: in xDS mode `--config` is not read. Until the first response,
 //! tollgate serves with no rules (every request is under no limit), as the peer does with
 //! `FORCE_START_WITHOUT_INITIAL_CONFIG=true`, which Envoy Gateway sets. Accepted rules are
-//! published through [`LiveRules`](crate::reload::LiveRules), the one snapshot the limiter reads.
+//! published through [`LiveRules`](crate::rules::LiveRules), the one snapshot the limiter reads.
 
 pub mod client;
 pub mod convert;

@@ -24,7 +24,7 @@ use tonic::codegen::tokio_stream::{Stream, StreamExt};
 
 use super::convert::{self, ConvertError};
 use crate::metrics::CONFIG_RELOADS;
-use crate::reload::LiveRules;
+use crate::rules::LiveRules;
 
 /// gRPC's `INVALID_ARGUMENT`, the code of a NACK's `error_detail`.
 const INVALID_ARGUMENT: i32 = 3;

@@ -21,9 +21,9 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tollgate::clock::ManualClock;
-use tollgate::grpc::headers::{PeerNames, Style};
 use tollgate::limiter::{Limiter, Settings};
-use tollgate::reload::LiveRules;
+use tollgate::rules::LiveRules;
+use tollgate::server::grpc::headers::{PeerNames, Style};
 use tollgate::server::{self, ServeOptions};
 use tollgate::store::memory::MemoryStore;
 
@@ -38,7 +38,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_millis(250);
 fn metrics() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
-        .get_or_init(|| tollgate::metrics::install().expect("install the metrics recorder"))
+        .get_or_init(|| {
+            tollgate::server::prometheus::install().expect("install the metrics recorder")
+        })
         .clone()
 }
 

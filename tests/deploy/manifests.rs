@@ -284,7 +284,9 @@ fn pod_specs(file: &str) -> Vec<(String, Value)> {
 }
 
 fn seconds(duration: &str) -> u64 {
-    ::tollgate::cli::parse_duration(duration).unwrap().as_secs()
+    ::tollgate::config::parse_duration(duration)
+        .unwrap()
+        .as_secs()
 }
 
 #[test]

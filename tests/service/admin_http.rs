@@ -8,7 +8,7 @@ use common::Server;
 use common::grpc::{self, Code};
 use common::http;
 use serde_json::json;
-use tollgate::grpc::headers::Style;
+use tollgate::server::grpc::headers::Style;
 
 const RULES: &str = r#"
 domain: api

@@ -47,7 +47,7 @@ use crate::clock::{Clock, MonotonicClock};
 use breaker::{Attempt, Breaker, Pass};
 use census::Census;
 use policy::Fallback;
-pub use policy::{OnStoreError, scaled_quota};
+pub use policy::{OnStoreError, UnknownPolicy, scaled_quota};
 
 /// How a store is protected; [`Default`] gives the documented defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,7 +25,7 @@ use crate::store::memory::MemoryStore;
 use crate::store::{Batch, Decisions, Hit, StoreError};
 
 /// What to answer when the store fails or its circuit is open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnStoreError {
     /// Decide in this process at L / instances until the store is back.
     #[default]
@@ -39,6 +39,10 @@ pub enum OnStoreError {
 }
 
 impl OnStoreError {
+    /// Every policy, in the order `--help` lists them.
+    pub const ALL: [OnStoreError; 4] = [Self::Local, Self::Allow, Self::Deny, Self::Error];
+
+    /// The policy's name, as `--on-store-error` takes it and [`FromStr`](std::str::FromStr) reads it.
     pub fn as_str(self) -> &'static str {
         match self {
             OnStoreError::Local => "local",
@@ -48,6 +52,20 @@ impl OnStoreError {
         }
     }
 }
+
+impl std::str::FromStr for OnStoreError {
+    type Err = UnknownPolicy;
+
+    fn from_str(name: &str) -> Result<Self, UnknownPolicy> {
+        let known = Self::ALL.into_iter().find(|policy| policy.as_str() == name);
+        known.ok_or_else(|| UnknownPolicy(name.to_owned()))
+    }
+}
+
+/// A store-error policy name that is none of [`OnStoreError::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown store-error policy `{0}` (local, allow, deny or error)")]
+pub struct UnknownPolicy(pub String);
 
 impl fmt::Display for OnStoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -864,9 +864,12 @@ fn the_whole_store_breaker_is_dropped_once_partitions_are_named() {
 
 #[test]
 fn policies_have_their_flag_names() {
-    use clap::ValueEnum;
-    for p in OnStoreError::value_variants() {
-        assert_eq!(p.to_possible_value().unwrap().get_name(), p.as_str());
+    let names = OnStoreError::ALL.map(OnStoreError::as_str);
+    assert_eq!(names, ["local", "allow", "deny", "error"]);
+    for p in OnStoreError::ALL {
+        assert_eq!(p.as_str().parse::<OnStoreError>(), Ok(p));
+        assert_eq!(p.to_string(), p.as_str());
     }
+    assert!("Local".parse::<OnStoreError>().is_err());
     assert_eq!(OnStoreError::default(), OnStoreError::Local);
 }

@@ -63,7 +63,7 @@ impl Health {
 pub struct AdminState {
     pub limiter: Arc<Limiter>,
     /// The rate-limit headers `/json` and `/check` report, as the gRPC answers carry them.
-    pub response_headers: crate::grpc::headers::Style,
+    pub response_headers: crate::server::grpc::headers::Style,
     pub metrics: Option<PrometheusHandle>,
     pub health: Arc<Health>,
 }
@@ -160,7 +160,7 @@ async fn decide(s: &AdminState, request: &limiter::Request) -> Response {
                 Code::Ok => StatusCode::OK,
                 Code::OverLimit => StatusCode::TOO_MANY_REQUESTS,
             };
-            let headers = crate::grpc::headers::headers(&s.response_headers, &resp);
+            let headers = crate::server::grpc::headers::headers(&s.response_headers, &resp);
             (status, axum::Json(response_json(&resp, &headers))).into_response()
         }
         Err(e) if e.is_invalid_argument() => bad_request(&e.to_string()),
@@ -244,7 +244,7 @@ enum JsonUnit {
 impl JsonUnit {
     fn get(&self) -> Result<Unit, String> {
         let unit = match self {
-            JsonUnit::Number(n) => crate::grpc::unit_from_proto(*n),
+            JsonUnit::Number(n) => super::grpc::unit_from_proto(*n),
             JsonUnit::Name(name) => name.parse::<Unit>().ok(),
         };
         unit.ok_or_else(|| format!("unknown unit {self:?}"))
@@ -336,7 +336,7 @@ fn response_json(resp: &limiter::Response, headers: &[HeaderValue]) -> Value {
             current_limit: s.current_limit.as_ref().map(|l| JsonLimit {
                 name: l.name.clone(),
                 requests_per_unit: l.requests_per_unit,
-                unit: crate::grpc::unit_to_proto(l.unit).as_str_name(),
+                unit: super::grpc::unit_to_proto(l.unit).as_str_name(),
             }),
             limit_remaining: s.limit_remaining,
             duration_until_reset: s.duration_until_reset.map(duration_json),

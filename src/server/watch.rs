@@ -1,8 +1,4 @@
-//! The rules in force, and the task that reloads them when their files change or on SIGHUP.
-//!
-//! Publishing: the rules are one immutable [`Generation`] behind an `ArcSwap`. The hot path pays one
-//! atomic load ([`LiveRules::current`]); a reload validates the whole set first and then swaps it in
-//! at once, so no request sees half of an old set and half of a new one, and a bad set never lands.
+//! The task that reloads the rules in force ([`LiveRules`]) when their files change or on SIGHUP.
 //!
 //! Watching: inotify watches inodes and does not follow symlinks, so we watch *directories*: the
 //! parent of the configured path and of every symlink met while resolving it, the directory itself
@@ -10,7 +6,8 @@
 //! rule files. That sees a file
 //! rewritten in place, `mv new rules.yaml`, files created or deleted, and the Kubernetes ConfigMap
 //! swap (`..data` renamed over in the volume's root). The watch set is recomputed before each load,
-//! since a swap moves the real files into a new directory.
+//! since a swap moves the real files into a new directory. Which directories and files count is
+//! the loader's walk (`config::load::walk`), so the watcher never disagrees with what a load reads.
 //!
 //! Debounce: a batch starts at the first relevant event and ends once none has come for [`QUIET`]
 //! and no file is still open for writing (a `MODIFY` not yet followed by `CLOSE_WRITE`), bounded by
@@ -18,31 +15,24 @@
 //! loaded; if any file is bad the last good generation stays, and the next event retries.
 //! Trade-off: a writer that keeps a file open with a *valid* prefix for longer than
 //! [`MAX_WAIT_OPEN_WRITE`] can get that prefix applied; writing a new file and renaming it avoids this.
-//!
-//! Generations: every successful reload publishes generation n + 1, even when the rules did not
-//! change. `Snapshot` has no equality, and a visible bump confirms that a SIGHUP or an edit was read.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
-use parking_lot::Mutex;
 use tokio::signal::unix::{Signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigError, LoadOptions, Snapshot};
-use crate::metrics::{CONFIG_GENERATION, CONFIG_RELOADS};
+use crate::config::load::{Found, is_rule_name, walk};
+use crate::rules::LiveRules;
 
 /// A batch of file events ends after this long without a new one.
 pub const QUIET: Duration = Duration::from_millis(250);
@@ -53,139 +43,8 @@ pub const MAX_WAIT_OPEN_WRITE: Duration = Duration::from_secs(5);
 
 /// Symlink hops followed when resolving a path, as the kernel's `MAXSYMLINKS`.
 const MAX_SYMLINK_HOPS: usize = 40;
-/// Subdirectory depth read, as the loader's.
-const MAX_DIR_DEPTH: usize = 16;
-
-/// One validated rule set and when it was published.
-#[derive(Debug)]
-pub struct Generation {
-    pub snapshot: Snapshot,
-    /// 1 for the rules loaded at start, then one more per successful reload.
-    pub number: u64,
-    pub loaded_at: SystemTime,
-}
-
-/// The rules in force, swapped whole by [`LiveRules::reload`].
-#[derive(Debug)]
-pub struct LiveRules {
-    current: ArcSwap<Generation>,
-    /// Absolute, not canonical: symlinks are resolved anew at every reload.
-    path: Option<PathBuf>,
-    /// Serializes reloads, so generations are published in the order they were loaded.
-    reloading: Mutex<()>,
-    failed_reloads: AtomicU64,
-    options: LoadOptions,
-}
 
 impl LiveRules {
-    /// Loads the rules at `path` (a file or a directory) as generation 1. `None` gives an empty
-    /// rule set with nothing to reload.
-    pub fn new(path: Option<PathBuf>) -> Result<Arc<Self>, Vec<ConfigError>> {
-        Self::with_options(path, LoadOptions::default())
-    }
-
-    /// [`LiveRules::new`], reading the files with `options` now and at every reload.
-    pub fn with_options(
-        path: Option<PathBuf>,
-        options: LoadOptions,
-    ) -> Result<Arc<Self>, Vec<ConfigError>> {
-        let Some(path) = path else {
-            return Ok(Self::publish_first(Snapshot::empty(), None, options));
-        };
-        let path = std::path::absolute(&path).unwrap_or(path);
-        let snapshot = Snapshot::load_with(&path, options)?;
-        Ok(Self::publish_first(snapshot, Some(path), options))
-    }
-
-    /// Rules built in memory, as generation 1, with no file behind them.
-    pub fn from_snapshot(snapshot: Snapshot) -> Arc<Self> {
-        Self::publish_first(snapshot, None, LoadOptions::default())
-    }
-
-    fn publish_first(snapshot: Snapshot, path: Option<PathBuf>, options: LoadOptions) -> Arc<Self> {
-        metrics::gauge!(CONFIG_GENERATION).set(1.0);
-        Arc::new(Self {
-            current: ArcSwap::from_pointee(Generation {
-                snapshot,
-                number: 1,
-                loaded_at: SystemTime::now(),
-            }),
-            path,
-            reloading: Mutex::new(()),
-            failed_reloads: AtomicU64::new(0),
-            options,
-        })
-    }
-
-    /// The rules in force: one atomic load. Hold the guard for one request, not across awaits
-    /// that may last (a held guard keeps its generation alive, nothing worse).
-    pub fn current(&self) -> arc_swap::Guard<Arc<Generation>> {
-        self.current.load()
-    }
-
-    /// The file or directory the rules come from, if any.
-    pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
-    }
-
-    /// Reloads that were refused since start (also counted in [`CONFIG_RELOADS`]).
-    pub fn failed_reloads(&self) -> u64 {
-        self.failed_reloads.load(Ordering::Relaxed)
-    }
-
-    /// Loads and validates the whole rule set and publishes it as the next generation, whose
-    /// number it returns. On any error the rules in force stay, and each error is logged as
-    /// `file:line:column: message`. Without a path there is nothing to load: the current
-    /// generation is returned unchanged. Blocking (file I/O): call it off the async runtime.
-    pub fn reload(&self) -> Result<u64, Vec<ConfigError>> {
-        let _one_at_a_time = self.reloading.lock();
-        let Some(path) = &self.path else {
-            return Ok(self.current.load().number);
-        };
-        match Snapshot::load_with(path, self.options) {
-            Ok(snapshot) => {
-                let number = self.current.load().number + 1;
-                self.current.store(Arc::new(Generation {
-                    snapshot,
-                    number,
-                    loaded_at: SystemTime::now(),
-                }));
-                metrics::counter!(CONFIG_RELOADS, "result" => "success").increment(1);
-                metrics::gauge!(CONFIG_GENERATION).set(number as f64);
-                tracing::info!(generation = number, path = %path.display(), "rules reloaded");
-                Ok(number)
-            }
-            Err(errors) => {
-                let kept = self.current.load().number;
-                for error in &errors {
-                    tracing::error!(%error, kept_generation = kept, "rules refused");
-                }
-                if errors.is_empty() {
-                    tracing::error!(path = %path.display(), kept_generation = kept, "rules refused");
-                }
-                self.failed_reloads.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(CONFIG_RELOADS, "result" => "error").increment(1);
-                Err(errors)
-            }
-        }
-    }
-
-    /// Publishes rules validated elsewhere (an xDS response) as the next generation, whose number
-    /// it returns; `source` names them in the log.
-    pub fn publish(&self, snapshot: Snapshot, source: &str) -> u64 {
-        let _one_at_a_time = self.reloading.lock();
-        let number = self.current.load().number + 1;
-        self.current.store(Arc::new(Generation {
-            snapshot,
-            number,
-            loaded_at: SystemTime::now(),
-        }));
-        metrics::counter!(CONFIG_RELOADS, "result" => "success").increment(1);
-        metrics::gauge!(CONFIG_GENERATION).set(number as f64);
-        tracing::info!(generation = number, source, "rules published");
-        number
-    }
-
     /// Starts the task that reloads the rules when their files change and on SIGHUP, until
     /// `shutdown` is cancelled. The watches and the SIGHUP handler are in place when this returns.
     /// Must be called within a tokio runtime.
@@ -206,8 +65,8 @@ impl LiveRules {
         hangup: Option<H>,
     ) -> JoinHandle<()> {
         let (events_tx, events) = mpsc::unbounded_channel();
-        let files = self.path.as_ref().and_then(|path| {
-            FileWatch::start(path.clone(), events_tx)
+        let files = self.path().and_then(|path| {
+            FileWatch::start(path.to_path_buf(), events_tx)
                 .inspect_err(|error| {
                     let path = path.display();
                     tracing::error!(%error, %path, "cannot watch the rules; reloading on SIGHUP only");
@@ -230,7 +89,7 @@ impl LiveRules {
                 () = shutdown.cancelled() => return,
                 () = next_hangup(&mut hangup) => {
                     tracing::info!("SIGHUP: reloading rules");
-                    if self.path.is_none() {
+                    if self.path().is_none() {
                         tracing::info!("no rule path configured; nothing to reload");
                         continue;
                     }
@@ -364,7 +223,7 @@ impl FileWatch {
         let mut rule_dirs = HashSet::new();
         let chain = symlink_chain(&self.root);
         if let Some(resolved) = chain.last().filter(|path| path.is_dir()) {
-            collect_rule_dirs(resolved, 0, &mut rule_dirs, &mut relevant);
+            collect_rule_dirs(resolved, &mut rule_dirs, &mut relevant);
         }
         relevant.extend(chain);
 
@@ -477,51 +336,26 @@ impl FileWatch {
     }
 }
 
-/// A file `Snapshot::load` reads in a directory, by its name: visible, ending in `.yaml` or `.yml`.
-fn is_rule_name(path: &Path) -> bool {
-    let visible = path
-        .file_name()
-        .is_some_and(|name| !name.as_encoded_bytes().starts_with(b"."));
-    visible
-        && matches!(
-            path.extension().and_then(OsStr::to_str),
-            Some("yaml" | "yml")
-        )
-}
-
-/// Walks the rule directories as the loader does (visible entries, symlinks followed, subdirectories
-/// to [`MAX_DIR_DEPTH`]): each directory reached, by its resolved path, goes to `rule_dirs`; each
-/// symlink met on the way to a rule file or directory, and its target, to `relevant`.
+/// Walks the rule directories as the loader does: each directory reached, by its resolved path,
+/// goes to `rule_dirs`; each symlink met on the way to a rule file or directory, and its target,
+/// to `relevant`.
 fn collect_rule_dirs(
     dir: &Path,
-    depth: usize,
     rule_dirs: &mut HashSet<PathBuf>,
     relevant: &mut HashSet<PathBuf>,
 ) {
-    if depth > MAX_DIR_DEPTH || !rule_dirs.insert(dir.to_path_buf()) {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if entry.file_name().as_encoded_bytes().starts_with(b".") {
-            continue;
+    walk(dir, &mut |found| match found {
+        Found::Dir(dir) => {
+            rule_dirs.insert(dir.to_path_buf());
         }
-        let (target, chain) = if entry.file_type().is_ok_and(|t| t.is_symlink()) {
-            let chain = symlink_chain(&path);
-            (chain.last().cloned().unwrap_or_else(|| path.clone()), chain)
-        } else {
-            (path.clone(), Vec::new())
-        };
-        if target.is_dir() {
-            relevant.extend(chain);
-            collect_rule_dirs(&target, depth + 1, rule_dirs, relevant);
-        } else if is_rule_name(&path) {
-            relevant.extend(chain);
+        Found::Subdir(path) | Found::RuleFile { path, .. } => {
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_symlink()) {
+                relevant.extend(symlink_chain(path));
+            }
         }
-    }
+        // An unreadable or too deep directory is the loader's to report.
+        Found::Problem(_) => {}
+    });
 }
 
 /// Resolves `path` one component at a time: every symlink met, then the final path (which may
@@ -597,6 +431,7 @@ mod tests {
     use notify::event::{CreateKind, DataChange, RenameMode};
 
     use super::*;
+    use crate::rules::tests::{generation, limit, rule};
 
     const SEEN_WITHIN: Duration = Duration::from_secs(2);
 
@@ -604,22 +439,6 @@ mod tests {
         fn recv(&mut self) -> impl Future<Output = Option<()>> + Send {
             mpsc::UnboundedReceiver::recv(self)
         }
-    }
-
-    fn rule(limit: u64) -> String {
-        format!(
-            "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {{unit: second, requests_per_unit: {limit}}}\n"
-        )
-    }
-
-    fn limit(rules: &LiveRules) -> Option<u64> {
-        let generation = rules.current();
-        let matched = generation.snapshot.find("d", &[("k", "v")]);
-        matched.and_then(|m| m.rule.quota.as_ref().map(|q| q.limit()))
-    }
-
-    fn generation(rules: &LiveRules) -> u64 {
-        rules.current().number
     }
 
     /// Polls `done` until it holds, failing if that takes longer than [`SEEN_WITHIN`].
@@ -798,42 +617,6 @@ mod tests {
         eventually("fixed file applied", || limit(&rules) == Some(8)).await;
         assert_eq!(generation(&rules), 2);
         stop(shutdown, task).await;
-    }
-
-    #[test]
-    fn reload_counts_results_and_sets_the_generation() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("rules.yaml");
-        fs::write(&file, rule(5)).unwrap();
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let metrics = recorder.handle();
-        let _local = metrics::set_default_local_recorder(&recorder);
-        let rules = LiveRules::new(Some(file.clone())).unwrap();
-
-        fs::write(&file, "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n").unwrap();
-        let errors = rules.reload().expect_err("invalid unit refused");
-        assert!(!errors.is_empty());
-        assert!(
-            errors[0].to_string().contains("rules.yaml:"),
-            "{}",
-            errors[0]
-        );
-        assert_eq!((generation(&rules), limit(&rules)), (1, Some(5)));
-
-        fs::write(&file, rule(6)).unwrap();
-        assert_eq!(rules.reload().expect("valid rules load"), 2);
-        assert_eq!(limit(&rules), Some(6));
-
-        let text = metrics.render();
-        assert!(
-            text.contains(r#"tollgate_config_reloads_total{result="error"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"tollgate_config_reloads_total{result="success"} 1"#),
-            "{text}"
-        );
-        assert!(text.contains("tollgate_config_generation 2"), "{text}");
     }
 
     #[tokio::test]

@@ -13,6 +13,15 @@
 //! their answers together: a fifth less server CPU per call, and cheaper reads for the client. The
 //! cost: a connection stays on its thread, so a single busy connection uses one core (Envoy opens
 //! one per worker thread, and the round robin spreads them).
+//!
+//! The parts: [`grpc`] (Envoy's `RateLimitService` v3 onto the limiter), [`http`] (the admin
+//! port), [`watch`] (rule files and SIGHUP to [`LiveRules::reload`](crate::rules::LiveRules::reload))
+//! and [`prometheus`] (the recorder behind `/metrics`).
+
+pub mod grpc;
+pub mod http;
+pub mod prometheus;
+pub mod watch;
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -26,15 +35,15 @@ use tonic::codegen::tokio_stream::StreamExt as _;
 use tonic::codegen::tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic_health::ServingStatus;
 
-use crate::grpc::RlsService;
-use crate::http::{AdminState, Health};
 use crate::limiter::Limiter;
+use grpc::RlsService;
+use http::{AdminState, Health};
 
 /// How the service behaves around its listeners.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// Which rate-limit headers Envoy is asked to add to responses.
-    pub response_headers: crate::grpc::headers::Style,
+    pub response_headers: crate::server::grpc::headers::Style,
     /// Healthy only while the rules in force hold at least one domain.
     pub healthy_only_with_rules: bool,
     /// How long to keep serving, marked unhealthy, after shutdown begins.
@@ -49,7 +58,7 @@ pub struct ServeOptions {
 impl Default for ServeOptions {
     fn default() -> Self {
         Self {
-            response_headers: crate::grpc::headers::Style::Off,
+            response_headers: crate::server::grpc::headers::Style::Off,
             healthy_only_with_rules: false,
             drain_delay: Duration::ZERO,
             drain_timeout: Duration::from_secs(20),
@@ -168,7 +177,7 @@ pub async fn run(
             }
         })
     });
-    let admin = crate::http::router(AdminState {
+    let admin = http::router(AdminState {
         limiter,
         response_headers: options.response_headers.clone(),
         metrics,
