@@ -22,7 +22,7 @@ fn check_errors(text: &str, errors: &[tollgate::config::ConfigError]) {
         !errors.is_empty(),
         "a refused file reports at least one error"
     );
-    let lines: Vec<&str> = text.split('\n').collect();
+    let lines = yaml_lines(text);
     for e in errors {
         assert_eq!(e.file.to_str(), Some(FILE), "{e}");
         assert!(
@@ -37,6 +37,14 @@ fn check_errors(text: &str, errors: &[tollgate::config::ConfigError]) {
         );
         assert!(!e.message.is_empty(), "{e}");
     }
+}
+
+/// The text's lines as YAML counts them: `\r\n`, `\r`, `\n`, NEL, LS and PS each end a line.
+fn yaml_lines(text: &str) -> Vec<String> {
+    text.replace("\r\n", "\n")
+        .split(['\r', '\n', '\u{85}', '\u{2028}', '\u{2029}'])
+        .map(str::to_owned)
+        .collect()
 }
 
 fn check_snapshot(text: &str, snapshot: &Snapshot) {

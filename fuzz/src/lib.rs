@@ -48,7 +48,13 @@ descriptors:
   - key: internal
     rate_limit: {unlimited: true}
   - key: trial
-    rate_limit: {unit: day, requests_per_unit: 1, shadow_mode: true, detailed_metric: true}
+    shadow_mode: true
+    detailed_metric: true
+    rate_limit: {unit: day, requests_per_unit: 1}
+  - key: quota
+    quota_mode: true
+    value_to_metric: true
+    rate_limit: {unit: minute, requests_per_unit: 2, algorithm: sliding_window}
 "#;
 
 fn rules() -> Arc<LiveRules> {
