@@ -115,6 +115,8 @@ pub struct ServeArgs {
     /// per gRPC thread, since each thread keeps its own.
     #[arg(long, env = "TOLLGATE_REDIS_POOL_SIZE", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub redis_pool_size: u16,
+    #[command(flatten)]
+    pub redis_credentials: Box<crate::redis_args::RedisCredentialArgs>,
     /// How often the memory store drops counters whose windows have passed.
     #[arg(long, env = "TOLLGATE_SWEEP_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub sweep_interval: Duration,

@@ -141,6 +141,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 pool_size: usize::from(args.redis_pool_size),
                 // fred's backstop only: the resilient layer enforces the deadline.
                 timeout: resilience.timeout.saturating_mul(2),
+                credentials: args.redis_credentials.credentials(),
             };
             let redis = Arc::new(RedisStore::connect(options).await.context("--redis-url")?);
             let store = resilient::protect(redis, &resilience);

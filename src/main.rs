@@ -10,6 +10,7 @@ use cli::{Cli, Command};
 mod cli;
 mod commands;
 mod peer_env;
+mod redis_args;
 
 // glibc's malloc was a sixth of the server's and the load generator's CPU under load (perf: malloc,
 // _int_malloc, _int_free, malloc_consolidate); mimalloc's thread-local free lists cost far less.

@@ -88,6 +88,32 @@ pub fn apply(
             args.store = StoreKind::Redis;
         }
     }
+    // The peer reads its TLS files only with REDIS_TLS.
+    let tls = &mut args.redis_credentials;
+    let tls_files = if peer.flag("REDIS_TLS")? == Some(true) {
+        vec![
+            (
+                "REDIS_TLS_CLIENT_CERT",
+                "redis_tls_cert",
+                &mut tls.redis_tls_cert,
+            ),
+            (
+                "REDIS_TLS_CLIENT_KEY",
+                "redis_tls_key",
+                &mut tls.redis_tls_key,
+            ),
+            ("REDIS_TLS_CACERT", "redis_tls_ca", &mut tls.redis_tls_ca),
+        ]
+    } else {
+        Vec::new()
+    };
+    for (var, id, field) in tls_files {
+        if let Some(path) = peer.get(var).filter(|p| !p.is_empty())
+            && out.free(id, var, path)
+        {
+            *field = Some(path.into());
+        }
+    }
     if let Some(size) = peer.number::<u16>("REDIS_POOL_SIZE")?
         && out.free(
             "redis_pool_size",

@@ -180,6 +180,7 @@ async fn redis(url: String) -> Arc<dyn Store> {
         url,
         pool_size: 4,
         timeout: Duration::from_secs(2),
+        ..RedisOptions::default()
     };
     Arc::new(RedisStore::connect(options).await.unwrap())
 }

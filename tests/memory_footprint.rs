@@ -333,6 +333,7 @@ fn a_full_sliding_window_stays_within_twice_the_estimates_redis_memory() {
             url: server.url(),
             pool_size: 1,
             timeout: Duration::from_secs(5),
+            ..RedisOptions::default()
         }))
         .unwrap()
         .with_clock(Arc::new(clock.clone()));

@@ -26,6 +26,7 @@ async fn try_connect(url: String) -> Result<RedisStore, StoreError> {
         url,
         pool_size: 2,
         timeout: Duration::from_secs(2),
+        ..RedisOptions::default()
     })
     .await
 }

@@ -60,6 +60,7 @@ async fn connect(url: String, clock: &ManualClock) -> RedisStore {
         url,
         pool_size: 2,
         timeout: Duration::from_secs(5),
+        ..RedisOptions::default()
     })
     .await
     .unwrap()

@@ -121,6 +121,7 @@ pub const REDIS_POOL_SIZE: usize = 4;
 ///     url: "redis-cluster://10.0.0.1:6379,10.0.0.2:6379".into(),
 ///     pool_size: 16,
 ///     timeout: Duration::from_millis(200),
+///     ..RedisOptions::default()
 /// })
 /// .await?;
 /// let limiter = KeyedLimiter::with_store(Arc::new(store));
@@ -247,6 +248,7 @@ impl KeyedLimiter {
             url: url.to_owned(),
             pool_size: REDIS_POOL_SIZE,
             timeout: REDIS_TIMEOUT,
+            ..RedisOptions::default()
         })
         .await?;
         Ok(Self::with_store(Arc::new(store)))

@@ -269,3 +269,35 @@ fn unsupported_variables_are_named_unless_the_peer_would_ignore_them_too() {
     );
     assert!(report.unsupported.is_empty(), "{report:?}");
 }
+
+#[test]
+fn redis_tls_files_map_onto_the_credential_flags_with_redis_tls() {
+    let env = [
+        ("REDIS_URL", "redis:6380"),
+        ("REDIS_TLS", "true"),
+        ("REDIS_TLS_CLIENT_CERT", "/tls/client.crt"),
+        ("REDIS_TLS_CLIENT_KEY", "/tls/client.key"),
+        ("REDIS_TLS_CACERT", "/tls/ca.crt"),
+    ];
+    let (args, report) = ok(&[], &env);
+    let tls = &args.redis_credentials;
+    assert_eq!(tls.redis_tls_cert, Some(PathBuf::from("/tls/client.crt")));
+    assert_eq!(tls.redis_tls_key, Some(PathBuf::from("/tls/client.key")));
+    assert_eq!(tls.redis_tls_ca, Some(PathBuf::from("/tls/ca.crt")));
+    assert!(report.unsupported.is_empty(), "{report:?}");
+    let (args, _) = ok(&["--redis-tls-ca", "/mine.crt"], &env);
+    assert_eq!(
+        args.redis_credentials.redis_tls_ca,
+        Some(PathBuf::from("/mine.crt"))
+    );
+    // Without REDIS_TLS the peer does not read them, and neither does tollgate.
+    let (args, _) = ok(
+        &[],
+        &env[..1]
+            .iter()
+            .chain(&env[2..])
+            .copied()
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(args.redis_credentials.redis_tls_cert, None);
+}

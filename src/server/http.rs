@@ -1,7 +1,9 @@
 //! The admin HTTP port: health, metrics, the rules in force, and two ways to ask for a decision
 //! without gRPC.
 //!
-//! - `GET /healthcheck`: `200 OK` while serving, `503` while draining.
+//! - `GET /healthcheck`: `200 OK` while serving, `503` while draining. With the Redis store, a
+//!   second line says whether Redis is connected, or why not (`redis: Redis refused the password
+//!   (authentication failed) (…)`); the status does not follow it, since the fallback serves.
 //! - `GET /metrics`: Prometheus text.
 //! - `GET /rlconfig`: the rules in force and their generation, as JSON.
 //! - `POST /json`: envoyproxy/ratelimit's endpoint: a `RateLimitRequest` in proto3's JSON mapping,
@@ -84,8 +86,19 @@ async fn healthcheck(State(s): State<AdminState>) -> Response {
     } else if !s.health.is_serving(&s.limiter) {
         (StatusCode::SERVICE_UNAVAILABLE, "no rules loaded\n").into_response()
     } else {
-        (StatusCode::OK, "OK\n").into_response()
+        (StatusCode::OK, format!("OK\n{}", store_detail(&s.limiter))).into_response()
     }
+}
+
+/// The Redis store's condition, one line each, or nothing for the memory store.
+fn store_detail(limiter: &Limiter) -> String {
+    if limiter.store_kind() != "redis" {
+        return String::new();
+    }
+    crate::store::redis::store_conditions()
+        .iter()
+        .map(|line| format!("{line}\n"))
+        .collect()
 }
 
 async fn metrics_text(State(s): State<AdminState>) -> Response {

@@ -215,6 +215,16 @@ impl RedisServer {
     /// certificate, key and CA (clients are not asked for certificates). Picked with the plain
     /// port, so a port taken meanwhile means a retry on new ones, as for any start.
     pub fn start_tls(cert: &Path, key: &Path, ca: &Path) -> RedisServer {
+        Self::tls_server(cert, key, ca, "no")
+    }
+
+    /// As [`start_tls`](Self::start_tls), and every TLS client must present a certificate signed
+    /// by `ca` (`tls-auth-clients yes`).
+    pub fn start_mtls(cert: &Path, key: &Path, ca: &Path) -> RedisServer {
+        Self::tls_server(cert, key, ca, "yes")
+    }
+
+    fn tls_server(cert: &Path, key: &Path, ca: &Path, auth_clients: &str) -> RedisServer {
         let path = |p: &Path| p.to_str().expect("utf-8 path").to_string();
         let mut args = string_args(&["--save", "", "--appendonly", "no"]);
         args.extend([
@@ -225,7 +235,7 @@ impl RedisServer {
             "--tls-ca-cert-file".to_string(),
             path(ca),
             "--tls-auth-clients".to_string(),
-            "no".to_string(),
+            auth_clients.to_string(),
         ]);
         let mut node = Node::new("redis-tls-test-", args);
         node.start(Some("--tls-port"));

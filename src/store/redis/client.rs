@@ -8,6 +8,8 @@ use std::time::Duration;
 use fred::prelude::{Builder, Config, EventInterface, ReconnectPolicy, TcpConfig};
 use fred::types::config::UnresponsiveConfig;
 
+use super::cause::Condition;
+
 /// TCP connect (and TLS handshake) timeout, and the timeout of fred's own AUTH/SELECT/CLUSTER
 /// calls.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -45,24 +47,29 @@ pub(super) fn client_builder(config: Config, backstop: Duration) -> Builder {
     builder
 }
 
-/// Logs when a pooled connection is lost (once, not at every retry) and when it is back.
-pub(super) fn log_state_changes(client: &fred::prelude::Client, index: usize) {
+/// Logs when a pooled connection is lost (once, not at every retry) and when it is back; the
+/// store's `condition` learns each failure's cause, and logs it once per change.
+pub(super) fn log_state_changes(
+    client: &fred::prelude::Client,
+    index: usize,
+    condition: &Arc<Condition>,
+) {
     let up = Arc::new(AtomicBool::new(false));
     let on_error = up.clone();
+    let failed = condition.clone();
     client.on_error(move |(error, server)| {
         let was_up = on_error.swap(false, Ordering::Relaxed);
         let server = server.map(|s| s.to_string()).unwrap_or_default();
         if was_up {
             tracing::warn!(connection = index, %server, %error, "Redis connection lost; reconnecting");
-        } else {
-            tracing::debug!(connection = index, %server, %error, "Redis still unreachable");
         }
+        failed.failed(&error, &server);
         async { Ok(()) }
     });
+    let connected = condition.clone();
     client.on_reconnect(move |server| {
-        if !up.swap(true, Ordering::Relaxed) {
-            tracing::info!(connection = index, %server, "Redis connected");
-        }
+        up.store(true, Ordering::Relaxed);
+        connected.connected(&server.to_string());
         async { Ok(()) }
     });
     client.on_unresponsive(move |server| {

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::cause::Cause;
 use crate::store::StoreError;
 
 /// A Cluster redirection: the slot is served elsewhere than the routing said.
@@ -12,8 +13,21 @@ pub(super) fn redirected(e: &fred::error::Error) -> bool {
 }
 
 /// `e` as a store error; a timeout is fred's backstop firing (see
-/// [`RedisOptions::timeout`](super::RedisOptions)).
-pub(super) fn store_error(e: &fred::error::Error, timeout: Duration) -> StoreError {
+/// [`RedisOptions::timeout`](super::RedisOptions)). An unavailable store names its cause in
+/// words: `e`'s own, or the connections' last (`connecting`), since a command refused while no
+/// connection is up only says so.
+pub(super) fn store_error(
+    e: &fred::error::Error,
+    timeout: Duration,
+    connecting: Option<Cause>,
+) -> StoreError {
+    let unavailable = || {
+        let cause = match Cause::of(e) {
+            Cause::Connection => connecting.unwrap_or(Cause::Connection),
+            own => own,
+        };
+        StoreError::Unavailable(format!("{cause}: {e}"))
+    };
     use fred::error::ErrorKind;
     let busy = [
         "CLUSTERDOWN",
@@ -32,10 +46,8 @@ pub(super) fn store_error(e: &fred::error::Error, timeout: Duration) -> StoreErr
         | ErrorKind::Backpressure
         | ErrorKind::Sentinel
         | ErrorKind::Tls
-        | ErrorKind::Auth => StoreError::Unavailable(e.to_string()),
-        _ if busy.iter().any(|p| e.details().starts_with(p)) => {
-            StoreError::Unavailable(e.to_string())
-        }
+        | ErrorKind::Auth => unavailable(),
+        _ if busy.iter().any(|p| e.details().starts_with(p)) => unavailable(),
         _ => StoreError::Protocol(e.to_string()),
     }
 }

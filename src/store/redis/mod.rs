@@ -43,11 +43,13 @@
 //! script may already have run. Redis being down at start is not an error: the store answers errors
 //! until it is up.
 
+mod cause;
 mod client;
 mod error;
 mod lanes;
 mod routing;
 mod script;
+mod tls;
 mod url;
 
 use std::sync::Arc;
@@ -63,11 +65,14 @@ use smallvec::SmallVec;
 use super::{Batch, Decisions, Partition, Route, Store, StoreError, join_all};
 use crate::clock::Clock;
 use crate::keys::CounterKey;
+use cause::Condition;
+pub use cause::{Cause, store_conditions};
 use client::{client_builder, log_state_changes};
 use error::{redirected, store_error};
 use lanes::{LanePool, connected, current_lane, in_lane, quit_on};
 use routing::Router;
 pub use script::SCRIPT;
+pub use tls::RedisCredentials;
 pub use url::RedisOptions;
 
 /// How long `connect` waits for a first connection before it returns a store that is still
@@ -91,6 +96,8 @@ pub struct RedisStore {
     /// A single server's pools, one per lane.
     single: RwLock<Vec<LanePool>>,
     pool_size: usize,
+    /// Connected, or why not; listed for `/healthcheck` while the store lives.
+    condition: Arc<Condition>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -109,6 +116,7 @@ impl RedisStore {
     /// the background; its decisions fail until then.
     pub async fn connect(options: RedisOptions) -> Result<RedisStore, StoreError> {
         let mut config = url::parse(&options.url)?;
+        options.credentials.apply(&mut config)?;
         // Retry the first connection like any later one instead of failing `connect`.
         config.fail_fast = false;
         let clustered = config.server.is_clustered();
@@ -116,8 +124,9 @@ impl RedisStore {
             .build_pool(options.pool_size.max(1))
             .map_err(|e| StoreError::Config(format!("Redis client: {}", e.details())))?;
         let router = Router::new();
+        let condition = Condition::registered();
         for (i, client) in pool.clients().iter().enumerate() {
-            log_state_changes(client, i);
+            log_state_changes(client, i, &condition);
             if clustered {
                 let changed = router.changed();
                 // The task ends with the client.
@@ -139,6 +148,7 @@ impl RedisStore {
             config,
             single: RwLock::new(Vec::new()),
             pool_size: options.pool_size.max(1),
+            condition,
         };
         match tokio::time::timeout(STARTUP_WAIT, store.pool.wait_for_connect()).await {
             Ok(Ok(())) => {
@@ -152,13 +162,14 @@ impl RedisStore {
                     tracing::warn!(error = %e, "could not preload the Redis script; it loads on first use");
                 }
             }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "Redis is not reachable yet; decisions fail until it is")
+            Ok(Err(e)) => store.condition.failed(&e, "startup"),
+            Err(_) => {
+                let cause = store
+                    .condition
+                    .cause()
+                    .map_or("no connection yet", Cause::words);
+                tracing::warn!(wait = ?STARTUP_WAIT, "Redis not ready at start ({cause}); decisions fail until it is");
             }
-            Err(_) => tracing::warn!(
-                wait = ?STARTUP_WAIT,
-                "Redis is not reachable yet; decisions fail until it is"
-            ),
         }
         Ok(store)
     }
@@ -221,7 +232,7 @@ impl RedisStore {
             },
             None => through_pool().await,
         }
-        .map_err(|e| store_error(&e, self.backstop))?;
+        .map_err(|e| store_error(&e, self.backstop, self.condition.cause()))?;
         script::decode(run, reply)
     }
 }

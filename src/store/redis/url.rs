@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use fred::prelude::Config;
 
+use super::tls::RedisCredentials;
 use crate::store::StoreError;
 
 /// The URL schemes fred understands (without the Unix socket forms, which are not built in).
@@ -38,6 +39,20 @@ pub struct RedisOptions {
     /// backstop for a store used bare (the `direct` limiters, tests), which has no resilient
     /// layer, and behind one it should be longer than the deadline so that it never fires first.
     pub timeout: Duration,
+    /// A client certificate, a CA and a password file, beyond what the URL says.
+    pub credentials: RedisCredentials,
+}
+
+impl Default for RedisOptions {
+    /// A local Redis, one connection, a one-second backstop, the URL's credentials only.
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            pool_size: 1,
+            timeout: Duration::from_secs(1),
+            credentials: RedisCredentials::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisOptions {
@@ -46,6 +61,7 @@ impl std::fmt::Debug for RedisOptions {
             .field("url", &redact(&self.url))
             .field("pool_size", &self.pool_size)
             .field("timeout", &self.timeout)
+            .field("credentials", &self.credentials)
             .finish()
     }
 }
@@ -137,7 +153,13 @@ mod tests {
             url: "rediss://u:secret@h:1".into(),
             pool_size: 1,
             timeout: Duration::from_millis(1),
+            credentials: RedisCredentials {
+                password_file: Some("/run/secrets/redis".into()),
+                ..RedisCredentials::default()
+            },
         };
-        assert!(!format!("{options:?}").contains("secret"));
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("secret\""), "{shown}");
+        assert!(shown.contains("/run/secrets/redis"), "{shown}");
     }
 }
