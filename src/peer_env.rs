@@ -181,8 +181,45 @@ pub fn apply(
             *field = on;
         }
     }
+    if peer.flag("GRPC_SERVER_USE_TLS")? == Some(true) {
+        grpc_tls(&peer, &mut out, &mut args.tls);
+    }
     out.report.unsupported = peer.unsupported();
     Ok(out.report)
+}
+
+/// TLS on the gRPC port, read (as by the peer) only with `GRPC_SERVER_USE_TLS=true`. The client
+/// CA is the peer's `GRPC_CLIENT_TLS_CACERT`, else Envoy Gateway's `GRPC_SERVER_TLS_CA_CERT` (the CA
+/// of the certificates its Envoys present).
+fn grpc_tls(peer: &Peer<'_>, out: &mut Applier<'_>, tls: &mut tollgate::server::tls::TlsArgs) {
+    let path = |var| peer.get(var).filter(|v| !v.is_empty());
+    for (var, id, field) in [
+        (
+            "GRPC_SERVER_TLS_CERT",
+            "grpc_tls_cert",
+            &mut tls.grpc_tls_cert,
+        ),
+        ("GRPC_SERVER_TLS_KEY", "grpc_tls_key", &mut tls.grpc_tls_key),
+    ] {
+        if let Some(file) = path(var)
+            && out.free(id, var, file)
+        {
+            *field = Some(file.into());
+        }
+    }
+    let ca = ["GRPC_CLIENT_TLS_CACERT", "GRPC_SERVER_TLS_CA_CERT"]
+        .into_iter()
+        .find_map(|var| Some((var, path(var)?)));
+    if let Some((var, file)) = ca
+        && out.free("grpc_tls_client_ca", var, file)
+    {
+        tls.grpc_tls_client_ca = Some(file.into());
+        if let Some(san) = path("GRPC_CLIENT_TLS_SAN")
+            && out.free("grpc_tls_client_san", "GRPC_CLIENT_TLS_SAN", san)
+        {
+            tls.grpc_tls_client_san = vec![san.to_owned()];
+        }
+    }
 }
 
 /// The peer's local cache holds (key, expiry) pairs in a byte budget; ours counts keys. A cached

@@ -269,3 +269,40 @@ fn unsupported_variables_are_named_unless_the_peer_would_ignore_them_too() {
     );
     assert!(report.unsupported.is_empty(), "{report:?}");
 }
+
+#[test]
+fn grpc_tls_variables_set_the_tls_flags() {
+    // The peer's own names.
+    let peer = [
+        ("GRPC_SERVER_USE_TLS", "true"),
+        ("GRPC_SERVER_TLS_CERT", "/certs/tls.crt"),
+        ("GRPC_SERVER_TLS_KEY", "/certs/tls.key"),
+        ("GRPC_CLIENT_TLS_CACERT", "/certs/client-ca.crt"),
+        ("GRPC_CLIENT_TLS_SAN", "envoy.example.com"),
+    ];
+    let (args, _) = ok(&[], &peer);
+    assert_eq!(args.tls.grpc_tls_cert, Some("/certs/tls.crt".into()));
+    assert_eq!(args.tls.grpc_tls_key, Some("/certs/tls.key".into()));
+    assert_eq!(
+        args.tls.grpc_tls_client_ca,
+        Some("/certs/client-ca.crt".into())
+    );
+    assert_eq!(args.tls.grpc_tls_client_san, ["envoy.example.com"]);
+    // Envoy Gateway's client CA variable.
+    let (args, _) = ok(
+        &[],
+        &[
+            ("GRPC_SERVER_USE_TLS", "true"),
+            ("GRPC_SERVER_TLS_CERT", "/certs/tls.crt"),
+            ("GRPC_SERVER_TLS_KEY", "/certs/tls.key"),
+            ("GRPC_SERVER_TLS_CA_CERT", "/certs/ca.crt"),
+        ],
+    );
+    assert_eq!(args.tls.grpc_tls_client_ca, Some("/certs/ca.crt".into()));
+    // A flag wins; without GRPC_SERVER_USE_TLS=true the files are not read, as by the peer.
+    let (args, _) = ok(&["--grpc-tls-cert", "/mine.crt"], &peer);
+    assert_eq!(args.tls.grpc_tls_cert, Some("/mine.crt".into()));
+    let (args, _) = ok(&[], &peer[1..]);
+    assert_eq!(args.tls.grpc_tls_cert, None);
+    assert_eq!(args.tls.grpc_tls_client_ca, None);
+}
