@@ -437,11 +437,12 @@ fn validate_core_documents(file: &str) -> Vec<Value> {
         .partition(|doc| !str_at(doc, &["apiVersion"]).contains(".io/"));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("core.yaml");
+    // As JSON (a subset of YAML): re-emitted YAML could turn strings such as `no` into booleans.
     let text: Vec<String> = core
         .iter()
-        .map(|doc| serde_norway::to_string(doc).unwrap())
+        .map(|doc| serde_json::to_string(doc).unwrap())
         .collect();
-    std::fs::write(&path, text.join("---\n")).unwrap();
+    std::fs::write(&path, text.join("\n---\n")).unwrap();
     let validator = tool("kubernetes-validate", "KUBERNETES_VALIDATE_BIN");
     let (ok, out) = run(Command::new(&validator)
         .args(["--strict", "-k", KUBERNETES_VERSION])
