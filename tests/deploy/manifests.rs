@@ -94,15 +94,20 @@ fn manifests_pass_the_kubernetes_schemas_strictly() {
     let validator = tool("kubernetes-validate", "KUBERNETES_VALIDATE_BIN");
     for file in SCHEMA_VALIDATED {
         let path = k8s(file);
-        let (ok, out) = run(Command::new(&validator)
-            .args(["--strict", "-k", KUBERNETES_VERSION])
-            .arg(&path));
-        assert!(ok, "{file}:\n{out}");
-        // A kind without a schema only warns: every document must have been checked.
-        assert!(!out.contains("WARN"), "{file}:\n{out}");
-        let passed = out.lines().filter(|l| l.contains(" passed ")).count();
-        assert_eq!(passed, documents(&path).len(), "{file}:\n{out}");
+        validate_strictly(&validator, file, &path, documents(&path).len());
     }
+}
+
+/// Runs the validator on `path` and asserts that all its `documents` passed.
+fn validate_strictly(validator: &Path, file: &str, path: &Path, documents: usize) {
+    let (ok, out) = run(Command::new(validator)
+        .args(["--strict", "-k", KUBERNETES_VERSION])
+        .arg(path));
+    assert!(ok, "{file}:\n{out}");
+    // A kind without a schema only warns: every document must have been checked.
+    assert!(!out.contains("WARN"), "{file}:\n{out}");
+    let passed = out.lines().filter(|l| l.contains(" passed ")).count();
+    assert_eq!(passed, documents, "{file}:\n{out}");
 }
 
 #[test]
@@ -444,13 +449,7 @@ fn validate_core_documents(file: &str) -> Vec<Value> {
         .collect();
     std::fs::write(&path, text.join("\n---\n")).unwrap();
     let validator = tool("kubernetes-validate", "KUBERNETES_VALIDATE_BIN");
-    let (ok, out) = run(Command::new(&validator)
-        .args(["--strict", "-k", KUBERNETES_VERSION])
-        .arg(&path));
-    assert!(ok, "{file}:\n{out}");
-    assert!(!out.contains("WARN"), "{file}:\n{out}");
-    let passed = out.lines().filter(|l| l.contains(" passed ")).count();
-    assert_eq!(passed, core.len(), "{file}:\n{out}");
+    validate_strictly(&validator, file, &path, core.len());
     custom
 }
 
