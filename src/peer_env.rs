@@ -4,7 +4,8 @@
 //! `TOLLGATE_*`. Each peer variable that means something here becomes the default of the flag it
 //! maps to, so a flag or a `TOLLGATE_*` variable always wins over it. A variable tollgate cannot
 //! honour is named in one log line at start-up ([`Report::unsupported`]); one whose effect would
-//! be wrong to drop (memcache, xDS, a unix socket, TLS on the gRPC port) stops the start instead.
+//! be wrong to drop (memcache, a unix socket, TLS on the gRPC port without a certificate) stops
+//! the start instead.
 //! A variable the peer itself ignores under the other settings (e.g. `STATSD_HOST` with
 //! `USE_STATSD=false`, `MEMCACHE_*` with the Redis backend) is ignored here too. The full table,
 //! with reasons, is in docs/migration.md.
