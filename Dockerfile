@@ -18,8 +18,13 @@ COPY benches ./benches
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin tollgate \
-    && install -D -m 0755 target/release/tollgate /out/usr/local/bin/tollgate
-# Both runtimes take the same tree: the binary and the example rules.
+    && install -D -m 0755 target/release/tollgate /out/usr/local/bin/tollgate \
+    && install -d /out/bin \
+    && ln -s /usr/local/bin/tollgate /out/bin/ratelimit
+# /bin/ratelimit is envoyproxy/ratelimit's path: Envoy Gateway starts it with no arguments and only
+# variables, and tollgate run under that name with no subcommand runs `serve`. A symlink, made here
+# because the distroless runtime has no shell to make it.
+# Both runtimes take the same tree: the binary, its /bin/ratelimit name and the example rules.
 COPY config/ /out/etc/tollgate/
 
 # Debian slim: for runtimes without Kubernetes probes (plain Docker, Compose), where a HEALTHCHECK

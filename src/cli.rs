@@ -134,6 +134,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub xds: Box<tollgate::xds::XdsArgs>,
     #[command(flatten)]
+    pub tls: Box<tollgate::server::tls::TlsArgs>,
+    #[command(flatten)]
     pub log: LogArgs,
 }
 

@@ -179,6 +179,18 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         },
     ));
 
+    let grpc_tls = args
+        .tls
+        .files()?
+        .map(server::tls::Acceptor::new)
+        .transpose()
+        .context("TLS on the gRPC port")?;
+    if let Some(tls) = &grpc_tls {
+        let reloader = tls.spawn_reloader(server::tls::RELOAD_INTERVAL, shutdown.clone());
+        tasks.spawn(async move {
+            let _ = reloader.await;
+        });
+    }
     let grpc = TcpListener::bind(args.grpc_addr)
         .await
         .with_context(|| format!("binding gRPC on {}", args.grpc_addr))?;
@@ -189,6 +201,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     tracing::info!(
         grpc = %grpc.local_addr()?,
         http = %http.local_addr()?,
+        tls = grpc_tls.is_some(),
         store = limiter.store_kind(),
         "tollgate serving"
     );
@@ -200,6 +213,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         drain_delay: args.drain_delay,
         drain_timeout: args.drain_timeout,
         grpc_threads: args.grpc_threads,
+        grpc_tls,
     };
     let result = server::run(
         grpc,

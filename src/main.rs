@@ -18,7 +18,7 @@ mod redis_args;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let matches = Cli::command().get_matches_from(command_line(std::env::args_os().collect()));
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
@@ -75,5 +75,56 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// The command line, with `serve` put in when the binary runs as `ratelimit` (envoyproxy/ratelimit's
+/// name: Envoy Gateway starts `/bin/ratelimit` with no arguments, only variables) and no subcommand
+/// was given.
+fn command_line(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let as_ratelimit = args
+        .first()
+        .and_then(|arg0| std::path::Path::new(arg0).file_name())
+        .is_some_and(|name| name == "ratelimit");
+    let subcommand = args.get(1).is_some_and(|arg| {
+        Cli::command()
+            .get_subcommands()
+            .any(|c| arg == c.get_name())
+            || ["help", "-h", "--help", "-V", "--version"]
+                .iter()
+                .any(|h| arg == h)
+    });
+    if as_ratelimit && !subcommand {
+        args.insert(1.min(args.len()), "serve".into());
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::command_line;
+
+    fn line(args: &[&str]) -> Vec<String> {
+        command_line(args.iter().map(Into::into).collect())
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn ratelimit_with_no_subcommand_serves() {
+        assert_eq!(line(&["/bin/ratelimit"]), ["/bin/ratelimit", "serve"]);
+        assert_eq!(
+            line(&["ratelimit", "--grpc-threads", "2"]),
+            ["ratelimit", "serve", "--grpc-threads", "2"]
+        );
+        assert_eq!(
+            line(&["/bin/ratelimit", "check", "x"]),
+            ["/bin/ratelimit", "check", "x"]
+        );
+        assert_eq!(
+            line(&["/usr/local/bin/tollgate"]),
+            ["/usr/local/bin/tollgate"]
+        );
     }
 }

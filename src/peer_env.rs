@@ -4,7 +4,8 @@
 //! `TOLLGATE_*`. Each peer variable that means something here becomes the default of the flag it
 //! maps to, so a flag or a `TOLLGATE_*` variable always wins over it. A variable tollgate cannot
 //! honour is named in one log line at start-up ([`Report::unsupported`]); one whose effect would
-//! be wrong to drop (memcache, xDS, a unix socket, TLS on the gRPC port) stops the start instead.
+//! be wrong to drop (memcache, a unix socket, TLS on the gRPC port without a certificate) stops
+//! the start instead.
 //! A variable the peer itself ignores under the other settings (e.g. `STATSD_HOST` with
 //! `USE_STATSD=false`, `MEMCACHE_*` with the Redis backend) is ignored here too. The full table,
 //! with reasons, is in docs/migration.md.
@@ -207,8 +208,45 @@ pub fn apply(
             *field = on;
         }
     }
+    if peer.flag("GRPC_SERVER_USE_TLS")? == Some(true) {
+        grpc_tls(&peer, &mut out, &mut args.tls);
+    }
     out.report.unsupported = peer.unsupported();
     Ok(out.report)
+}
+
+/// TLS on the gRPC port, read (as by the peer) only with `GRPC_SERVER_USE_TLS=true`. The client
+/// CA is the peer's `GRPC_CLIENT_TLS_CACERT`, else Envoy Gateway's `GRPC_SERVER_TLS_CA_CERT` (the CA
+/// of the certificates its Envoys present).
+fn grpc_tls(peer: &Peer<'_>, out: &mut Applier<'_>, tls: &mut tollgate::server::tls::TlsArgs) {
+    let path = |var| peer.get(var).filter(|v| !v.is_empty());
+    for (var, id, field) in [
+        (
+            "GRPC_SERVER_TLS_CERT",
+            "grpc_tls_cert",
+            &mut tls.grpc_tls_cert,
+        ),
+        ("GRPC_SERVER_TLS_KEY", "grpc_tls_key", &mut tls.grpc_tls_key),
+    ] {
+        if let Some(file) = path(var)
+            && out.free(id, var, file)
+        {
+            *field = Some(file.into());
+        }
+    }
+    let ca = ["GRPC_CLIENT_TLS_CACERT", "GRPC_SERVER_TLS_CA_CERT"]
+        .into_iter()
+        .find_map(|var| Some((var, path(var)?)));
+    if let Some((var, file)) = ca
+        && out.free("grpc_tls_client_ca", var, file)
+    {
+        tls.grpc_tls_client_ca = Some(file.into());
+        if let Some(san) = path("GRPC_CLIENT_TLS_SAN")
+            && out.free("grpc_tls_client_san", "GRPC_CLIENT_TLS_SAN", san)
+        {
+            tls.grpc_tls_client_san = vec![san.to_owned()];
+        }
+    }
 }
 
 /// The peer's local cache holds (key, expiry) pairs in a byte budget; ours counts keys. A cached

@@ -246,88 +246,24 @@ async fn envoy_gateway_variables_select_xds() {
 }
 
 /// A CA, a server certificate for `envoy-gateway` and 127.0.0.1, and a client certificate, made
-/// with the `openssl` command in `dir`: Envoy Gateway's layout (`ca.crt`, `tls.crt`, `tls.key`).
-fn make_certificates(dir: &std::path::Path) {
-    let openssl = common::require_binary("openssl");
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(&openssl)
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let ca = [
-        &["req", "-x509"][..],
-        &ec,
-        &["-keyout", "ca.key", "-out", "ca.crt"],
-    ];
-    run(&[&ca.concat()[..], &["-days", "2", "-subj", "/CN=test-ca"]].concat());
-    let leaves = [
-        ("server", "DNS:envoy-gateway,IP:127.0.0.1", "serverAuth"),
-        ("tls", "DNS:envoy-ratelimit", "clientAuth"),
-    ];
-    for (name, san, usage) in leaves {
-        let (key, csr, crt) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.crt"),
-        );
-        let ext = format!("{name}.ext");
-        std::fs::write(
-            dir.join(&ext),
-            format!("subjectAltName={san}\nextendedKeyUsage={usage}\n"),
-        )
-        .unwrap();
-        let subject = format!("/CN={name}");
-        run(&[
-            &["req"][..],
-            &ec,
-            &["-keyout", &key, "-out", &csr, "-subj", &subject],
-        ]
-        .concat());
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-out",
-            &crt,
-            "-extfile",
-            &ext,
-        ]);
-    }
+/// with the `openssl` command: Envoy Gateway's layout (`ca.crt`, `tls.crt`, `tls.key`).
+fn make_certificates() -> common::certs::Pki {
+    let pki = common::certs::Pki::new("test-ca");
+    pki.leaf("server", "DNS:envoy-gateway,IP:127.0.0.1", "serverAuth");
+    pki.leaf("tls", "DNS:envoy-ratelimit", "clientAuth");
+    pki
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_to_the_server_with_envoy_gateway_variables() {
     use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-    let certs = tempfile::tempdir().unwrap();
-    make_certificates(certs.path());
-    let read = |name: &str| std::fs::read(certs.path().join(name)).unwrap();
+    let certs = make_certificates();
+    let read = |name: &str| certs.read(name);
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(read("server.crt"), read("server.key")))
         .client_ca_root(Certificate::from_pem(read("ca.crt")));
     let ads = AdsServer::start_with(Some(tls)).await;
-    let path = |name: &str| certs.path().join(name).to_str().unwrap().to_string();
+    let path = |name: &str| certs.path(name).to_str().unwrap().to_string();
     let host_port = ads.host_port();
     let (ca, cert, key) = (path("ca.crt"), path("tls.crt"), path("tls.key"));
     let mut env = vec![

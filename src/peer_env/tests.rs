@@ -301,3 +301,40 @@ fn redis_tls_files_map_onto_the_credential_flags_with_redis_tls() {
     );
     assert_eq!(args.redis_credentials.redis_tls_cert, None);
 }
+
+#[test]
+fn grpc_tls_variables_set_the_tls_flags() {
+    // The peer's own names.
+    let peer = [
+        ("GRPC_SERVER_USE_TLS", "true"),
+        ("GRPC_SERVER_TLS_CERT", "/certs/tls.crt"),
+        ("GRPC_SERVER_TLS_KEY", "/certs/tls.key"),
+        ("GRPC_CLIENT_TLS_CACERT", "/certs/client-ca.crt"),
+        ("GRPC_CLIENT_TLS_SAN", "envoy.example.com"),
+    ];
+    let (args, _) = ok(&[], &peer);
+    assert_eq!(args.tls.grpc_tls_cert, Some("/certs/tls.crt".into()));
+    assert_eq!(args.tls.grpc_tls_key, Some("/certs/tls.key".into()));
+    assert_eq!(
+        args.tls.grpc_tls_client_ca,
+        Some("/certs/client-ca.crt".into())
+    );
+    assert_eq!(args.tls.grpc_tls_client_san, ["envoy.example.com"]);
+    // Envoy Gateway's client CA variable.
+    let (args, _) = ok(
+        &[],
+        &[
+            ("GRPC_SERVER_USE_TLS", "true"),
+            ("GRPC_SERVER_TLS_CERT", "/certs/tls.crt"),
+            ("GRPC_SERVER_TLS_KEY", "/certs/tls.key"),
+            ("GRPC_SERVER_TLS_CA_CERT", "/certs/ca.crt"),
+        ],
+    );
+    assert_eq!(args.tls.grpc_tls_client_ca, Some("/certs/ca.crt".into()));
+    // A flag wins; without GRPC_SERVER_USE_TLS=true the files are not read, as by the peer.
+    let (args, _) = ok(&["--grpc-tls-cert", "/mine.crt"], &peer);
+    assert_eq!(args.tls.grpc_tls_cert, Some("/mine.crt".into()));
+    let (args, _) = ok(&[], &peer[1..]);
+    assert_eq!(args.tls.grpc_tls_cert, None);
+    assert_eq!(args.tls.grpc_tls_client_ca, None);
+}

@@ -38,10 +38,13 @@ impl Peer<'_> {
                 "tollgate serves gRPC on TCP only (GRPC_HOST/GRPC_PORT)",
             )?;
         }
-        if self.flag("GRPC_SERVER_USE_TLS")? == Some(true) {
+        if self.flag("GRPC_SERVER_USE_TLS")? == Some(true)
+            && (self.get("GRPC_SERVER_TLS_CERT").is_none_or(str::is_empty)
+                || self.get("GRPC_SERVER_TLS_KEY").is_none_or(str::is_empty))
+        {
             refuse(
                 "GRPC_SERVER_USE_TLS",
-                "tollgate's gRPC port is plaintext; terminate TLS in a sidecar",
+                "TLS on the gRPC port needs GRPC_SERVER_TLS_CERT and GRPC_SERVER_TLS_KEY",
             )?;
         }
         let unix = self

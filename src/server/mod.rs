@@ -21,6 +21,7 @@
 pub mod grpc;
 pub mod http;
 pub mod prometheus;
+pub mod tls;
 pub mod watch;
 
 use std::num::NonZeroUsize;
@@ -31,8 +32,6 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tonic::codegen::tokio_stream::StreamExt as _;
-use tonic::codegen::tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic_health::ServingStatus;
 
 use crate::limiter::Limiter;
@@ -53,6 +52,8 @@ pub struct ServeOptions {
     /// Threads serving gRPC, each a single-threaded runtime with its own connections; `None`:
     /// one per CPU available to the process.
     pub grpc_threads: Option<NonZeroUsize>,
+    /// TLS on the gRPC port; `None`: plaintext.
+    pub grpc_tls: Option<tls::Acceptor>,
 }
 
 impl Default for ServeOptions {
@@ -63,6 +64,7 @@ impl Default for ServeOptions {
             drain_delay: Duration::ZERO,
             drain_timeout: Duration::from_secs(20),
             grpc_threads: None,
+            grpc_tls: None,
         }
     }
 }
@@ -145,10 +147,11 @@ pub async fn run(
             .add_service(health_service.clone())
             .add_service(rls.clone());
         let (stop, abandon) = (stop_accepting.clone(), abandon.clone());
+        let tls = options.grpc_tls.clone();
         std::thread::Builder::new()
             .name(format!("tollgate-grpc-{index}"))
             .spawn(move || {
-                let _ = done.send(serve_grpc_thread(server, incoming, stop, abandon));
+                let _ = done.send(serve_grpc_thread(server, incoming, tls, stop, abandon));
             })
             .map_err(|e| ServeError::Task(format!("cannot start a gRPC thread: {e}")))?;
         lanes.push(lane);
@@ -282,6 +285,7 @@ async fn accept(
 fn serve_grpc_thread(
     server: tonic::transport::server::Router,
     incoming: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    tls: Option<tls::Acceptor>,
     stop: CancellationToken,
     abandon: CancellationToken,
 ) -> Result<(), ServeError> {
@@ -289,7 +293,7 @@ fn serve_grpc_thread(
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let incoming = UnboundedReceiverStream::new(incoming).map(tokio::net::TcpStream::from_std);
+        let incoming = tls::incoming(incoming, tls);
         tokio::select! {
             served = server.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()) => {
                 served.map_err(ServeError::from)

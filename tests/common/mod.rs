@@ -17,6 +17,7 @@
 
 pub mod ads;
 pub mod bad_input;
+pub mod certs;
 pub mod envoy;
 pub mod fleet;
 pub mod grpc;

@@ -2,7 +2,9 @@
 //! fields are errors) with `kubernetes-validate`; the Istio EnvoyFilters, a CRD with no Kubernetes
 //! schema, by their structure here; the rules ConfigMaps through `tollgate check`; the sidecar's
 //! Envoy config through `envoy --mode validate`; the Dockerfile through `hadolint`; and the
-//! hardening every pod must carry. `tests/run.sh` installs the tools; a missing one fails.
+//! hardening every pod must carry. Files mixing core kinds with CRDs (cert-manager, Envoy
+//! Gateway's configuration) have their core documents schema-validated and the rest checked by
+//! structure. `tests/run.sh` installs the tools; a missing one fails.
 
 use crate::common;
 
@@ -16,6 +18,9 @@ use common::tollgate;
 
 const KUBERNETES_VERSION: &str = "1.30.0";
 const SCHEMA_VALIDATED: [&str; 3] = ["sidecar.yaml", "deployment.yaml", "redis-cluster.yaml"];
+/// Files whose core documents pass the schemas, beside custom resources checked here.
+const WITH_CUSTOM_RESOURCES: [&str; 2] =
+    ["deployment-tls.yaml", "envoy-gateway/envoy-gateway.yaml"];
 const ENVOY_FILTERS: [&str; 2] = [
     "istio/envoyfilter-gateway.yaml",
     "istio/envoyfilter-sidecar.yaml",
@@ -89,15 +94,20 @@ fn manifests_pass_the_kubernetes_schemas_strictly() {
     let validator = tool("kubernetes-validate", "KUBERNETES_VALIDATE_BIN");
     for file in SCHEMA_VALIDATED {
         let path = k8s(file);
-        let (ok, out) = run(Command::new(&validator)
-            .args(["--strict", "-k", KUBERNETES_VERSION])
-            .arg(&path));
-        assert!(ok, "{file}:\n{out}");
-        // A kind without a schema only warns: every document must have been checked.
-        assert!(!out.contains("WARN"), "{file}:\n{out}");
-        let passed = out.lines().filter(|l| l.contains(" passed ")).count();
-        assert_eq!(passed, documents(&path).len(), "{file}:\n{out}");
+        validate_strictly(&validator, file, &path, documents(&path).len());
     }
+}
+
+/// Runs the validator on `path` and asserts that all its `documents` passed.
+fn validate_strictly(validator: &Path, file: &str, path: &Path, documents: usize) {
+    let (ok, out) = run(Command::new(validator)
+        .args(["--strict", "-k", KUBERNETES_VERSION])
+        .arg(path));
+    assert!(ok, "{file}:\n{out}");
+    // A kind without a schema only warns: every document must have been checked.
+    assert!(!out.contains("WARN"), "{file}:\n{out}");
+    let passed = out.lines().filter(|l| l.contains(" passed ")).count();
+    assert_eq!(passed, documents, "{file}:\n{out}");
 }
 
 #[test]
@@ -291,7 +301,7 @@ fn seconds(duration: &str) -> u64 {
 
 #[test]
 fn every_container_is_hardened_and_bounded() {
-    for file in SCHEMA_VALIDATED {
+    for file in SCHEMA_VALIDATED.into_iter().chain(WITH_CUSTOM_RESOURCES) {
         let pods = pod_specs(file);
         assert!(!pods.is_empty(), "{file}");
         for (workload, pod) in pods {
@@ -327,7 +337,7 @@ fn every_container_is_hardened_and_bounded() {
 
 #[test]
 fn tollgate_pods_are_probed_scraped_and_given_time_to_drain() {
-    for file in ["deployment.yaml", "sidecar.yaml"] {
+    for file in ["deployment.yaml", "sidecar.yaml", "deployment-tls.yaml"] {
         let docs = documents(&k8s(file));
         let deployment = docs
             .iter()
@@ -399,6 +409,7 @@ fn dockerfile_passes_hadolint() {
         r#"ENTRYPOINT ["/usr/local/bin/tollgate", "serve"]"#,
         "TOLLGATE_CONFIG=/etc/tollgate",
         "gcr.io/distroless/cc-debian12:nonroot",
+        "ln -s /usr/local/bin/tollgate /out/bin/ratelimit",
     ] {
         assert!(dockerfile.contains(needle), "Dockerfile lacks {needle}");
     }
@@ -407,7 +418,7 @@ fn dockerfile_passes_hadolint() {
 #[test]
 fn tollgate_image_is_the_local_build_of_this_version() {
     let image = format!("tollgate:{}", env!("CARGO_PKG_VERSION"));
-    for file in ["deployment.yaml", "sidecar.yaml"] {
+    for file in ["deployment.yaml", "sidecar.yaml", "deployment-tls.yaml"] {
         let images: Vec<String> = pod_specs(file)
             .iter()
             .flat_map(|(_, pod)| pod["containers"].as_sequence().unwrap().clone())
@@ -421,4 +432,140 @@ fn tollgate_image_is_the_local_build_of_this_version() {
         readme.contains(&format!("docker build -t {image} .")),
         "k8s/README.md does not say how to build {image}"
     );
+}
+
+/// Validates the documents of `file` whose kind is Kubernetes' own (strictly, every one checked)
+/// and returns the others, the custom resources.
+fn validate_core_documents(file: &str) -> Vec<Value> {
+    let (core, custom): (Vec<Value>, Vec<Value>) = documents(&k8s(file))
+        .into_iter()
+        .partition(|doc| !str_at(doc, &["apiVersion"]).contains(".io/"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("core.yaml");
+    // As JSON (a subset of YAML): re-emitted YAML could turn strings such as `no` into booleans.
+    let text: Vec<String> = core
+        .iter()
+        .map(|doc| serde_json::to_string(doc).unwrap())
+        .collect();
+    std::fs::write(&path, text.join("\n---\n")).unwrap();
+    let validator = tool("kubernetes-validate", "KUBERNETES_VALIDATE_BIN");
+    validate_strictly(&validator, file, &path, core.len());
+    custom
+}
+
+fn named<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no {kind}/{name}"))
+}
+
+fn env_value<'a>(container: &'a Value, name: &str) -> &'a str {
+    container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"].as_str() == Some(name))
+        .map(|e| str_at(e, &["value"]))
+        .unwrap_or_else(|| panic!("no {name}"))
+}
+
+#[test]
+fn tls_deployment_mounts_the_certificate_cert_manager_issues() {
+    let custom = validate_core_documents("deployment-tls.yaml");
+    for doc in &custom {
+        assert_eq!(str_at(doc, &["apiVersion"]), "cert-manager.io/v1");
+        assert_eq!(str_at(doc, &["metadata", "namespace"]), "tollgate");
+        if doc["kind"].as_str() == Some("Certificate") {
+            // Every certificate is signed by an Issuer of this file.
+            let issuer = str_at(doc, &["spec", "issuerRef", "name"]);
+            assert_eq!(str_at(doc, &["spec", "issuerRef", "kind"]), "Issuer");
+            named(&custom, "Issuer", issuer);
+            assert!(!str_at(doc, &["spec", "secretName"]).is_empty());
+        }
+    }
+    let ca = named(&custom, "Certificate", "tollgate-ca");
+    assert_eq!(ca["spec"]["isCA"].as_bool(), Some(true));
+    assert_eq!(
+        str_at(
+            named(&custom, "Issuer", "tollgate-ca"),
+            &["spec", "ca", "secretName"]
+        ),
+        str_at(ca, &["spec", "secretName"])
+    );
+    let server = named(&custom, "Certificate", "tollgate-grpc");
+    let dns: Vec<&str> = server["spec"]["dnsNames"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        dns.contains(&"tollgate.tollgate.svc.cluster.local"),
+        "{dns:?}"
+    );
+    let client = named(&custom, "Certificate", "envoy-ratelimit-client");
+    let client_uri = str_at(&client["spec"]["uris"][0], &[]);
+
+    let (_, pod) = pod_specs("deployment-tls.yaml").remove(0);
+    let volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| !v["secret"].is_null())
+        .expect("a Secret volume");
+    assert_eq!(
+        str_at(volume, &["secret", "secretName"]),
+        str_at(server, &["spec", "secretName"])
+    );
+    let container = &pod["containers"][0];
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == volume["name"])
+        .expect("the Secret is mounted");
+    assert!(mount["subPath"].is_null(), "a subPath mount never rotates");
+    let dir = str_at(mount, &["mountPath"]);
+    for (var, file) in [
+        ("TOLLGATE_GRPC_TLS_CERT", "tls.crt"),
+        ("TOLLGATE_GRPC_TLS_KEY", "tls.key"),
+        ("TOLLGATE_GRPC_TLS_CLIENT_CA", "ca.crt"),
+    ] {
+        assert_eq!(env_value(container, var), format!("{dir}/{file}"));
+    }
+    assert_eq!(
+        env_value(container, "TOLLGATE_GRPC_TLS_CLIENT_SAN"),
+        client_uri
+    );
+}
+
+#[test]
+fn envoy_gateway_runs_this_image_with_a_redis_backend() {
+    let custom = validate_core_documents("envoy-gateway/envoy-gateway.yaml");
+    assert!(custom.is_empty(), "{custom:?}");
+    let docs = documents(&k8s("envoy-gateway/envoy-gateway.yaml"));
+    let config = named(&docs, "ConfigMap", "envoy-gateway-config");
+    assert_eq!(
+        str_at(config, &["metadata", "namespace"]),
+        "envoy-gateway-system"
+    );
+    let eg: Value =
+        serde_norway::from_str(str_at(config, &["data", "envoy-gateway.yaml"])).unwrap();
+    assert_eq!(
+        str_at(&eg, &["apiVersion"]),
+        "gateway.envoyproxy.io/v1alpha1"
+    );
+    assert_eq!(str_at(&eg, &["kind"]), "EnvoyGateway");
+    assert_eq!(str_at(&eg, &["provider", "type"]), "Kubernetes");
+    let deployment = &eg["provider"]["kubernetes"]["rateLimitDeployment"];
+    assert_eq!(
+        str_at(deployment, &["container", "image"]),
+        format!("tollgate:{}", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(str_at(&eg, &["rateLimit", "backend", "type"]), "Redis");
+    let url = str_at(&eg, &["rateLimit", "backend", "redis", "url"]);
+    let redis = named(&docs, "Service", "redis");
+    let namespace = str_at(redis, &["metadata", "namespace"]);
+    let port = redis["spec"]["ports"][0]["port"].as_u64().unwrap();
+    assert_eq!(url, format!("redis.{namespace}.svc.cluster.local:{port}"));
 }

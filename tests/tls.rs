@@ -1,0 +1,364 @@
+//! TLS and mTLS on the gRPC port: the real Envoy calling tollgate over both, clients refused for
+//! a missing certificate, a wrong CA or a SAN not on the allow-list, a certificate rotated on disk
+//! picked up by new connections while an established one keeps working, and the binary run as
+//! Envoy Gateway runs it (`/bin/ratelimit` with the peer's variables).
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::certs::Pki;
+use common::grpc::{self, Code, RateLimitServiceClient, RlsClient};
+use common::{Envoy, Tollgate};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+const RULES: &str = "domain: api\n\
+descriptors:\n\
+\x20 - key: user_id\n\
+\x20   rate_limit:\n\
+\x20     unit: minute\n\
+\x20     requests_per_unit: 2\n\
+\x20     algorithm: fixed_window\n";
+
+/// The name tollgate's certificates carry, and clients check.
+const SERVER_SAN: &str = "DNS:tollgate,IP:127.0.0.1";
+/// The identity of the allowed client (Envoy).
+const CLIENT_SPIFFE: &str = "spiffe://test/ns/gateway/sa/envoy";
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A tonic client over TLS to `port`, trusting `ca`, presenting `identity` if given; the error
+/// text if the connection or a first call fails.
+async fn tls_client(
+    port: u16,
+    ca: &[u8],
+    identity: Option<(&Path, &Path)>,
+) -> Result<RlsClient, String> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("tollgate");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(cert).unwrap(),
+            std::fs::read(key).unwrap(),
+        ));
+    }
+    let channel = Channel::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let mut client = RateLimitServiceClient::new(channel);
+    call(&mut client, "probe").await?;
+    Ok(client)
+}
+
+async fn call(client: &mut RlsClient, user: &str) -> Result<Code, String> {
+    grpc::try_should_rate_limit(client, grpc::rls_request("api", &[&[("user_id", user)]]))
+        .await
+        .map(|r| grpc::overall(&r))
+        .map_err(|status| format!("{status:?}"))
+}
+
+/// An Envoy whose only route asks tollgate (failing closed, so a broken TLS link is a 500) and
+/// then forwards to tollgate's own `/healthcheck`; TLS to tollgate trusting `ca` and checking its
+/// SAN, with a client certificate if given. Returns Envoy and the URL of its listener.
+fn envoy(tollgate: &Tollgate, ca: &Path, client: Option<(&Path, &Path)>) -> (Envoy, String) {
+    let certificates = client.map_or_else(String::new, |(cert, key)| {
+        format!(
+            "tls_certificates: [{{ certificate_chain: {{ filename: {} }}, private_key: {{ filename: {} }} }}]",
+            path(cert),
+            path(key)
+        )
+    });
+    let (grpc, http) = (tollgate.grpc_port(), tollgate.http_port());
+    let ca = path(ca);
+    let (envoy, ports) = Envoy::start_on_ports(2, |p| {
+        format!(
+            r#"
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
+static_resources:
+  listeners:
+    - name: public
+      address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listener} }} }}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: public
+                route_config:
+                  virtual_hosts:
+                    - name: app
+                      domains: ["*"]
+                      routes:
+                        - match: {{ prefix: "/" }}
+                          route:
+                            cluster: app
+                            prefix_rewrite: /healthcheck
+                            rate_limits:
+                              - actions:
+                                  - request_headers: {{ header_name: x-user-id, descriptor_key: user_id }}
+                http_filters:
+                  - name: envoy.filters.http.ratelimit
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
+                      domain: api
+                      timeout: 5s
+                      failure_mode_deny: true
+                      rate_limit_service:
+                        transport_api_version: V3
+                        grpc_service: {{ envoy_grpc: {{ cluster_name: tollgate }} }}
+                  - name: envoy.filters.http.router
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+    - name: app
+      type: STATIC
+      connect_timeout: 1s
+      load_assignment:
+        cluster_name: app
+        endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {http} }} }} }} }}] }}]
+    - name: tollgate
+      type: STATIC
+      connect_timeout: 1s
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config: {{ http2_protocol_options: {{}} }}
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+          sni: tollgate
+          common_tls_context:
+            alpn_protocols: [h2]
+            {certificates}
+            validation_context:
+              trusted_ca: {{ filename: {ca} }}
+              match_typed_subject_alt_names: [{{ san_type: DNS, matcher: {{ exact: tollgate }} }}]
+      load_assignment:
+        cluster_name: tollgate
+        endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {grpc} }} }} }} }}] }}]
+"#,
+            admin = p[0],
+            listener = p[1],
+        )
+    });
+    (envoy, format!("http://127.0.0.1:{}/", ports[1]))
+}
+
+/// Alice's statuses through Envoy for three requests: the limit is two a minute.
+async fn three_through(url: &str) -> Vec<u16> {
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let response = client
+            .get(url)
+            .header("x-user-id", "alice")
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_calls_tollgate_over_tls() {
+    let pki = Pki::new("ca");
+    let (cert, key) = pki.leaf("server", SERVER_SAN, "serverAuth");
+    let tls = ["--grpc-tls-cert", path(&cert), "--grpc-tls-key", path(&key)];
+    let (_rules, tollgate) = Tollgate::with_rules(RULES, &tls);
+    let (_envoy, url) = tokio::task::block_in_place(|| envoy(&tollgate, &pki.path("ca.crt"), None));
+    assert_eq!(three_through(&url).await, [200, 200, 429]);
+    // The port speaks TLS only: a plaintext client gets no answer.
+    let mut plain = RateLimitServiceClient::connect(tollgate.grpc_url()).await;
+    if let Ok(client) = &mut plain {
+        assert!(
+            call(client, "bob").await.is_err(),
+            "plaintext call answered"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_calls_tollgate_over_mtls_with_an_allowed_san() {
+    let pki = Pki::new("ca");
+    let (cert, key) = pki.leaf("server", SERVER_SAN, "serverAuth");
+    let client_san = format!("DNS:envoy,URI:{CLIENT_SPIFFE}");
+    let (envoy_cert, envoy_key) = pki.leaf("envoy", &client_san, "clientAuth");
+    let ca = pki.path("ca.crt");
+    let (_rules, tollgate) = Tollgate::with_rules(
+        RULES,
+        &[
+            "--grpc-tls-cert",
+            path(&cert),
+            "--grpc-tls-key",
+            path(&key),
+            "--grpc-tls-client-ca",
+            path(&ca),
+            "--grpc-tls-client-san",
+            "someone-else",
+            "--grpc-tls-client-san",
+            CLIENT_SPIFFE,
+        ],
+    );
+    let (_envoy, url) =
+        tokio::task::block_in_place(|| envoy(&tollgate, &ca, Some((&envoy_cert, &envoy_key))));
+    assert_eq!(three_through(&url).await, [200, 200, 429]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_refuses_clients_without_a_certificate_from_another_ca_or_with_a_wrong_san() {
+    let pki = Pki::new("ca");
+    let (cert, key) = pki.leaf("server", SERVER_SAN, "serverAuth");
+    let allowed = pki.leaf("envoy", "DNS:envoy", "clientAuth");
+    let stranger = pki.leaf(
+        "stranger",
+        "DNS:stranger,URI:spiffe://test/other",
+        "clientAuth",
+    );
+    let other_ca = Pki::new("other-ca");
+    let forged = other_ca.leaf("envoy", "DNS:envoy", "clientAuth");
+    let (_rules, tollgate) = Tollgate::with_rules(
+        RULES,
+        &[
+            "--grpc-tls-cert",
+            path(&cert),
+            "--grpc-tls-key",
+            path(&key),
+            "--grpc-tls-client-ca",
+            path(&pki.path("ca.crt")),
+            "--grpc-tls-client-san",
+            "envoy",
+        ],
+    );
+    let (port, ca) = (tollgate.grpc_port(), pki.read("ca.crt"));
+    let mut client = tls_client(port, &ca, Some((&allowed.0, &allowed.1)))
+        .await
+        .expect("the allowed client is served");
+    assert_eq!(call(&mut client, "alice").await, Ok(Code::Ok));
+
+    assert!(tls_client(port, &ca, None).await.is_err(), "no certificate");
+    assert!(
+        tls_client(port, &ca, Some((&forged.0, &forged.1)))
+            .await
+            .is_err(),
+        "a certificate of another CA"
+    );
+    assert!(
+        tls_client(port, &ca, Some((&stranger.0, &stranger.1)))
+            .await
+            .is_err(),
+        "a SAN not on the allow-list"
+    );
+    assert!(
+        tollgate.wait_for_log(
+            "no allowed SAN in the client certificate",
+            Duration::from_secs(5)
+        ),
+        "the SAN refusal is logged: {}",
+        tollgate.log_tail()
+    );
+    // The allowed client's connection is unaffected by the refusals.
+    assert_eq!(call(&mut client, "alice").await, Ok(Code::Ok));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_certificate_serves_new_connections_while_old_ones_keep_working() {
+    let (first, second) = (Pki::new("first-ca"), Pki::new("second-ca"));
+    let served = tempfile::tempdir().unwrap();
+    let (cert, key) = (served.path().join("tls.crt"), served.path().join("tls.key"));
+    let (c1, k1) = first.leaf("server", SERVER_SAN, "serverAuth");
+    std::fs::copy(&c1, &cert).unwrap();
+    std::fs::copy(&k1, &key).unwrap();
+    let tls = ["--grpc-tls-cert", path(&cert), "--grpc-tls-key", path(&key)];
+    let (_rules, tollgate) = Tollgate::with_rules(RULES, &tls);
+    let port = tollgate.grpc_port();
+    let mut old = tls_client(port, &first.read("ca.crt"), None)
+        .await
+        .expect("served with the first certificate");
+
+    // The new certificate comes from another CA, so which one a handshake got is unambiguous:
+    // a client trusting only the first CA can no longer connect, and `old`, which trusts only
+    // the first, keeps working only if its connection was not re-established.
+    let (c2, k2) = second.leaf("server", SERVER_SAN, "serverAuth");
+    std::fs::write(&key, std::fs::read(&k2).unwrap()).unwrap();
+    std::fs::write(&cert, std::fs::read(&c2).unwrap()).unwrap();
+    let second_ca = second.read("ca.crt");
+    let picked_up = common::wait_until_async(Duration::from_secs(10), || async {
+        tls_client(port, &second_ca, None).await.is_ok()
+    })
+    .await;
+    assert!(
+        picked_up,
+        "the new certificate is not served: {}",
+        tollgate.log_tail()
+    );
+    assert!(tollgate.log().contains("TLS certificate reloaded"));
+    assert!(
+        tls_client(port, &first.read("ca.crt"), None).await.is_err(),
+        "a new connection still gets the old certificate"
+    );
+    for _ in 0..3 {
+        assert_eq!(call(&mut old, "alice").await.map(|_| ()), Ok(()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_as_ratelimit_with_envoy_gateways_variables_it_serves_mtls() {
+    let pki = Pki::new("envoy-gateway-ca");
+    // Envoy Gateway's layout: one Secret mounted at /certs with ca.crt, tls.crt, tls.key.
+    let (cert, key) = pki.leaf(
+        "tls",
+        "DNS:tollgate,DNS:envoy-ratelimit",
+        "serverAuth,clientAuth",
+    );
+    let envoy = pki.leaf("envoy", "DNS:envoy", "clientAuth");
+    let bin = tempfile::tempdir().unwrap();
+    let ratelimit = bin.path().join("ratelimit");
+    std::os::unix::fs::symlink(common::tollgate::binary(), &ratelimit).unwrap();
+    let rules = tempfile::tempdir().unwrap();
+    // The peer reads $RUNTIME_ROOT/$RUNTIME_SUBDIRECTORY/config.
+    std::fs::create_dir(rules.path().join("config")).unwrap();
+    std::fs::write(rules.path().join("config/api.yaml"), RULES).unwrap();
+    let ports = common::free_ports(2);
+    let (grpc_port, http_port) = (ports[0].to_string(), ports[1].to_string());
+    let log = common::process::new_log(bin.path(), "ratelimit.log");
+    let mut command = std::process::Command::new(&ratelimit);
+    command.env_clear().envs([
+        ("HOST", "127.0.0.1"),
+        ("PORT", &http_port),
+        ("GRPC_HOST", "127.0.0.1"),
+        ("GRPC_PORT", &grpc_port),
+        ("RUNTIME_ROOT", path(rules.path())),
+        ("USE_STATSD", "false"),
+        ("GRPC_SERVER_USE_TLS", "true"),
+        ("GRPC_SERVER_TLS_CERT", path(&cert)),
+        ("GRPC_SERVER_TLS_KEY", path(&key)),
+        ("GRPC_SERVER_TLS_CA_CERT", path(&pki.path("ca.crt"))),
+    ]);
+    let process = common::process::Proc::spawn("ratelimit", command, &log);
+    let ca = pki.read("ca.crt");
+    let port = ports[0];
+    let served = common::wait_until_async(Duration::from_secs(15), || async {
+        tls_client(port, &ca, Some((&envoy.0, &envoy.1)))
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(served, "not served over mTLS: {}", process.log_tail());
+    let mut client = tls_client(port, &ca, Some((&envoy.0, &envoy.1)))
+        .await
+        .unwrap();
+    assert_eq!(call(&mut client, "alice").await, Ok(Code::Ok));
+    // GRPC_SERVER_TLS_CA_CERT made it mTLS: no certificate, no answer.
+    assert!(tls_client(port, &ca, None).await.is_err());
+}
