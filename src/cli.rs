@@ -133,6 +133,8 @@ pub struct ServeArgs {
     pub xds: Box<tollgate::xds::XdsArgs>,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub connections: crate::connection_args::ConnectionArgs,
 }
 
 impl ServeArgs {

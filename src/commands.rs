@@ -199,6 +199,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         drain_delay: args.drain_delay,
         drain_timeout: args.drain_timeout,
         grpc_threads: args.grpc_threads,
+        connections: args.connections.limits(),
+        grpc_uds: args.connections.grpc_uds.clone(),
     };
     let result = server::run(
         grpc,
