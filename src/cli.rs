@@ -134,7 +134,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub log: LogArgs,
     #[command(flatten)]
-    pub connections: crate::connection_args::ConnectionArgs,
+    pub connections: Box<crate::connection_args::ConnectionArgs>,
 }
 
 impl ServeArgs {

@@ -302,6 +302,29 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn failing_accepts_back_off_and_warn_once_a_minute() {
+        let cap = Arc::new(Semaphore::new(1));
+        let (start, mut warned, mut failures) = (Instant::now(), None, 0);
+        let (accepted, _permit) = accept_bounded(&cap, "test", &mut warned, || {
+            failures += 1;
+            let result = if failures <= 40 {
+                Err(io::Error::from_raw_os_error(24))
+            } else {
+                Ok(failures)
+            };
+            std::future::ready(result)
+        })
+        .await;
+        assert_eq!(accepted, 41);
+        // 10, 20, …, 640 ms, then 1 s for the remaining 33 failures.
+        let backoff =
+            Duration::from_millis(10 + 20 + 40 + 80 + 160 + 320 + 640) + Duration::from_secs(33);
+        assert_eq!(start.elapsed(), backoff);
+        assert_eq!(warned, Some(start), "warned again within the minute");
+        assert_eq!(cap.available_permits(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_idle_connection_ends_and_a_call_defers_it() {
         let (client, server) = tokio::io::duplex(64);
         let cap = Arc::new(Semaphore::new(1));
