@@ -137,6 +137,8 @@ pub struct ServeArgs {
     pub tls: Box<tollgate::server::tls::TlsArgs>,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub connections: Box<crate::connection_args::ConnectionArgs>,
 }
 
 impl ServeArgs {

@@ -214,6 +214,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         drain_timeout: args.drain_timeout,
         grpc_threads: args.grpc_threads,
         grpc_tls,
+        connections: args.connections.limits(),
+        grpc_uds: args.connections.grpc_uds.clone(),
     };
     let result = server::run(
         grpc,

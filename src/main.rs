@@ -9,6 +9,7 @@ use cli::{Cli, Command};
 
 mod cli;
 mod commands;
+mod connection_args;
 mod peer_env;
 mod redis_args;
 

@@ -4,8 +4,8 @@
 //! `TOLLGATE_*`. Each peer variable that means something here becomes the default of the flag it
 //! maps to, so a flag or a `TOLLGATE_*` variable always wins over it. A variable tollgate cannot
 //! honour is named in one log line at start-up ([`Report::unsupported`]); one whose effect would
-//! be wrong to drop (memcache, a unix socket, TLS on the gRPC port without a certificate) stops
-//! the start instead.
+//! be wrong to drop (memcache, TLS on the gRPC port without a certificate) stops the start
+//! instead.
 //! A variable the peer itself ignores under the other settings (e.g. `STATSD_HOST` with
 //! `USE_STATSD=false`, `MEMCACHE_*` with the Redis backend) is ignored here too. The full table,
 //! with reasons, is in docs/migration.md.
@@ -56,6 +56,31 @@ pub fn apply(
         && out.free("grpc_addr", "GRPC_HOST/GRPC_PORT", &addr.to_string())
     {
         args.grpc_addr = addr;
+    }
+    if let Some(path) = peer.get("GRPC_UDS").filter(|p| !p.is_empty())
+        && out.free("grpc_uds", "GRPC_UDS", path)
+    {
+        args.connections.grpc_uds = Some(path.into());
+    }
+    for (var, id, field) in [
+        (
+            "GRPC_MAX_CONNECTION_AGE",
+            "grpc_max_connection_age",
+            &mut args.connections.grpc_max_connection_age,
+        ),
+        (
+            "GRPC_MAX_CONNECTION_AGE_GRACE",
+            "grpc_max_connection_age_grace",
+            &mut args.connections.grpc_max_connection_age_grace,
+        ),
+    ] {
+        if let Some(text) = peer.get(var) {
+            let age =
+                crate::cli::parse_duration(text).map_err(|e| anyhow::anyhow!("{var}: {e}"))?;
+            if out.free(id, var, text) {
+                *field = Some(age);
+            }
+        }
     }
     if let Some(level) = peer.get("LOG_LEVEL") {
         let level = log_level(level)?;

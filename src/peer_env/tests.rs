@@ -211,7 +211,6 @@ fn what_cannot_be_honoured_stops_the_start() {
     for (var, value) in [
         ("BACKEND_TYPE", "memcache"),
         ("CONFIG_TYPE", "GRPC_XDS_DELTA"),
-        ("GRPC_UDS", "/tmp/rl.sock"),
         ("GRPC_SERVER_USE_TLS", "true"),
     ] {
         assert!(refused(&[(var, value)]).contains(var), "{var}");
@@ -337,4 +336,32 @@ fn grpc_tls_variables_set_the_tls_flags() {
     let (args, _) = ok(&[], &peer[1..]);
     assert_eq!(args.tls.grpc_tls_cert, None);
     assert_eq!(args.tls.grpc_tls_client_ca, None);
+}
+
+#[test]
+fn the_unix_socket_and_the_connection_age_are_mapped() {
+    let env = [
+        ("GRPC_UDS", "/tmp/rl.sock"),
+        ("GRPC_MAX_CONNECTION_AGE", "24h"),
+        ("GRPC_MAX_CONNECTION_AGE_GRACE", "1h30m"),
+    ];
+    let (args, report) = ok(&[], &env);
+    assert_eq!(
+        args.connections.grpc_uds,
+        Some(PathBuf::from("/tmp/rl.sock"))
+    );
+    let hours = |h: u64| Duration::from_secs(h * 3600);
+    assert_eq!(args.connections.grpc_max_connection_age, Some(hours(24)));
+    assert_eq!(
+        args.connections.grpc_max_connection_age_grace,
+        Some(hours(1) + Duration::from_secs(1800))
+    );
+    assert_eq!(report.applied.len(), 3);
+    assert!(report.unsupported.is_empty());
+    let (args, _) = ok(&["--grpc-max-connection-age", "5m"], &env);
+    assert_eq!(
+        args.connections.grpc_max_connection_age,
+        Some(Duration::from_secs(300))
+    );
+    assert!(refused(&[("GRPC_MAX_CONNECTION_AGE", "soon")]).contains("GRPC_MAX_CONNECTION_AGE"));
 }

@@ -32,12 +32,6 @@ impl Peer<'_> {
                 "tollgate reads rules from files (FILE) or an xDS server (GRPC_XDS_SOTW)",
             )?;
         }
-        if self.get("GRPC_UDS").is_some_and(|s| !s.is_empty()) {
-            refuse(
-                "GRPC_UDS",
-                "tollgate serves gRPC on TCP only (GRPC_HOST/GRPC_PORT)",
-            )?;
-        }
         if self.flag("GRPC_SERVER_USE_TLS")? == Some(true)
             && (self.get("GRPC_SERVER_TLS_CERT").is_none_or(str::is_empty)
                 || self.get("GRPC_SERVER_TLS_KEY").is_none_or(str::is_empty))
@@ -105,8 +99,6 @@ impl Peer<'_> {
 const UNSUPPORTED: &[&str] = &[
     "DEBUG_HOST",
     "DEBUG_PORT",
-    "GRPC_MAX_CONNECTION_AGE",
-    "GRPC_MAX_CONNECTION_AGE_GRACE",
     "USE_STATSD",
     "USE_DOG_STATSD",
     "USE_DOG_STATSD_MOGRIFIERS",

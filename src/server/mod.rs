@@ -18,23 +18,28 @@
 //! port), [`watch`] (rule files and SIGHUP to [`LiveRules::reload`](crate::rules::LiveRules::reload))
 //! and [`prometheus`] (the recorder behind `/metrics`).
 
+pub mod connections;
 pub mod grpc;
 pub mod http;
+mod listen;
 pub mod prometheus;
 pub mod tls;
 pub mod watch;
 
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tonic::codegen::tokio_stream::StreamExt as _;
 use tonic_health::ServingStatus;
 
 use crate::limiter::Limiter;
+use connections::{Bounded, ConnectionLimits, accept_bounded};
 use grpc::RlsService;
 use http::{AdminState, Health};
 
@@ -54,6 +59,10 @@ pub struct ServeOptions {
     pub grpc_threads: Option<NonZeroUsize>,
     /// TLS on the gRPC port; `None`: plaintext.
     pub grpc_tls: Option<tls::Acceptor>,
+    /// Caps, timeouts and keepalive of both ports' connections.
+    pub connections: ConnectionLimits,
+    /// A Unix socket on which gRPC is served too.
+    pub grpc_uds: Option<PathBuf>,
 }
 
 impl Default for ServeOptions {
@@ -65,6 +74,8 @@ impl Default for ServeOptions {
             drain_timeout: Duration::from_secs(20),
             grpc_threads: None,
             grpc_tls: None,
+            connections: ConnectionLimits::default(),
+            grpc_uds: None,
         }
     }
 }
@@ -90,7 +101,21 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let health = Arc::new(Health::new(options.healthy_only_with_rules));
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let rls = RlsService::new(limiter.clone(), options.response_headers.clone()).into_server();
+    let limits = &options.connections;
+    let rls = RlsService::new(limiter.clone(), options.response_headers.clone())
+        .into_server()
+        .max_decoding_message_size(limits.grpc_max_message_bytes);
+    let (grpc_cap, admin_cap) = limits.fitted_to(connections::open_files_limit());
+    tracing::info!(grpc_cap, admin_cap, "connection caps");
+    let grpc_cap = Arc::new(Semaphore::new(grpc_cap));
+    let grpc_router = || {
+        grpc_builder(limits)
+            .add_service(health_service.clone())
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                rls.clone(),
+                connections::mark_call,
+            ))
+    };
     let serving = health.is_serving(&limiter);
     set_health(&reporter, serving).await;
     let rules_health = options.healthy_only_with_rules.then(|| {
@@ -143,22 +168,42 @@ pub async fn run(
     for index in 0..threads {
         let (lane, incoming) = mpsc::unbounded_channel();
         let (done, finished_rx) = oneshot::channel();
-        let server = tonic::transport::Server::builder()
-            .add_service(health_service.clone())
-            .add_service(rls.clone());
+        let server = grpc_router();
         let (stop, abandon) = (stop_accepting.clone(), abandon.clone());
         let tls = options.grpc_tls.clone();
+        let idle = limits.grpc_max_connection_idle;
         std::thread::Builder::new()
             .name(format!("tollgate-grpc-{index}"))
             .spawn(move || {
-                let _ = done.send(serve_grpc_thread(server, incoming, tls, stop, abandon));
+                let _ = done.send(serve_grpc_thread(
+                    server, incoming, tls, idle, stop, abandon,
+                ));
             })
             .map_err(|e| ServeError::Task(format!("cannot start a gRPC thread: {e}")))?;
         lanes.push(lane);
         finished.push(finished_rx);
     }
+    let uds = match &options.grpc_uds {
+        Some(path) => {
+            let listener = listen::bind_uds(path).map_err(|e| {
+                ServeError::Task(format!("binding gRPC on {}: {e}", path.display()))
+            })?;
+            tracing::info!(path = %path.display(), "gRPC on a Unix socket");
+            Some(tokio::spawn(listen::serve_uds(
+                listener,
+                grpc_router(),
+                grpc_cap.clone(),
+                limits.grpc_max_connection_idle,
+                stop_accepting.clone(),
+            )))
+        }
+        None => None,
+    };
     let grpc_server = async move {
-        accept(grpc, lanes, stop_accepting_for_accept).await;
+        accept(grpc, grpc_cap, lanes, stop_accepting_for_accept).await;
+        if let Some(uds) = uds {
+            joined(uds.await)??;
+        }
         for thread in finished {
             thread
                 .await
@@ -186,11 +231,13 @@ pub async fn run(
         metrics,
         health,
     });
-    let http_server =
-        axum::serve(http, admin).with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
+    let admin_limits = options.connections.clone();
+    let stop_admin = stop_accepting.clone();
 
     let mut grpc_task = tokio::spawn(grpc_server);
-    let mut http_task = tokio::spawn(async move { http_server.await });
+    let mut http_task = tokio::spawn(async move {
+        listen::serve_admin(http, admin, &admin_limits, admin_cap, stop_admin).await
+    });
     // A server that stops by itself before shutdown has failed: stop the other and report it.
     tokio::select! {
         () = stop_accepting.cancelled() => {}
@@ -227,33 +274,44 @@ pub async fn run(
     Ok(())
 }
 
-/// Accepts gRPC connections until `stop`, handing them round robin to the gRPC threads. Returning
-/// drops the lanes, which ends each thread's stream of connections.
+/// The gRPC server's per-connection settings: keepalive, streams, connection age.
+fn grpc_builder(limits: &ConnectionLimits) -> tonic::transport::Server {
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(limits.grpc_keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.grpc_keepalive_timeout))
+        .max_concurrent_streams(limits.grpc_max_concurrent_streams);
+    if let Some(age) = limits.grpc_max_connection_age {
+        builder = builder.max_connection_age(age);
+        if let Some(grace) = limits.grpc_max_connection_age_grace {
+            builder = builder.max_connection_age_grace(grace);
+        }
+    }
+    builder
+}
+
+/// A connection handed to a gRPC thread, with its place under the cap.
+type Handed = (std::net::TcpStream, OwnedSemaphorePermit);
+
+/// Accepts gRPC connections under `cap` until `stop`, handing them round robin to the gRPC
+/// threads. Returning drops the lanes, which ends each thread's stream of connections.
 async fn accept(
     listener: TcpListener,
-    lanes: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
+    cap: Arc<Semaphore>,
+    lanes: Vec<mpsc::UnboundedSender<Handed>>,
     stop: CancellationToken,
 ) {
     if lanes.is_empty() {
         return;
     }
     let mut next = 0usize;
+    let mut warned = None;
     loop {
-        let accepted = tokio::select! {
+        let ((stream, _), permit) = tokio::select! {
             () = stop.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of descriptors, or a connection reset before it was accepted: try again soon.
-                tracing::warn!("accepting a gRPC connection: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
+            accepted = accept_bounded(&cap, "grpc", &mut warned, || listener.accept()) => accepted,
         };
         let _ = stream.set_nodelay(true);
-        let mut stream = match stream.into_std() {
+        let stream = match stream.into_std() {
             Ok(stream) => stream,
             Err(e) => {
                 tracing::warn!("handing a gRPC connection over: {e}");
@@ -261,6 +319,7 @@ async fn accept(
             }
         };
         // A thread that has stopped (its server failed) refuses the connection: the next takes it.
+        let mut stream = (stream, permit);
         let mut handed = false;
         for _ in 0..lanes.len() {
             let lane = &lanes[next % lanes.len()];
@@ -284,8 +343,9 @@ async fn accept(
 /// stop coming and the open ones have closed (or `abandon`).
 fn serve_grpc_thread(
     server: tonic::transport::server::Router,
-    incoming: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    incoming: mpsc::UnboundedReceiver<Handed>,
     tls: Option<tls::Acceptor>,
+    idle: Option<Duration>,
     stop: CancellationToken,
     abandon: CancellationToken,
 ) -> Result<(), ServeError> {
@@ -293,7 +353,8 @@ fn serve_grpc_thread(
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let incoming = tls::incoming(incoming, tls);
+        let incoming = tls::incoming(incoming, tls)
+            .map(move |r| r.map(|(io, permit)| Bounded::new(io, permit, idle)));
         tokio::select! {
             served = server.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()) => {
                 served.map_err(ServeError::from)

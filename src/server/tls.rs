@@ -163,22 +163,26 @@ impl Acceptor {
     }
 }
 
+/// A gRPC thread's connections, each with what was handed in beside it (its connection permit).
+pub type Connections<T> =
+    std::pin::Pin<Box<dyn Stream<Item = std::io::Result<(GrpcIo, T)>> + Send>>;
+
 /// The connections a gRPC thread serves: plain TCP, or TLS once each handshake is done. Must be
 /// called on the thread's runtime.
-pub fn incoming(
-    connections: mpsc::UnboundedReceiver<std::net::TcpStream>,
+pub fn incoming<T: Send + 'static>(
+    connections: mpsc::UnboundedReceiver<(std::net::TcpStream, T)>,
     tls: Option<Acceptor>,
-) -> std::pin::Pin<Box<dyn Stream<Item = std::io::Result<GrpcIo>> + Send>> {
+) -> Connections<T> {
     let Some(tls) = tls else {
         return Box::pin(
             UnboundedReceiverStream::new(connections)
-                .map(|s| TcpStream::from_std(s).map(GrpcIo::Plain)),
+                .map(|(s, with)| TcpStream::from_std(s).map(|s| (GrpcIo::Plain(s), with))),
         );
     };
     let (ready, handshaken) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut connections = connections;
-        while let Some(stream) = connections.recv().await {
+        while let Some((stream, with)) = connections.recv().await {
             let (tls, ready) = (tls.clone(), ready.clone());
             tokio::spawn(async move {
                 let stream = match TcpStream::from_std(stream) {
@@ -188,7 +192,7 @@ pub fn incoming(
                 let peer = stream.peer_addr().ok();
                 match tls.accept(stream).await {
                     Ok(stream) => {
-                        let _ = ready.send(Ok(GrpcIo::Tls(Box::new(stream))));
+                        let _ = ready.send(Ok((GrpcIo::Tls(Box::new(stream)), with)));
                     }
                     Err(e) => tracing::warn!(?peer, "TLS handshake refused: {e}"),
                 }

@@ -1,0 +1,109 @@
+//! The serving loops beside the gRPC threads: the admin port's connections, and gRPC on a Unix
+//! socket. Both accept through [`accept_bounded`], under their port's cap.
+//!
+//! The admin port is served by hyper's HTTP/1 connection directly rather than `axum::serve`, to
+//! set a header-read timeout: hyper arms it whenever it waits for a request's head, so it bounds a
+//! slowloris client and a keep-alive connection left idle alike.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::codegen::tokio_stream::wrappers::UnboundedReceiverStream;
+
+use super::connections::{Bounded, ConnectionLimits, accept_bounded};
+
+/// Serves the admin router on `listener` until `stop`, then lets open requests finish.
+pub async fn serve_admin(
+    listener: TcpListener,
+    router: Router,
+    limits: &ConnectionLimits,
+    cap: usize,
+    stop: CancellationToken,
+) -> io::Result<()> {
+    let cap = Arc::new(Semaphore::new(cap));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.admin_header_timeout);
+    let connections = TaskTracker::new();
+    let mut warned = None;
+    loop {
+        let ((stream, _), permit) = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = accept_bounded(&cap, "admin", &mut warned, || listener.accept()) => accepted,
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let mut connection = std::pin::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!("admin connection: {e}");
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+/// Binds `path` for gRPC, replacing a socket file left by an earlier run (but no other file).
+pub fn bind_uds(path: &Path) -> io::Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt as _;
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && meta.file_type().is_socket()
+    {
+        std::fs::remove_file(path)?;
+    }
+    UnixListener::bind(path)
+}
+
+/// Serves gRPC on a Unix socket with `server` until `stop`, its connections counted in `cap`.
+pub async fn serve_uds(
+    listener: UnixListener,
+    server: tonic::transport::server::Router,
+    cap: Arc<Semaphore>,
+    idle: Option<std::time::Duration>,
+    stop: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let (handed, incoming) = mpsc::unbounded_channel::<io::Result<Bounded<UnixStream>>>();
+    let acceptor = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut warned = None;
+            loop {
+                let ((stream, _), permit) = tokio::select! {
+                    () = stop.cancelled() => return,
+                    accepted = accept_bounded(&cap, "grpc-uds", &mut warned, || listener.accept()) => accepted,
+                };
+                if handed.send(Ok(Bounded::new(stream, permit, idle))).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let served = server
+        .serve_with_incoming_shutdown(
+            UnboundedReceiverStream::new(incoming),
+            stop.cancelled_owned(),
+        )
+        .await;
+    acceptor.abort();
+    served
+}
