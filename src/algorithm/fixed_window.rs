@@ -5,8 +5,13 @@
 //! starts from zero. Cheap and predictable, but up to `2L` hits can pass within `W` across a window
 //! boundary (`L` at the end of one window, `L` at the start of the next); `sliding_window` bounds that.
 //! `reset_after` is the time to the next window start whenever the counter is not zero.
+//!
+//! Charging always ([`Charge::Always`]), a denied request's hits are counted too: the count may rise
+//! above `L` (to at most `L + MAX_DEBT`) and the key stays denied until the window ends. The next
+//! window starts from zero: debt does not carry over, as the peer's per-window counters do not, so
+//! a report that overshoots late in a window costs less than under the buckets, whose debt carries.
 
-use super::{Decision, Quota, exceeds_capacity, until, window_start};
+use super::{Charge, Decision, Quota, exceeds_capacity, until, window_start};
 use crate::clock::Nanos;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,7 +31,18 @@ pub(crate) fn decide(quota: &Quota, state: &mut State, now: Nanos, hits: u64) ->
     // Saturating: a state written under a larger limit (before a reload) must not underflow.
     let free = limit.saturating_sub(used);
 
+    // Charging always, denied hits are counted too (capped at `L + MAX_DEBT`) until the window ends.
+    let mut charge = || {
+        let ceiling = quota.ceiling();
+        let count = used.saturating_add(hits.min(ceiling)).min(ceiling);
+        *state = State { start, count };
+        count
+    };
+    let always = quota.charge() == Charge::Always;
+
     if hits > limit {
+        let used = if always { charge() } else { used };
+        let free = limit.saturating_sub(used);
         return exceeds_capacity(limit, free, until(restored_at(used), now));
     }
     if hits == 0 {
@@ -39,10 +55,11 @@ pub(crate) fn decide(quota: &Quota, state: &mut State, now: Nanos, hits: u64) ->
         };
     }
     if hits > free {
+        let used = if always { charge() } else { used };
         return Decision {
             allowed: false,
             limit,
-            remaining: free,
+            remaining: limit.saturating_sub(used),
             reset_after: until(end, now),
             exceeds_capacity: false,
         };

@@ -11,7 +11,7 @@
 //! `leaky_bucket` is the same meter read the other way round (its level is this debt), and shares
 //! `decide_meter`.
 
-use super::{Decision, Quota, ceil_div, exceeds_capacity, until};
+use super::{Charge, Decision, Quota, ceil_div, exceeds_capacity, until};
 use crate::clock::Nanos;
 
 /// A bucket's level scaled by `W`, drained at `L` per nanosecond. The `u128` level is kept as two
@@ -43,12 +43,15 @@ pub(crate) fn expires_at(quota: &Quota, state: &State) -> Nanos {
     meter_expires_at(quota, state)
 }
 
-/// The exact meter behind both buckets: admit `n` iff `level(now) + n·W ≤ B·W`.
+/// The exact meter behind both buckets: admit `n` iff `level(now) + n·W ≤ B·W`. Charging always,
+/// a denied `n` is added too, the level capped at `(B + MAX_DEBT)·W` (a debt of at most
+/// `MAX_DEBT` hits, drained at `L` per nanosecond like any level).
 pub(super) fn decide_meter(quota: &Quota, state: &mut State, now: Nanos, hits: u64) -> Decision {
     let burst = quota.burst();
     let window = u128::from(quota.window_ns());
     let drain = u128::from(quota.limit());
     let capacity = u128::from(burst) * window;
+    let always = quota.charge() == Charge::Always;
 
     let t = now.max(state.last);
     let elapsed = u128::from(t - state.last);
@@ -58,11 +61,19 @@ pub(super) fn decide_meter(quota: &Quota, state: &mut State, now: Nanos, hits: u
         _ => u128::from(t) + ceil_div(level, drain),
     };
     // When `level + need` first fits under the capacity.
-    let fits_at = |need: u128| empty_at((level + need).saturating_sub(capacity));
+    let fits_at = |level: u128, need: u128| empty_at((level + need).saturating_sub(capacity));
     let free =
         |level: u128| u64::try_from(capacity.saturating_sub(level) / window).unwrap_or(u64::MAX);
+    // Charging always: the level after `hits` are charged, whatever the decision (`< 2^89`).
+    let mut charge = || {
+        let ceiling = u128::from(quota.ceiling()) * window;
+        let charged = (level + u128::from(hits.min(quota.ceiling())) * window).min(ceiling);
+        state.set(t, charged);
+        charged
+    };
 
     if hits > burst {
+        let level = if always { charge() } else { level };
         return exceeds_capacity(burst, free(level), until(empty_at(level), now));
     }
     if hits == 0 {
@@ -70,7 +81,7 @@ pub(super) fn decide_meter(quota: &Quota, state: &mut State, now: Nanos, hits: u
         let at = if allowed {
             empty_at(level)
         } else {
-            fits_at(window)
+            fits_at(level, window)
         };
         return Decision {
             allowed,
@@ -82,11 +93,12 @@ pub(super) fn decide_meter(quota: &Quota, state: &mut State, now: Nanos, hits: u
     }
     let need = u128::from(hits) * window;
     if level + need > capacity {
+        let level = if always { charge() } else { level };
         return Decision {
             allowed: false,
             limit: burst,
             remaining: free(level),
-            reset_after: until(fits_at(need), now),
+            reset_after: until(fits_at(level, need), now),
             exceeds_capacity: false,
         };
     }

@@ -38,7 +38,7 @@ use smallvec::SmallVec;
 
 use super::sharded::{self, Sharded};
 use super::{Batch, Decisions, Hit, Route, Routed, Store, StoreError};
-use crate::algorithm::Decision;
+use crate::algorithm::{Charge, Decision};
 use crate::clock::{Clock, Nanos};
 use crate::keys::CounterKey;
 use crate::metrics as m;
@@ -129,7 +129,9 @@ impl OverLimitCache {
 
     /// The cached denial of `hit` at `now`: only for a request of 0 or 1 hit (see the module docs).
     fn cached(&self, hit: &Hit<'_>, now: Nanos) -> Option<Decision> {
-        if hit.hits > 1 || self.is_empty() {
+        // A rule charging always must see its denied hits: only its probes are answered here.
+        let charged = hit.hits > 0 && hit.quota.charge() == Charge::Always;
+        if hit.hits > 1 || charged || self.is_empty() {
             return None;
         }
         self.lookup(hit.key, now)
