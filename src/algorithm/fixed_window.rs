@@ -210,4 +210,84 @@ mod tests {
         assert!(!q.decide(&mut s, u64::MAX, 1).allowed);
         assert_eq!(q.expires_at(&s), u64::MAX);
     }
+
+    /// Charging always: the count rises above `L` until the window ends, then starts from zero.
+    mod charged {
+        use std::collections::HashMap;
+
+        use proptest::prelude::*;
+
+        use super::super::super::testkit::{BASE, cases, charged, run};
+        use super::super::super::{Algorithm, MAX_DEBT, State as AnyState};
+        use super::{MS, fw};
+        use std::time::Duration;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1_000))]
+
+            #[test]
+            fn counts_every_hit_per_window(
+                (q, offset, ops) in cases(Algorithm::FixedWindow, 1u64..12, 60)
+            ) {
+                let q = charged(q);
+                let (limit, window) = (q.limit(), q.window_ns());
+                let ceiling = limit + MAX_DEBT;
+                let mut counts: HashMap<u64, u64> = HashMap::new();
+                let mut last = 0;
+                for (now, hits, d) in run(&q, BASE + offset, &ops) {
+                    let t = now.max(last);
+                    let used = counts.get(&(t / window)).copied().unwrap_or(0);
+                    let free = limit.saturating_sub(used);
+                    prop_assert_eq!(d.allowed, if hits == 0 { free > 0 } else { hits <= free });
+                    let after = if hits == 0 { used } else { (used + hits.min(ceiling)).min(ceiling) };
+                    prop_assert_eq!(d.remaining, limit.saturating_sub(after));
+                    if hits > 0 {
+                        counts.insert(t / window, after);
+                        last = t;
+                    }
+                }
+            }
+
+            /// A client probes (0 hits) before each request and reports its usage after it: in each
+            /// window the usage served before its last served request is below `L`, so at most
+            /// `L − 1` plus one overshooting report gets through per window.
+            #[test]
+            fn at_most_one_report_overshoots_per_window(
+                limit in 1u64..20,
+                ops in prop::collection::vec((0u64..400, 1u64..30), 1..80),
+            ) {
+                let window = 1_000;
+                let q = charged(fw(limit, window));
+                let mut state = AnyState::Empty;
+                let mut now = BASE;
+                let mut served: HashMap<u64, Vec<u64>> = HashMap::new();
+                for (dt, usage) in ops {
+                    now += dt;
+                    if q.decide(&mut state, now, 0).allowed {
+                        q.decide(&mut state, now, usage);
+                        served.entry(now / window).or_default().push(usage);
+                    }
+                }
+                for usages in served.values() {
+                    let before_last: u64 = usages[..usages.len() - 1].iter().sum();
+                    prop_assert!(before_last < limit, "{usages:?}");
+                }
+            }
+        }
+
+        #[test]
+        fn debt_ends_with_the_window() {
+            let q = charged(fw(10, 10 * MS));
+            let start = BASE - BASE % (10 * MS);
+            let mut s = AnyState::Empty;
+            let d = q.decide(&mut s, start + MS, 25);
+            assert!(!d.allowed && d.exceeds_capacity && d.remaining == 0);
+            let probe = q.decide(&mut s, start + MS, 0);
+            assert!(!probe.allowed);
+            assert_eq!(probe.reset_after, Duration::from_millis(9));
+            assert!(!q.decide(&mut s.clone(), start + 10 * MS - 1, 1).allowed);
+            let next = q.decide(&mut s, start + 10 * MS, 0);
+            assert!(next.allowed && next.remaining == 10);
+        }
+    }
 }

@@ -269,4 +269,114 @@ mod tests {
         }
         assert_eq!(q.decide(&mut s.clone(), at - 1, 0).remaining, 3);
     }
+
+    /// Charging always: tokens may go negative (owed beyond `B`), each report is charged in full
+    /// (up to the ceiling), and the decision is still the plain one.
+    mod charged {
+        use proptest::prelude::*;
+
+        use super::super::super::testkit::{BASE, Ratio, cases, charged, run};
+        use super::super::super::{Algorithm, MAX_DEBT, State as AnyState};
+        use super::tb;
+        use crate::clock::NANOS_PER_SEC;
+        use std::time::Duration;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1_000))]
+
+            #[test]
+            fn owes_exactly_as_rational_tokens_with_debt(
+                (q, offset, ops) in cases(Algorithm::TokenBucket, 1u64..12, 60)
+            ) {
+                let q = charged(q);
+                let burst = Ratio::int(q.burst().into());
+                let ceiling = q.burst() + MAX_DEBT;
+                let rate = |dt: u64| Ratio::new(u128::from(dt) * u128::from(q.limit()), q.window_ns().into());
+                // `owed` is `B − tokens`: above `B` the balance is negative.
+                let (mut owed, mut last) = (Ratio::int(0), 0);
+                for (now, hits, d) in run(&q, BASE + offset, &ops) {
+                    let t = now.max(last);
+                    let have = owed.sub_sat(rate(t - last));
+                    let fits = |n: u64| have.add(Ratio::int(n.into())).le(burst);
+                    prop_assert_eq!(d.allowed, if hits == 0 { fits(1) } else { hits <= q.burst() && fits(hits) });
+                    let after = if hits == 0 {
+                        have
+                    } else {
+                        (owed, last) = (have.add(Ratio::int(hits.min(ceiling).into())).min(Ratio::int(ceiling.into())), t);
+                        owed
+                    };
+                    prop_assert_eq!(u128::from(d.remaining), burst.sub_sat(after).floor());
+                }
+            }
+
+            /// A client probes (0 hits) before each request and reports its usage after it: between
+            /// two served requests `i < j`, the usage served from `i` up to (not including) `j` is at
+            /// most `B − 1 + L·(t_j − t_i)/W` hits, whatever each report overshot: the overshoot is
+            /// owed and repaid at exactly `r` before the next request is served.
+            #[test]
+            fn served_usage_never_outruns_the_rate(
+                limit in 1u64..20,
+                burst in 1u64..20,
+                window in prop_oneof![1u64..1_000, Just(NANOS_PER_SEC)],
+                ops in prop::collection::vec((0u64..2_000, 1u64..60), 1..80),
+            ) {
+                let q = charged(tb(limit, window, Some(burst)));
+                let mut state = AnyState::Empty;
+                let mut now = BASE;
+                let mut served: Vec<(u64, u64)> = Vec::new();
+                for (dt, usage) in ops {
+                    now += dt * window / 500;
+                    if q.decide(&mut state, now, 0).allowed {
+                        q.decide(&mut state, now, usage);
+                        served.push((now, usage));
+                    }
+                }
+                for i in 0..served.len() {
+                    let mut sum = 0u128;
+                    for j in i + 1..served.len() {
+                        sum += u128::from(served[j - 1].1);
+                        let elapsed = u128::from(served[j].0 - served[i].0);
+                        prop_assert!(
+                            sum * u128::from(window)
+                                <= u128::from(burst - 1) * u128::from(window) + u128::from(limit) * elapsed,
+                            "{sum} served from {i} to {j} in {elapsed} ns"
+                        );
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn debt_is_repaid_at_exactly_the_rate() {
+            // 10 tokens, one a second; a report of 25 leaves the balance at −15.
+            let q = charged(tb(10, 10 * NANOS_PER_SEC, None));
+            let mut s = AnyState::Empty;
+            let d = q.decide(&mut s, BASE, 25);
+            assert!(!d.allowed && d.exceeds_capacity && d.remaining == 0);
+            let probe = q.decide(&mut s, BASE, 0);
+            assert!(!probe.allowed);
+            assert_eq!(probe.reset_after, Duration::from_secs(16));
+            assert!(
+                !q.decide(&mut s.clone(), BASE + 16 * NANOS_PER_SEC - 1, 1)
+                    .allowed
+            );
+            let back = q.decide(&mut s.clone(), BASE + 16 * NANOS_PER_SEC, 1);
+            assert!(back.allowed && back.remaining == 0);
+            // A denied report while in debt is owed too: 5 more tokens, 5 more seconds.
+            let d = q.decide(&mut s, BASE + 10 * NANOS_PER_SEC, 5);
+            assert!(!d.allowed);
+            assert_eq!(d.reset_after, Duration::from_secs(11));
+        }
+
+        #[test]
+        fn huge_reports_cap_the_debt() {
+            let q = charged(tb(1, NANOS_PER_SEC, None));
+            let mut s = AnyState::Empty;
+            for _ in 0..3 {
+                q.decide(&mut s, BASE, u64::MAX);
+            }
+            // Owed: the capacity plus MAX_DEBT tokens, repaid at one a second.
+            assert_eq!(q.expires_at(&s), BASE + (1 + MAX_DEBT) * NANOS_PER_SEC);
+        }
+    }
 }
