@@ -362,10 +362,13 @@ mod tests {
             );
             let back = q.decide(&mut s.clone(), BASE + 16 * NANOS_PER_SEC, 1);
             assert!(back.allowed && back.remaining == 0);
-            // A denied report while in debt is owed too: 5 more tokens, 5 more seconds.
+            // A denied report while in debt is owed too: at +10 s the balance is −5, a report of 5
+            // takes it to −10, so the same 5 fit again after 15 s and one hit after 11 s.
             let d = q.decide(&mut s, BASE + 10 * NANOS_PER_SEC, 5);
             assert!(!d.allowed);
-            assert_eq!(d.reset_after, Duration::from_secs(11));
+            assert_eq!(d.reset_after, Duration::from_secs(15));
+            let probe = q.decide(&mut s, BASE + 10 * NANOS_PER_SEC, 0);
+            assert_eq!(probe.reset_after, Duration::from_secs(11));
         }
 
         #[test]
