@@ -8,6 +8,10 @@
 //! The state is the time of the last admission and the debt at that time (24 bytes); the bucket is
 //! full again, and the state equivalent to a fresh one, at `last + ⌈debt / L⌉`.
 //!
+//! Charging always ([`Charge::Always`]), a denied request's hits are added too: the debt may exceed
+//! `B·W` (tokens below zero), up to `(B + MAX_DEBT)·W`, and drains at the same rate, so a debt of
+//! `d` tokens delays the next admission by exactly `(d + 1)/r` for one hit. Under 2^89, still `u128`.
+//!
 //! `leaky_bucket` is the same meter read the other way round (its level is this debt), and shares
 //! `decide_meter`.
 
