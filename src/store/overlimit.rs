@@ -315,6 +315,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn reports_on_a_rule_charging_always_reach_the_store() {
+        let clock = ManualClock::new(START);
+        let inner = Counting::new(&clock);
+        let cache = cache(inner.clone(), &clock, 100);
+        let q = quota(Algorithm::TokenBucket, 2, Duration::from_secs(10))
+            .with_charge(Charge::Always)
+            .unwrap();
+        let k = key(&q, "alice");
+        for _ in 0..3 {
+            cache.decide(&[hit(&k, &q, 1)]).await.unwrap();
+        }
+        // Known over the limit: a probe is answered here, a report is charged by the store.
+        assert_eq!(cache.len(), 1);
+        assert!(!cache.decide(&[hit(&k, &q, 0)]).await.unwrap()[0].allowed);
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 3);
+        cache.decide(&[hit(&k, &q, 1)]).await.unwrap();
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 4);
+        // Two hits owed: one more every 5 s, so a hit fits only after 15 s.
+        clock.advance(Duration::from_secs(15) - Duration::from_nanos(1));
+        assert!(!cache.decide(&[hit(&k, &q, 0)]).await.unwrap()[0].allowed);
+        clock.advance(Duration::from_nanos(1));
+        assert!(cache.decide(&[hit(&k, &q, 1)]).await.unwrap()[0].allowed);
+    }
+
+    #[tokio::test]
     async fn a_denied_key_is_answered_locally_until_its_deadline() {
         let clock = ManualClock::new(START);
         let inner = Counting::new(&clock);
