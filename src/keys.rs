@@ -1,7 +1,7 @@
 //! Counter keys: the one place that decides which hits share a counter.
 //!
-//! A key is the domain, the quota's fingerprint (algorithm code, limit, window, burst, and
-//! sub-windows for `sliding_window`) and the matched descriptor entries, each field
+//! A key is the domain, the quota's fingerprint (algorithm code, limit, window, burst,
+//! sub-windows for `sliding_window`, and a mark for `charge: always`) and the matched descriptor entries, each field
 //! length-prefixed. Length prefixes make the encoding injective: no value a client sends
 //! (separators, braces, empty strings) can make two different descriptors produce the same key. The fingerprint means a rule whose quota did not change keeps its counters
 //! across a reload, and a changed quota starts afresh instead of misreading old state.
@@ -15,7 +15,7 @@
 
 use std::fmt;
 
-use crate::algorithm::Quota;
+use crate::algorithm::{Charge, Quota};
 
 /// An opaque, injective counter key.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -31,7 +31,10 @@ impl CounterKey {
     ) -> Self {
         let mut buf = Vec::with_capacity(64);
         put(&mut buf, domain.as_bytes());
-        buf.push(quota.algorithm().code());
+        buf.push(match quota.charge() {
+            Charge::WhenAllowed => quota.algorithm().code(),
+            Charge::Always => quota.algorithm().code() | CHARGE_ALWAYS,
+        });
         buf.extend_from_slice(&quota.limit().to_le_bytes());
         buf.extend_from_slice(&quota.window_ns().to_le_bytes());
         buf.extend_from_slice(&quota.burst().to_le_bytes());
@@ -61,6 +64,14 @@ impl CounterKey {
         name
     }
 }
+
+/// Set in the fingerprint's algorithm byte (codes are below 128) when the rule charges always. The
+/// state layout is the same either way, but a state carrying debt must not be read by a rule that
+/// never expects one (nor a rule turned to `always` start from a count it did not charge), so a
+/// changed charge mode starts afresh like any changed quota. Keys of `when_allowed` rules are
+/// unchanged, so their counters survive an upgrade, and the byte is fixed-width, so the encoding
+/// stays injective.
+const CHARGE_ALWAYS: u8 = 0x80;
 
 /// What every tollgate key in Redis starts with.
 pub const REDIS_PREFIX: &[u8] = b"tg:";
@@ -136,5 +147,24 @@ mod tests {
             CounterKey::new("d", &q(), [("a", "b")]),
             CounterKey::new("d", &q(), [("a", "b")])
         );
+    }
+
+    #[test]
+    fn charge_mode_is_part_of_the_key_and_leaves_default_keys_unchanged() {
+        use crate::algorithm::Charge;
+        let always = q().with_charge(Charge::Always).unwrap();
+        let plain = CounterKey::new("d", &q(), [("a", "b")]);
+        let charged = CounterKey::new("d", &always, [("a", "b")]);
+        assert_ne!(plain, charged);
+        assert_eq!(
+            plain,
+            CounterKey::new(
+                "d",
+                &q().with_charge(Charge::WhenAllowed).unwrap(),
+                [("a", "b")]
+            )
+        );
+        assert_eq!(plain.as_bytes()[5], Algorithm::FixedWindow.code());
+        assert_eq!(charged.as_bytes()[5], Algorithm::FixedWindow.code() | 0x80);
     }
 }

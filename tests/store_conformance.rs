@@ -21,7 +21,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use tollgate::algorithm::testkit::{self, Step};
 use tollgate::algorithm::{
-    Algorithm, Decision, MAX_LIMIT, MAX_SLIDING_LOG_LIMIT, MAX_SUB_WINDOWS, MAX_WINDOW, Quota,
+    Algorithm, Charge, Decision, MAX_LIMIT, MAX_SLIDING_LOG_LIMIT, MAX_SUB_WINDOWS, MAX_WINDOW,
+    Quota,
 };
 use tollgate::clock::ManualClock;
 use tollgate::keys::CounterKey;
@@ -195,6 +196,9 @@ fn scripted_quotas() -> Vec<Quota> {
                         let q =
                             Quota::new(algorithm, limit, Duration::from_nanos(w), burst).unwrap();
                         quotas.push(k.map_or(q, |k| testkit::with_k(q, k)));
+                        if Charge::applies_to(algorithm) {
+                            quotas.push(testkit::charged(q));
+                        }
                     }
                 }
             }
@@ -266,15 +270,28 @@ fn quota_strategy() -> impl Strategy<Value = Quota> {
         1..=MAX_LIMIT
     ];
     let burst = prop::option::of(prop_oneof![1u64..15, Just(MAX_LIMIT), 1..=MAX_LIMIT]);
-    (algorithm, window_us, limit, burst, testkit::sub_windows()).prop_map(|(a, w, l, b, k)| {
-        let l = if a == Algorithm::SlidingLog {
-            l.min(MAX_SLIDING_LOG_LIMIT)
-        } else {
-            l
-        };
-        let q = Quota::new(a, l, Duration::from_micros(w), b.filter(|_| a.uses_burst())).unwrap();
-        testkit::with_k(q, k)
-    })
+    let charge = any::<bool>();
+    (
+        algorithm,
+        window_us,
+        limit,
+        burst,
+        testkit::sub_windows(),
+        charge,
+    )
+        .prop_map(|(a, w, l, b, k, always)| {
+            let l = if a == Algorithm::SlidingLog {
+                l.min(MAX_SLIDING_LOG_LIMIT)
+            } else {
+                l
+            };
+            let q =
+                Quota::new(a, l, Duration::from_micros(w), b.filter(|_| a.uses_burst())).unwrap();
+            match always && Charge::applies_to(a) {
+                true => testkit::charged(q),
+                false => testkit::with_k(q, k),
+            }
+        })
 }
 
 /// The kit's general workload, in microseconds.

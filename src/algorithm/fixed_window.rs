@@ -5,8 +5,13 @@
 //! starts from zero. Cheap and predictable, but up to `2L` hits can pass within `W` across a window
 //! boundary (`L` at the end of one window, `L` at the start of the next); `sliding_window` bounds that.
 //! `reset_after` is the time to the next window start whenever the counter is not zero.
+//!
+//! Charging always ([`Charge::Always`]), a denied request's hits are counted too: the count may rise
+//! above `L` (to at most `L + MAX_DEBT`) and the key stays denied until the window ends. The next
+//! window starts from zero: debt does not carry over, as the peer's per-window counters do not, so
+//! a report that overshoots late in a window costs less than under the buckets, whose debt carries.
 
-use super::{Decision, Quota, exceeds_capacity, until, window_start};
+use super::{Charge, Decision, Quota, exceeds_capacity, until, window_start};
 use crate::clock::Nanos;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,7 +31,18 @@ pub(crate) fn decide(quota: &Quota, state: &mut State, now: Nanos, hits: u64) ->
     // Saturating: a state written under a larger limit (before a reload) must not underflow.
     let free = limit.saturating_sub(used);
 
+    // Charging always, denied hits are counted too (capped at `L + MAX_DEBT`) until the window ends.
+    let mut charge = || {
+        let ceiling = quota.ceiling();
+        let count = used.saturating_add(hits.min(ceiling)).min(ceiling);
+        *state = State { start, count };
+        count
+    };
+    let always = quota.charge() == Charge::Always;
+
     if hits > limit {
+        let used = if always { charge() } else { used };
+        let free = limit.saturating_sub(used);
         return exceeds_capacity(limit, free, until(restored_at(used), now));
     }
     if hits == 0 {
@@ -39,10 +55,11 @@ pub(crate) fn decide(quota: &Quota, state: &mut State, now: Nanos, hits: u64) ->
         };
     }
     if hits > free {
+        let used = if always { charge() } else { used };
         return Decision {
             allowed: false,
             limit,
-            remaining: free,
+            remaining: limit.saturating_sub(used),
             reset_after: until(end, now),
             exceeds_capacity: false,
         };
@@ -192,5 +209,85 @@ mod tests {
         assert!(q.decide(&mut s, u64::MAX, 1).allowed);
         assert!(!q.decide(&mut s, u64::MAX, 1).allowed);
         assert_eq!(q.expires_at(&s), u64::MAX);
+    }
+
+    /// Charging always: the count rises above `L` until the window ends, then starts from zero.
+    mod charged {
+        use std::collections::HashMap;
+
+        use proptest::prelude::*;
+
+        use super::super::super::testkit::{BASE, cases, charged, run};
+        use super::super::super::{Algorithm, MAX_DEBT, State as AnyState};
+        use super::{MS, fw};
+        use std::time::Duration;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1_000))]
+
+            #[test]
+            fn counts_every_hit_per_window(
+                (q, offset, ops) in cases(Algorithm::FixedWindow, 1u64..12, 60)
+            ) {
+                let q = charged(q);
+                let (limit, window) = (q.limit(), q.window_ns());
+                let ceiling = limit + MAX_DEBT;
+                let mut counts: HashMap<u64, u64> = HashMap::new();
+                let mut last = 0;
+                for (now, hits, d) in run(&q, BASE + offset, &ops) {
+                    let t = now.max(last);
+                    let used = counts.get(&(t / window)).copied().unwrap_or(0);
+                    let free = limit.saturating_sub(used);
+                    prop_assert_eq!(d.allowed, if hits == 0 { free > 0 } else { hits <= free });
+                    let after = if hits == 0 { used } else { (used + hits.min(ceiling)).min(ceiling) };
+                    prop_assert_eq!(d.remaining, limit.saturating_sub(after));
+                    if hits > 0 {
+                        counts.insert(t / window, after);
+                        last = t;
+                    }
+                }
+            }
+
+            /// A client probes (0 hits) before each request and reports its usage after it: in each
+            /// window the usage served before its last served request is below `L`, so at most
+            /// `L − 1` plus one overshooting report gets through per window.
+            #[test]
+            fn at_most_one_report_overshoots_per_window(
+                limit in 1u64..20,
+                ops in prop::collection::vec((0u64..400, 1u64..30), 1..80),
+            ) {
+                let window = 1_000;
+                let q = charged(fw(limit, window));
+                let mut state = AnyState::Empty;
+                let mut now = BASE;
+                let mut served: HashMap<u64, Vec<u64>> = HashMap::new();
+                for (dt, usage) in ops {
+                    now += dt;
+                    if q.decide(&mut state, now, 0).allowed {
+                        q.decide(&mut state, now, usage);
+                        served.entry(now / window).or_default().push(usage);
+                    }
+                }
+                for usages in served.values() {
+                    let before_last: u64 = usages[..usages.len() - 1].iter().sum();
+                    prop_assert!(before_last < limit, "{usages:?}");
+                }
+            }
+        }
+
+        #[test]
+        fn debt_ends_with_the_window() {
+            let q = charged(fw(10, 10 * MS));
+            let start = BASE - BASE % (10 * MS);
+            let mut s = AnyState::Empty;
+            let d = q.decide(&mut s, start + MS, 25);
+            assert!(!d.allowed && d.exceeds_capacity && d.remaining == 0);
+            let probe = q.decide(&mut s, start + MS, 0);
+            assert!(!probe.allowed);
+            assert_eq!(probe.reset_after, Duration::from_millis(9));
+            assert!(!q.decide(&mut s.clone(), start + 10 * MS - 1, 1).allowed);
+            let next = q.decide(&mut s, start + 10 * MS, 0);
+            assert!(next.allowed && next.remaining == 10);
+        }
     }
 }

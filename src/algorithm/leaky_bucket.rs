@@ -6,6 +6,10 @@
 //! a hit adds `W`, each nanosecond drains `L`, all in `u128`, so fractional rates such as 0.001/s
 //! (`L = 1`, `W = 1000 s`) drain exactly one hit after exactly 1000 s. `remaining` is the free space
 //! `⌊B − level⌋`; `reset_after`, when allowed, is the time until the bucket is empty.
+//!
+//! Charging always ([`Charge::Always`](super::Charge)), a denied request is added too: the level
+//! rises above `B` (to at most `B + MAX_DEBT`) and drains at `r` like any level, so the key admits
+//! again exactly when the overflow has drained.
 
 use super::token_bucket::{self, decide_meter, meter_expires_at};
 use super::{Decision, Quota};

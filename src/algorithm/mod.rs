@@ -13,7 +13,9 @@
 //! rates such as one hit an hour or 0.001/s are exact and nothing truncates to zero.
 //!
 //! Common rules:
-//! - A rejected request never consumes quota.
+//! - A rejected request never consumes quota, unless the rule charges always ([`Charge::Always`]):
+//!   then every hit is charged in full, and what overshoots the capacity is debt that keeps the key
+//!   denied until time repays it (see [`Charge`] for each algorithm).
 //! - `hits == 0` is a probe: the decision says whether one more hit would be admitted, and nothing
 //!   is consumed.
 //! - `hits` larger than the capacity (`L`, or `B` for the buckets) can never be admitted: the
@@ -57,6 +59,68 @@ pub const DEFAULT_SUB_WINDOWS: u32 = 10;
 /// The most sub-windows a `sliding_window` rule may have: its state holds `k + 1` counts per key,
 /// and beyond 100 the rate held back (`1/(k + 1)`) is under 1 %.
 pub const MAX_SUB_WINDOWS: u32 = 100;
+
+/// The most debt a key charged always ([`Charge::Always`]) can carry, in hits: its state never
+/// holds more than the capacity plus this, so huge reports stay integer-exact (and below 2^53 in the
+/// Redis script's counts). Envoy's `hits_addend` is a `uint32`, so one report never exceeds it.
+pub const MAX_DEBT: u64 = MAX_LIMIT;
+
+/// Whether a rule charges hits it denies (`rate_limit.charge` in a rule file).
+///
+/// - `when_allowed` (the default): a denied request consumes nothing.
+/// - `always`: every hit is charged in full, admitted or not; the decision is the one the default
+///   would give (a report that overshoots what is left is still `OVER_LIMIT`), but the hits stay
+///   counted. This is for usage known only after the response (Envoy's `apply_on_stream_done` with
+///   a `hits_addend` taken from a response header): the response was served anyway, so the cost is
+///   owed. What overshoots the capacity is debt, capped at [`MAX_DEBT`] hits:
+///   - `token_bucket`: tokens go negative and refill at `r`; the key admits again once the
+///     balance is back to the request's size, so a debt of `d` costs exactly `d / r` more waiting.
+///   - `leaky_bucket`: the level rises above `B` and drains at `r`, the same meter read the other way.
+///   - `fixed_window`: the count rises above `L` and the key is denied until the window ends; the
+///     next window starts from zero (debt does not carry over, as the peer's counters do not).
+///   - The sliding windows and `sliding_log` refuse it: their state is built to hold at most `L`
+///     hits (one timestamp per hit, or `u32` counts summing to at most `L`), so debt would need
+///     another state layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Charge {
+    #[default]
+    WhenAllowed,
+    Always,
+}
+
+impl Charge {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Charge::WhenAllowed => "when_allowed",
+            Charge::Always => "always",
+        }
+    }
+
+    /// Whether `algorithm` can carry debt (see the type's docs).
+    pub fn applies_to(algorithm: Algorithm) -> bool {
+        matches!(
+            algorithm,
+            Algorithm::TokenBucket | Algorithm::LeakyBucket | Algorithm::FixedWindow
+        )
+    }
+}
+
+impl fmt::Display for Charge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Charge {
+    type Err = QuotaError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Charge::WhenAllowed, Charge::Always]
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| QuotaError::UnknownCharge(s.to_owned()))
+    }
+}
 
 /// Which algorithm decides a rule.
 ///
@@ -153,6 +217,12 @@ pub enum QuotaError {
         "unknown algorithm `{0}` (expected sliding_window, sliding_window_estimate, fixed_window, sliding_log, token_bucket or leaky_bucket)"
     )]
     UnknownAlgorithm(String),
+    #[error("unknown charge `{0}` (expected when_allowed or always)")]
+    UnknownCharge(String),
+    #[error(
+        "charge: always applies only to token_bucket, leaky_bucket and fixed_window, not {0} (its state holds at most the limit)"
+    )]
+    ChargeNotApplicable(Algorithm),
 }
 
 /// A validated limit: `limit` hits per `window`, decided by `algorithm`, with bucket capacity `burst`
@@ -165,6 +235,7 @@ pub struct Quota {
     burst: u64,
     /// `k` for `sliding_window`, 0 for every other algorithm.
     sub_windows: u32,
+    charge: Charge,
 }
 
 impl Quota {
@@ -217,7 +288,29 @@ impl Quota {
             window_ns: window.as_nanos() as u64,
             burst,
             sub_windows,
+            charge: Charge::WhenAllowed,
         })
+    }
+
+    /// This quota charging as `charge` says (see [`Charge`]).
+    pub fn with_charge(self, charge: Charge) -> Result<Self, QuotaError> {
+        if charge == Charge::Always && !Charge::applies_to(self.algorithm) {
+            return Err(QuotaError::ChargeNotApplicable(self.algorithm));
+        }
+        Ok(Self { charge, ..self })
+    }
+
+    /// Whether denied hits are charged too (see [`Charge`]).
+    pub fn charge(&self) -> Charge {
+        self.charge
+    }
+
+    /// The most a state may hold: the capacity, plus [`MAX_DEBT`] when charging always.
+    pub(crate) fn ceiling(&self) -> u64 {
+        match self.charge {
+            Charge::WhenAllowed => self.burst,
+            Charge::Always => self.burst + MAX_DEBT,
+        }
     }
 
     /// This `sliding_window` quota with `k` sub-windows per window instead of

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
-use super::{Algorithm, Decision, Quota, State};
+use super::{Algorithm, Charge, Decision, Quota, State};
 use crate::clock::Nanos;
 
 /// Move the clock by `dt` nanoseconds (negative: the clock steps back), then ask for `hits`.
@@ -179,6 +179,11 @@ pub fn advance(now: Nanos, dt: i64) -> Nanos {
     now.saturating_add_signed(dt)
 }
 
+/// `q` charging always (only for the algorithms that carry debt).
+pub fn charged(q: Quota) -> Quota {
+    q.with_charge(Charge::Always).unwrap()
+}
+
 pub fn quota(algorithm: Algorithm, limit: u64, window_ns: u64, burst: Option<u64>) -> Quota {
     Quota::new(algorithm, limit, Duration::from_nanos(window_ns), burst).unwrap()
 }
@@ -211,7 +216,8 @@ pub fn check_step(q: &Quota, before: &State, now: Nanos, hits: u64, d: &Decision
     assert_eq!(d.exceeds_capacity, hits > capacity, "{d:?}");
     assert!(!(d.exceeds_capacity && d.allowed));
     assert!(d.remaining <= capacity);
-    if !d.allowed || hits == 0 {
+    let charged = q.charge() == Charge::Always && hits > 0;
+    if (!d.allowed && !charged) || hits == 0 {
         assert_eq!(before, after, "a denial or a probe changed the state");
     }
     if hits == 0 {
@@ -240,14 +246,16 @@ pub fn check_step(q: &Quota, before: &State, now: Nanos, hits: u64, d: &Decision
     // Times past the end of `u64` saturate, so exactness is only checked before it.
     let exact = r < u64::MAX && now.checked_add(r).is_some();
     if exact && !d.allowed && !d.exceeds_capacity {
-        // The same request fits exactly `reset_after` from now, and not a nanosecond earlier.
+        // The same request fits exactly `reset_after` from now, and not a nanosecond earlier (after
+        // this one's hits were charged, when the rule charges always).
+        let from = if charged { after } else { before };
         assert!(
-            decide_on(q, before, now + r, hits).allowed,
+            decide_on(q, from, now + r, hits).allowed,
             "retry at {r} {d:?}"
         );
         if r > 0 {
             assert!(
-                !decide_on(q, before, now + r - 1, hits).allowed,
+                !decide_on(q, from, now + r - 1, hits).allowed,
                 "retry at {r}-1 {d:?}"
             );
         }

@@ -4,7 +4,7 @@
 //! and column. Field placement mirrors envoyproxy/ratelimit: `shadow_mode`, `quota_mode`,
 //! `detailed_metric`, `value_to_metric` and `share_threshold` belong to the descriptor; `unit`,
 //! `requests_per_unit`, `unlimited`, `name`, `replaces` (and tollgate's `algorithm`, `window`,
-//! `burst`, `sub_windows`) to its `rate_limit`.
+//! `burst`, `sub_windows`, `charge`) to its `rate_limit`.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -15,7 +15,7 @@ use super::locate::NodePath;
 use super::matcher::{DomainRules, Glob, KeyEntry, Level, LevelKind, LevelMeta, Node, RuleEntry};
 use super::raw::{Number, RawDescriptor, RawFile, RawRateLimit};
 use super::{LoadOptions, Rule, Unit};
-use crate::algorithm::{Algorithm, MAX_SUB_WINDOWS, Quota, QuotaError};
+use crate::algorithm::{Algorithm, Charge, MAX_SUB_WINDOWS, Quota, QuotaError};
 
 pub(crate) type Problem = (NodePath, String);
 /// A `replaces` name and where it was written.
@@ -225,6 +225,7 @@ impl Builder {
                 ("algorithm", rl.algorithm.is_some()),
                 ("burst", rl.burst.is_some()),
                 ("sub_windows", rl.sub_windows.is_some()),
+                ("charge", rl.charge.is_some()),
             ];
             for (field, present) in conflicts {
                 if present {
@@ -322,11 +323,21 @@ impl Builder {
                 None
             }
         };
+        let charge = match rl.charge.as_deref() {
+            None => Some(Charge::default()),
+            Some(c) => match c.trim().parse::<Charge>() {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    self.problem(at.field("charge"), e.to_string());
+                    None
+                }
+            },
+        };
         if self.problems.len() != before {
             return None;
         }
-        let (Some(limit), Some(algorithm), Some(burst), Some(sub_windows)) =
-            (limit, algorithm, burst, sub_windows)
+        let (Some(limit), Some(algorithm), Some(burst), Some(sub_windows), Some(charge)) =
+            (limit, algorithm, burst, sub_windows, charge)
         else {
             return None;
         };
@@ -342,7 +353,8 @@ impl Builder {
             });
         }
         let quota = Quota::new(algorithm, limit, length, burst)
-            .and_then(|q| sub_windows.map_or(Ok(q), |k| q.with_sub_windows(k)));
+            .and_then(|q| sub_windows.map_or(Ok(q), |k| q.with_sub_windows(k)))
+            .and_then(|q| q.with_charge(charge));
         match quota {
             Ok(quota) => Some(Limit {
                 quota: Some(quota),
@@ -364,6 +376,7 @@ impl Builder {
                     QuotaError::LimitTooLarge { field: "burst", .. } => "burst",
                     QuotaError::LimitTooLarge { .. } => "requests_per_unit",
                     QuotaError::UnknownAlgorithm(_) => "algorithm",
+                    QuotaError::UnknownCharge(_) | QuotaError::ChargeNotApplicable(_) => "charge",
                 };
                 self.problem(at.field(field), e.to_string());
                 None

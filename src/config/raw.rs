@@ -45,6 +45,8 @@ pub(crate) struct RawRateLimit {
     pub window: Option<String>,
     pub burst: Option<Number>,
     pub sub_windows: Option<Number>,
+    /// `when_allowed` (default) or `always`: see `algorithm::Charge`.
+    pub charge: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

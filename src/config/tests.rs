@@ -1210,3 +1210,38 @@ fn sub_windows_only_for_sliding_window() {
         "t.yaml:6:7: an `unlimited: true` rate limit takes no `sub_windows`"
     );
 }
+
+#[test]
+fn charge_always_for_buckets_and_fixed_window_with_located_errors() {
+    use crate::algorithm::Charge;
+    let s = parse(&format!(
+        "{RL}      unit: day\n      requests_per_unit: 5\n      algorithm: token_bucket\n      charge: always\n"
+    ));
+    let q = s.find("d", &[("a", "x")]).unwrap().rule.quota.unwrap();
+    assert_eq!(q.charge(), Charge::Always);
+    let s = parse(&format!(
+        "{RL}      unit: day\n      requests_per_unit: 5\n"
+    ));
+    let q = s.find("d", &[("a", "x")]).unwrap().rule.quota.unwrap();
+    assert_eq!(q.charge(), Charge::WhenAllowed);
+    assert_eq!(
+        rl_error(
+            "      unit: second\n      requests_per_unit: 5\n      algorithm: fixed_window\n      charge: sometimes\n"
+        ),
+        format!(
+            "t.yaml:8:15: {}",
+            QuotaError::UnknownCharge("sometimes".into())
+        )
+    );
+    assert_eq!(
+        rl_error("      unit: second\n      requests_per_unit: 5\n      charge: always\n"),
+        format!(
+            "t.yaml:7:15: {}",
+            QuotaError::ChargeNotApplicable(Algorithm::SlidingWindow)
+        )
+    );
+    assert_eq!(
+        rl_error("      unlimited: true\n      charge: always\n"),
+        "t.yaml:6:7: an `unlimited: true` rate limit takes no `charge`"
+    );
+}

@@ -38,7 +38,7 @@ use smallvec::SmallVec;
 
 use super::sharded::{self, Sharded};
 use super::{Batch, Decisions, Hit, Route, Routed, Store, StoreError};
-use crate::algorithm::Decision;
+use crate::algorithm::{Charge, Decision};
 use crate::clock::{Clock, Nanos};
 use crate::keys::CounterKey;
 use crate::metrics as m;
@@ -129,7 +129,9 @@ impl OverLimitCache {
 
     /// The cached denial of `hit` at `now`: only for a request of 0 or 1 hit (see the module docs).
     fn cached(&self, hit: &Hit<'_>, now: Nanos) -> Option<Decision> {
-        if hit.hits > 1 || self.is_empty() {
+        // A rule charging always must see its denied hits: only its probes are answered here.
+        let charged = hit.hits > 0 && hit.quota.charge() == Charge::Always;
+        if hit.hits > 1 || charged || self.is_empty() {
             return None;
         }
         self.lookup(hit.key, now)
@@ -310,6 +312,31 @@ mod tests {
 
     fn cache(inner: Arc<dyn Store>, clock: &ManualClock, max: usize) -> OverLimitCache {
         OverLimitCache::new(inner, Arc::new(clock.clone()), max)
+    }
+
+    #[tokio::test]
+    async fn reports_on_a_rule_charging_always_reach_the_store() {
+        let clock = ManualClock::new(START);
+        let inner = Counting::new(&clock);
+        let cache = cache(inner.clone(), &clock, 100);
+        let q = quota(Algorithm::TokenBucket, 2, Duration::from_secs(10))
+            .with_charge(Charge::Always)
+            .unwrap();
+        let k = key(&q, "alice");
+        for _ in 0..3 {
+            cache.decide(&[hit(&k, &q, 1)]).await.unwrap();
+        }
+        // Known over the limit: a probe is answered here, a report is charged by the store.
+        assert_eq!(cache.len(), 1);
+        assert!(!cache.decide(&[hit(&k, &q, 0)]).await.unwrap()[0].allowed);
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 3);
+        cache.decide(&[hit(&k, &q, 1)]).await.unwrap();
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 4);
+        // Two hits owed: one more every 5 s, so a hit fits only after 15 s.
+        clock.advance(Duration::from_secs(15) - Duration::from_nanos(1));
+        assert!(!cache.decide(&[hit(&k, &q, 0)]).await.unwrap()[0].allowed);
+        clock.advance(Duration::from_nanos(1));
+        assert!(cache.decide(&[hit(&k, &q, 1)]).await.unwrap()[0].allowed);
     }
 
     #[tokio::test]

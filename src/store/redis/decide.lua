@@ -1,12 +1,13 @@
 -- tollgate: decides every counter in KEYS in one atomic step. All KEYS share one cluster slot.
 --
 -- KEYS[i]  counter i (`tg:{hash}key`, see src/keys.rs).
--- ARGV     seven per counter, in KEYS order:
+-- ARGV     eight per counter, in KEYS order:
 --            algorithm, by its code in src/algorithm/mod.rs (0 sliding_window_estimate,
 --              1 fixed_window, 2 sliding_log, 3 token_bucket, 4 leaky_bucket, 5 sliding_window),
 --            limit L, window W in microseconds, burst B, sub-windows k (sliding_window; else 0),
---            hits n (at most capacity + 1), time in microseconds since the epoch, or "" to read
---            Redis' TIME.
+--            hits n (at most capacity + 1, or capacity + MAX_DEBT when charging always), charge (1
+--            always: denied hits are charged too, for fixed_window and the buckets; else 0), time in
+--            microseconds since the epoch, or "" to read Redis' TIME.
 -- Reply    four integers per counter: allowed (0/1), remaining, and reset_after in microseconds as
 --          hi, lo (hi * 2^32 + lo), saturated at 2^64 - 1.
 --
@@ -40,6 +41,7 @@ local MAX_TTL_MS = 70368744177664 -- 2^46 ms, about 2200 years
 local GRACE_MS = 60000
 local REBASE_AT = 1125899906842624 -- 2^50
 local PLAIN = 4503599627370496 -- 2^52: below it a double quotient's error is fixed by one step
+local MAX_DEBT = 4294967295 -- src/algorithm/mod.rs MAX_DEBT: hits of debt a state may carry
 local fmod = math.fmod
 local floor = math.floor
 
@@ -208,7 +210,7 @@ local function ttl_ms(at, now, grace)
   return num(math.max(1, math.min(ms, MAX_TTL_MS)) + grace)
 end
 
-local function fixed_window(key, L, W, n, now, grace)
+local function fixed_window(key, L, W, n, always, now, grace)
   local s_start, s_count = 0, 0
   local v = redis.call('GET', key)
   if v then
@@ -229,12 +231,24 @@ local function fixed_window(key, L, W, n, now, grace)
     return stop
   end
   local free = math.max(L - used, 0)
-  if n > L then return 0, free, restored(used) end
+  -- Charging always, denied hits are counted too, up to L + MAX_DEBT, until the window ends.
+  local function charge()
+    local count = math.min(used + n, L + MAX_DEBT)
+    redis.call('SET', key, num(start) .. ' ' .. num(count), 'PX', ttl_ms(stop, now, grace))
+    return count
+  end
+  if n > L then
+    if always then used = charge() end
+    return 0, math.max(L - used, 0), restored(used)
+  end
   if n == 0 then
     if free > 0 then return 1, free, restored(used) end
     return 0, free, stop
   end
-  if n > free then return 0, free, stop end
+  if n > free then
+    if always then used = charge() end
+    return 0, math.max(L - used, 0), stop
+  end
   redis.call('SET', key, num(start) .. ' ' .. num(used + n), 'PX', ttl_ms(stop, now, grace))
   return 1, free - n, stop
 end
@@ -386,7 +400,7 @@ end
 
 -- token_bucket and leaky_bucket: the level, scaled by W, rises by W per hit and drains by L per us;
 -- n hits fit iff level + n * W <= B * W.
-local function meter(key, L, W, B, n, now, grace)
+local function meter(key, L, W, B, n, always, now, grace)
   local last, level = 0, wide(0)
   local v = redis.call('GET', key)
   if v then
@@ -404,21 +418,35 @@ local function meter(key, L, W, B, n, now, grace)
     if is_zero(lv) then return 0 end
     return add(wide(t), ceil_div(lv, L))
   end
-  local function fits_at(need) return empty_at(sat_sub(add(level, need), capacity)) end
+  local function fits_at(lv, need) return empty_at(sat_sub(add(lv, need), capacity)) end
   local function free(lv) return plain((divmod(sat_sub(capacity, lv), W))) end
-  if n > B then return 0, free(level), empty_at(level) end
+  local function store(lv)
+    local hi, lo = to_hl(lv)
+    redis.call('SET', key, num(t) .. ' ' .. num(hi) .. ' ' .. num(lo), 'PX', ttl_ms(empty_at(lv), now, grace))
+    return lv
+  end
+  -- Charging always: the level after n is charged whatever the decision, capped at (B + MAX_DEBT) W.
+  local function charge()
+    local charged, ceiling = add(level, mul(n, W)), mul(B + MAX_DEBT, W)
+    if cmp(charged, ceiling) > 0 then charged = ceiling end
+    return store(charged)
+  end
+  if n > B then
+    if always then level = charge() end
+    return 0, free(level), empty_at(level)
+  end
   if n == 0 then
     local w = wide(W)
     if cmp(add(level, w), capacity) <= 0 then return 1, free(level), empty_at(level) end
-    return 0, free(level), fits_at(w)
+    return 0, free(level), fits_at(level, w)
   end
   local need = mul(n, W)
-  if cmp(add(level, need), capacity) > 0 then return 0, free(level), fits_at(need) end
-  level = add(level, need)
-  local at = empty_at(level)
-  local hi, lo = to_hl(level)
-  redis.call('SET', key, num(t) .. ' ' .. num(hi) .. ' ' .. num(lo), 'PX', ttl_ms(at, now, grace))
-  return 1, free(level), at
+  if cmp(add(level, need), capacity) > 0 then
+    if always then level = charge() end
+    return 0, free(level), fits_at(level, need)
+  end
+  level = store(add(level, need))
+  return 1, free(level), empty_at(level)
 end
 
 local function run_of(member)
@@ -514,11 +542,12 @@ end
 
 local out = {}
 for i = 1, #KEYS do
-  local j = (i - 1) * 7
+  local j = (i - 1) * 8
   local algorithm = tonumber(ARGV[j + 1])
   local L, W, B, k = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4]), tonumber(ARGV[j + 5])
   local n = tonumber(ARGV[j + 6])
-  local now, grace = now_of(ARGV[j + 7])
+  local always = ARGV[j + 7] == '1'
+  local now, grace = now_of(ARGV[j + 8])
   local key = KEYS[i]
   local allowed, remaining, at
   if algorithm == 5 then
@@ -526,11 +555,11 @@ for i = 1, #KEYS do
   elseif algorithm == 0 then
     allowed, remaining, at = sliding_window_estimate(key, L, W, n, now, grace)
   elseif algorithm == 1 then
-    allowed, remaining, at = fixed_window(key, L, W, n, now, grace)
+    allowed, remaining, at = fixed_window(key, L, W, n, always, now, grace)
   elseif algorithm == 2 then
     allowed, remaining, at = sliding_log(key, L, W, n, now, grace)
   elseif algorithm == 3 or algorithm == 4 then
-    allowed, remaining, at = meter(key, L, W, B, n, now, grace)
+    allowed, remaining, at = meter(key, L, W, B, n, always, now, grace)
   else
     return redis.error_reply('tollgate: unknown algorithm ' .. tostring(ARGV[j + 1]))
   end

@@ -10,18 +10,18 @@ use std::time::Duration;
 use fred::prelude::{ClientLike, Value};
 use fred::types::{ClusterHash, CustomCommand};
 
-use crate::algorithm::Decision;
+use crate::algorithm::{Charge, Decision};
 use crate::store::{Batch, Decisions, Routed, StoreError};
 
 /// The decision script; see its header for KEYS, ARGV, the reply and the state of each algorithm.
 pub const SCRIPT: &str = include_str!("decide.lua");
 
 /// Values per counter in the script's ARGV and in its reply.
-const ARGS_PER_COUNTER: usize = 7;
+const ARGS_PER_COUNTER: usize = 8;
 const REPLY_PER_COUNTER: usize = 4;
 
 /// The `EVALSHA` arguments deciding `run` (hits of one slot): the script's `sha`, the number of
-/// keys, the keys, then seven ARGV values per counter. `now_us` overrides Redis' `TIME`.
+/// keys, the keys, then eight ARGV values per counter. `now_us` overrides Redis' `TIME`.
 pub(super) fn args(sha: &str, run: Batch<'_, '_>, now_us: Option<u64>) -> Vec<Value> {
     let hits = run.hits();
     let mut args = Vec::with_capacity(2 + hits.len() * (1 + ARGS_PER_COUNTER));
@@ -33,8 +33,12 @@ pub(super) fn args(sha: &str, run: Batch<'_, '_>, now_us: Option<u64>) -> Vec<Va
     );
     for r in hits {
         let q = r.hit.quota;
-        // More than the capacity never fits: capacity + 1 decides the same and stays small.
-        let sent = r.hit.hits.min(q.burst() + 1);
+        // More than the capacity never fits: capacity + 1 decides the same and stays small. A rule
+        // charging always charges up to its ceiling, so more than that decides the same.
+        let sent = match q.charge() {
+            Charge::WhenAllowed => r.hit.hits.min(q.burst() + 1),
+            Charge::Always => r.hit.hits.min(q.ceiling()),
+        };
         args.extend([
             Value::Integer(i64::from(q.algorithm().code())),
             Value::Integer(int(q.limit())),
@@ -42,6 +46,7 @@ pub(super) fn args(sha: &str, run: Batch<'_, '_>, now_us: Option<u64>) -> Vec<Va
             Value::Integer(int(q.burst())),
             Value::Integer(int(q.sub_windows().map_or(0, u64::from))),
             Value::Integer(int(sent)),
+            Value::Integer(i64::from(q.charge() == Charge::Always)),
             match now_us {
                 Some(t) => Value::Integer(int(t)),
                 None => Value::from(""),
