@@ -573,3 +573,47 @@ descriptors:
     assert_eq!(resp.statuses[0].code, Code::Ok);
     assert_eq!(resp.overall_code, Code::OverLimit, "the only quota is over");
 }
+
+#[test]
+fn client_chosen_labels_are_capped_and_unknown_domains_share_one() {
+    use crate::metrics::{MAX_REQUEST_LABELS, OVERFLOW, UNKNOWN_DOMAIN};
+    crate::metrics::with_local_recorder(|handle| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = limiter();
+            ask(&l, &req("nope-1", &[&[("user_id", "a")]])).await;
+            ask(&l, &req("nope-2", &[&[("user_id", "a")]])).await;
+            ask(&l, &req("api", &[&[("unknown", "x")]])).await;
+            for i in 0..MAX_REQUEST_LABELS + 3 {
+                let mut o = req("api", &[&[("tenant", &format!("t{i}"))]]);
+                o.descriptors[0].limit = Some(LimitOverride {
+                    requests_per_unit: 5,
+                    unit: Unit::Hour,
+                });
+                ask(&l, &o).await;
+            }
+            // A rule's own id is no request value: it keeps its series past the cap.
+            ask(&l, &req("api", &[&[("user_id", "after")]])).await;
+        });
+        let unmatched =
+            format!(r#"tollgate_unmatched_descriptors_total{{domain="{UNKNOWN_DOMAIN}"}} 2"#);
+        let overflow = format!(
+            r#"tollgate_rule_hits_total{{domain="api",rule="{OVERFLOW}",result="within_limit"}} 3"#
+        );
+        crate::metrics::assert_rendered(
+            handle,
+            &[
+                &unmatched,
+                r#"tollgate_unmatched_descriptors_total{domain="api"} 1"#,
+                &overflow,
+                r#"tollgate_rule_hits_total{domain="api",rule="api.tenant_t999",result="within_limit"} 1"#,
+                r#"tollgate_rule_hits_total{domain="api",rule="api.user_id",result="within_limit"} 1"#,
+            ],
+        );
+        let text = handle.render();
+        assert!(!text.contains("nope-"), "no unknown domain is a label");
+        assert!(!text.contains("api.tenant_t1000"), "past the cap");
+    });
+}
