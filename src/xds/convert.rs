@@ -16,7 +16,7 @@ use envoy_types::pb::ratelimit::config::ratelimit::v3::{
 use prost::{Message, Name};
 use serde_json::{Map, Value, json};
 
-use crate::config::{ConfigError, Snapshot};
+use crate::config::{ConfigError, LoadOptions, Snapshot};
 
 /// Why a response's resources cannot become rules; sent back as the NACK's `error_detail`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -54,14 +54,18 @@ pub fn decode(resources: &[Any]) -> Result<Vec<RateLimitConfig>, ConvertError> {
         .collect()
 }
 
-/// All resources as one validated snapshot, or every problem found.
-pub fn to_snapshot(configs: &[RateLimitConfig]) -> Result<Snapshot, ConvertError> {
+/// All resources as one validated snapshot, read with `options` (the default algorithm of rules
+/// that name none), or every problem found.
+pub fn to_snapshot(
+    configs: &[RateLimitConfig],
+    options: LoadOptions,
+) -> Result<Snapshot, ConvertError> {
     let mut parts = Vec::with_capacity(configs.len());
     let mut errors = Vec::new();
     for config in configs {
         let source = source_name(config);
         let text = to_yaml(config);
-        match Snapshot::parse(&source, &text) {
+        match Snapshot::parse_with(&source, &text, options) {
             Ok(part) => parts.push(part),
             Err(mut found) => {
                 tracing::debug!(%source, yaml = %text, "xDS resource refused");
@@ -154,6 +158,11 @@ mod tests {
 
     use super::*;
 
+    /// The resources read with the default options, as the YAML of the same rules would be.
+    fn snapshot_of(configs: &[RateLimitConfig]) -> Result<Snapshot, ConvertError> {
+        to_snapshot(configs, LoadOptions::default())
+    }
+
     fn limited(key: &str, value: &str, unit: RateLimitUnit, n: u32) -> RateLimitDescriptor {
         RateLimitDescriptor {
             key: key.into(),
@@ -208,7 +217,7 @@ mod tests {
             ..Default::default()
         };
         let snapshot =
-            to_snapshot(&[config("api-rules", "api", vec![premium, nested, unlimited])]).unwrap();
+            snapshot_of(&[config("api-rules", "api", vec![premium, nested, unlimited])]).unwrap();
         assert_eq!(limit(&snapshot, "api", &[("plan", "premium")]), Some(100));
         let rule = snapshot.find("api", &[("plan", "premium")]).unwrap().rule;
         assert!(rule.shadow_mode && rule.detailed_metric);
@@ -230,7 +239,7 @@ mod tests {
 
     #[test]
     fn rules_use_the_default_algorithm_and_window_of_their_unit() {
-        let snapshot = to_snapshot(&[config(
+        let snapshot = snapshot_of(&[config(
             "",
             "d",
             vec![limited("k", "", RateLimitUnit::Hour, 7)],
@@ -244,12 +253,22 @@ mod tests {
         let quota = |s: &Snapshot| s.find("d", &[("k", "v")]).unwrap().rule.quota;
         assert_eq!(quota(&snapshot), quota(&from_yaml));
         assert_eq!(snapshot.source("d").unwrap().to_str(), Some("xds:d"));
+
+        // `--default-algorithm` (the peer's fixed windows) applies to xDS rules as to files.
+        let fixed = LoadOptions {
+            default_algorithm: crate::algorithm::Algorithm::FixedWindow,
+            ..LoadOptions::default()
+        };
+        let resource = config("", "d", vec![limited("k", "", RateLimitUnit::Hour, 7)]);
+        let snapshot = to_snapshot(&[resource], fixed).unwrap();
+        let algorithm = quota(&snapshot).map(|q| q.algorithm());
+        assert_eq!(algorithm, Some(crate::algorithm::Algorithm::FixedWindow));
     }
 
     #[test]
     fn every_rule_check_applies_and_names_the_resource() {
         let no_unit = limited("k", "", RateLimitUnit::Unknown, 5);
-        let err = to_snapshot(&[config("bad", "d", vec![no_unit])]).unwrap_err();
+        let err = snapshot_of(&[config("bad", "d", vec![no_unit])]).unwrap_err();
         let text = err.to_string();
         assert!(text.starts_with("xds:bad:"), "{text}");
         assert!(text.contains("needs `unit`"), "{text}");
@@ -260,21 +279,21 @@ mod tests {
                 name: "ghost".into(),
             }];
         }
-        let text = to_snapshot(&[config("r", "d", vec![replaces_nothing])])
+        let text = snapshot_of(&[config("r", "d", vec![replaces_nothing])])
             .unwrap_err()
             .to_string();
         assert!(text.contains("`ghost`"), "{text}");
 
         let empty_domain = config("e", "", vec![]);
         assert!(matches!(
-            to_snapshot(&[empty_domain]),
+            snapshot_of(&[empty_domain]),
             Err(ConvertError::Rules(_))
         ));
         let mut strange_unit = limited("k", "", RateLimitUnit::Second, 5);
         if let Some(p) = strange_unit.rate_limit.as_mut() {
             p.unit = 42;
         }
-        assert!(to_snapshot(&[config("u", "d", vec![strange_unit])]).is_err());
+        assert!(snapshot_of(&[config("u", "d", vec![strange_unit])]).is_err());
     }
 
     #[test]
@@ -289,7 +308,7 @@ mod tests {
             "shared",
             vec![limited("k", "", RateLimitUnit::Second, 2)],
         );
-        let text = to_snapshot(&[a.clone(), b]).unwrap_err().to_string();
+        let text = snapshot_of(&[a.clone(), b]).unwrap_err().to_string();
         assert!(text.contains("duplicate domain `shared`"), "{text}");
         assert!(text.contains("xds:a") && text.contains("xds:b"), "{text}");
 
@@ -298,9 +317,9 @@ mod tests {
             "other",
             vec![limited("k", "", RateLimitUnit::Second, 3)],
         );
-        let both = to_snapshot(&[a, c]).unwrap();
+        let both = snapshot_of(&[a, c]).unwrap();
         assert_eq!(both.domains().collect::<Vec<_>>(), ["other", "shared"]);
-        assert!(to_snapshot(&[]).unwrap().is_empty());
+        assert!(snapshot_of(&[]).unwrap().is_empty());
     }
 
     #[test]
@@ -311,7 +330,7 @@ mod tests {
             RateLimitUnit::Second,
             1,
         );
-        let snapshot = to_snapshot(&[config("t", "true", vec![tricky])]).unwrap();
+        let snapshot = snapshot_of(&[config("t", "true", vec![tricky])]).unwrap();
         assert_eq!(
             limit(
                 &snapshot,

@@ -146,7 +146,7 @@ impl Subscription {
         if self.applied.as_ref() == Some(&configs) {
             return Ok(Outcome::Unchanged);
         }
-        let snapshot = convert::to_snapshot(&configs)?;
+        let snapshot = convert::to_snapshot(&configs, self.rules.load_options())?;
         let source = format!("xDS version {}", response.version_info);
         let generation = self.rules.publish(snapshot, &source);
         self.applied = Some(configs);

@@ -2,8 +2,9 @@
 //!
 //! `Tollgate::start(&["--config", path])` runs
 //! `tollgate serve --grpc-addr 127.0.0.1:P --http-addr 127.0.0.1:Q <args>` on two free ports and
-//! returns once `GET /healthcheck` answers 200. Inherited `TOLLGATE_*` variables are removed so a
-//! developer's shell cannot change a test; set them with the builder instead. If the process dies
+//! returns once `GET /healthcheck` answers 200. Inherited `TOLLGATE_*` variables, and
+//! envoyproxy/ratelimit's (which tollgate also reads), are removed so a developer's shell or a CI
+//! machine cannot change a test; set them with the builder instead. If the process dies
 //! before it is healthy because a port was taken in the meantime, it is started again on new
 //! ports ([`super::on_free_ports`]).
 
@@ -38,10 +39,48 @@ pub fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     process::run_with_timeout(cmd, Duration::from_secs(60))
 }
 
+/// envoyproxy/ratelimit's variables that tollgate reads (or names at start-up): a machine that
+/// happens to set one (a `REDIS_URL`, a `LOG_LEVEL`, a `PORT`) must not reach the tests' tollgates.
+const PEER_PREFIXES: [&str; 17] = [
+    "RUNTIME_",
+    "REDIS_",
+    "GRPC_",
+    "CONFIG_",
+    "LOG_",
+    "LIMIT_",
+    "LOCAL_CACHE_",
+    "STATSD_",
+    "USE_",
+    "DEBUG_",
+    "TRACING_",
+    "MEMCACHE_",
+    "PROMETHEUS_",
+    "XDS_",
+    "BACKEND_",
+    "CACHE_",
+    "EXPIRATION_",
+];
+const PEER_NAMES: [&str; 10] = [
+    "HOST",
+    "PORT",
+    "SHADOW_MODE",
+    "QUOTA_MODE",
+    "MERGE_DOMAIN_CONFIG",
+    "NEAR_LIMIT_RATIO",
+    "STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT",
+    "RESPONSE_DYNAMIC_METADATA",
+    "HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED",
+    "FORCE_START_WITHOUT_INITIAL_CONFIG",
+];
+
 fn scrub_env(cmd: &mut Command) {
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("TOLLGATE_") {
-            cmd.env_remove(key);
+        let name = key.to_string_lossy();
+        if name.starts_with("TOLLGATE_")
+            || PEER_PREFIXES.iter().any(|p| name.starts_with(p))
+            || PEER_NAMES.contains(&name.as_ref())
+        {
+            cmd.env_remove(&key);
         }
     }
 }
