@@ -26,13 +26,13 @@ descriptors:
 /// Concurrent clients, each with its own connection.
 const CLIENTS: usize = 16;
 /// Requests per client of each kind: fresh domains, and fresh values in domain `api`.
-const PER_CLIENT: usize = 700;
+const PER_CLIENT: usize = 500;
 /// Fresh `limit` override descriptors per request in domain `api` (plus one fresh `user_id`).
 const OVERRIDES: usize = 3;
 /// Values long enough that the uncapped series would weigh tens of MB.
 const PAD: &str = "0123456789abcdef0123456789abcdef";
-const FLOOD_DEADLINE: Duration = Duration::from_secs(240);
-/// Debug builds render slower than release; the release figure is in docs/limits.md.
+const FLOOD_DEADLINE: Duration = Duration::from_secs(150);
+/// Generous: a debug build renders slower than a release one.
 const SCRAPE_BUDGET: Duration = Duration::from_millis(500);
 const BODY_BUDGET: usize = 1 << 20;
 
@@ -68,9 +68,14 @@ async fn metrics_stay_small_and_fast_after_a_label_flood() {
     .expect("the flood ends in time");
     let flood_time = started.elapsed();
 
-    let started = Instant::now();
-    let body = fleet::metrics(&tg).await;
-    let scrape = started.elapsed();
+    // The best of three scrapes: the time of rendering, not of a busy CI machine's scheduler.
+    let mut scrape = Duration::MAX;
+    let mut body = String::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        body = fleet::metrics(&tg).await;
+        scrape = scrape.min(started.elapsed());
+    }
     let requests = 2 * CLIENTS * PER_CLIENT;
     println!(
         "{requests} requests in {flood_time:?}; /metrics: {} bytes in {scrape:?}",
