@@ -1,17 +1,22 @@
 //! Metric names, described once, recorded through the `metrics` facade: whoever embeds the library
 //! installs the recorder (the server installs a Prometheus one, `server::prometheus`).
 //!
-//! Names carry the `tollgate_` prefix and unit suffixes. Labels are bounded: rule ids (from config),
-//! results, store kinds; a raw user value appears only through a rule's `detailed_metric` or
-//! `value_to_metric`, which the operator opts into.
+//! Names carry the `tollgate_` prefix and unit suffixes. Labels are bounded: rule ids and domains
+//! (from the rules), results, store kinds. A request value appears only through a rule's
+//! `detailed_metric` or `value_to_metric`, which the operator opts into, or a descriptor's `limit`
+//! override, and then under a cap with one overflow series (see [`labels`]); a domain without
+//! rules counts as [`UNKNOWN_DOMAIN`].
 
 mod hits;
+pub mod labels;
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
-pub use hits::{HitCounters, HitSplit};
+pub use hits::{HitCounters, HitSplit, RuleLabel};
+pub use labels::{MAX_REQUEST_LABEL_LEN, MAX_REQUEST_LABELS, OVERFLOW, UNKNOWN_DOMAIN};
 
-/// Hits per rule and result; labels `domain`, `rule`, `result` (one of the `RESULT_*` values).
+/// Hits per rule and result; labels `domain`, `rule` (a rule id, a label built from request
+/// values under [`MAX_REQUEST_LABELS`], or [`OVERFLOW`]), `result` (one of the `RESULT_*` values).
 pub const HITS: &str = "tollgate_rule_hits_total";
 pub const RESULT_WITHIN_LIMIT: &str = "within_limit";
 pub const RESULT_NEAR_LIMIT: &str = "near_limit";
@@ -30,7 +35,8 @@ pub const PEER_GLOBAL_SHADOW_MODE: &str = "ratelimit_service_global_shadow_mode"
 pub const PEER_SHOULD_RATE_LIMIT_ERROR: &str = "ratelimit_service_should_rate_limit_error";
 /// Requests answered OK only because of global shadow mode.
 pub const GLOBAL_SHADOW_MODE: &str = "tollgate_global_shadow_mode_total";
-/// Descriptors that matched no rule (or a domain with no rules); label `domain`.
+/// Descriptors that matched no rule; label `domain` (a domain of the rules, or [`UNKNOWN_DOMAIN`]
+/// for every domain with none).
 pub const UNMATCHED: &str = "tollgate_unmatched_descriptors_total";
 /// gRPC `ShouldRateLimit` latency; label `code` (`OK`, `OVER_LIMIT`, or a gRPC status name).
 pub const GRPC_REQUEST_DURATION: &str = "tollgate_grpc_request_duration_seconds";

@@ -14,7 +14,7 @@ use super::plan::{Effect, Plan};
 use super::{Code, Request, Response, Settings, Status};
 use crate::algorithm::{Algorithm, Decision};
 use crate::clock::{Clock, Nanos, SystemClock};
-use crate::metrics::{self as m, HitCounters, HitSplit};
+use crate::metrics::{self as m, HitCounters, HitSplit, RuleLabel};
 
 /// Folds the statuses of one request into its overall code.
 #[derive(Default)]
@@ -44,21 +44,27 @@ impl Overall {
 }
 
 /// The response to `request` from its plans and, per plan, the store's decision (`None` where the
-/// store was not asked).
+/// store was not asked). `known_domain`: the request's domain has rules, so it may be a label.
 pub(super) fn conclude(
     settings: &Settings,
     counters: &HitCounters,
     request: &Request,
+    known_domain: bool,
     plans: &[Plan<'_>],
     decisions: Vec<Option<Decision>>,
 ) -> Response {
     let mut overall = Overall::default();
     let mut statuses = Vec::with_capacity(plans.len());
     let mut passed_metadata = Map::new();
+    let domain_label = if known_domain {
+        request.domain.as_str()
+    } else {
+        m::UNKNOWN_DOMAIN
+    };
     for (plan, decision) in plans.iter().zip(decisions) {
         let status = match plan {
             Plan::NoLimit => {
-                metrics::counter!(m::UNMATCHED, "domain" => request.domain.clone()).increment(1);
+                metrics::counter!(m::UNMATCHED, "domain" => domain_label.to_owned()).increment(1);
                 no_limit_status(0)
             }
             Plan::Unlimited => {
@@ -129,9 +135,14 @@ fn limited_status(
         settings.near_limit_ratio,
     );
     let shadow = effect.shadow_mode();
+    // A key other than the rule's id holds request values (an override always does).
+    let label = match effect.rule {
+        Some(rule) if effect.metric_key == rule.id.as_str() => RuleLabel::Rule(&rule.id),
+        _ => RuleLabel::FromRequest(&effect.metric_key),
+    };
     counters.record(
         domain,
-        &effect.metric_key,
+        label,
         effect.hits,
         split,
         shadow && !decision.allowed,

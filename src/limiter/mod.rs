@@ -224,10 +224,12 @@ impl Limiter {
             self.settings.default_algorithm,
         )?;
         let decisions = self.decide(&plans).await?;
+        let known_domain = generation.snapshot.source(&request.domain).is_some();
         Ok(conclude::conclude(
             &self.settings,
             &self.hit_counters,
             request,
+            known_domain,
             &plans,
             decisions,
         ))

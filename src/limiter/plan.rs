@@ -159,7 +159,7 @@ fn rule_limit(rule: &Rule) -> CurrentLimit {
 
 /// The metric label of an override, as envoyproxy/ratelimit names its stats: the descriptor's own
 /// path, `key_value` per entry (`key` for an empty value). Values come from the request, so these
-/// labels are as many as the overridden descriptors Envoy sends.
+/// labels count under the cap of labels built from request values (`metrics::labels`).
 fn override_metric_key(domain: &str, entries: &[(&str, &str)]) -> String {
     let mut key = domain.to_owned();
     for (k, v) in entries {

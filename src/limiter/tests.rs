@@ -68,6 +68,19 @@ async fn ask(l: &Limiter, r: &Request) -> Response {
     l.should_rate_limit(r).await.expect("decision")
 }
 
+/// Runs `body` on a runtime of its own with a metrics recorder of its own; returns the recorder.
+fn recorded(
+    body: impl std::future::Future<Output = ()>,
+) -> metrics_exporter_prometheus::PrometheusHandle {
+    crate::metrics::with_local_recorder(|handle| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(body);
+        handle.clone()
+    })
+}
+
 #[tokio::test]
 async fn counts_down_then_refuses() {
     let l = limiter();
@@ -306,23 +319,18 @@ async fn huge_values_are_just_values() {
 
 #[test]
 fn global_shadow_mode_keeps_each_descriptor_code_and_answers_ok() {
-    crate::metrics::with_local_recorder(|handle| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let l = limiter_with(Settings {
-                shadow_mode: true,
-                ..Settings::default()
-            });
-            let r = req("api", &[&[("banned", "x")], &[("user_id", "s")]]);
-            let resp = ask(&l, &r).await;
-            assert_eq!(resp.overall_code, Code::Ok);
-            assert_eq!(resp.statuses[0].code, Code::OverLimit);
-            assert_eq!(resp.statuses[1].code, Code::Ok);
+    let handle = recorded(async {
+        let l = limiter_with(Settings {
+            shadow_mode: true,
+            ..Settings::default()
         });
-        crate::metrics::assert_rendered(handle, &["tollgate_global_shadow_mode_total 1"]);
+        let r = req("api", &[&[("banned", "x")], &[("user_id", "s")]]);
+        let resp = ask(&l, &r).await;
+        assert_eq!(resp.overall_code, Code::Ok);
+        assert_eq!(resp.statuses[0].code, Code::OverLimit);
+        assert_eq!(resp.statuses[1].code, Code::Ok);
     });
+    crate::metrics::assert_rendered(&handle, &["tollgate_global_shadow_mode_total 1"]);
 }
 
 #[tokio::test]
@@ -501,39 +509,34 @@ async fn stop_charging_when_over_charges_no_descriptor_of_a_refused_request() {
 
 #[test]
 fn hits_are_counted_under_the_peers_split_and_paths() {
-    crate::metrics::with_local_recorder(|handle| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let l = limiter();
-            let mut r = req("api", &[&[("user_id", "split")]]);
-            // A probe counts nothing.
-            r.descriptors[0].hits_addend = Some(0);
-            ask(&l, &r).await;
-            // 2 of 3: 2 within (threshold floor(3 * 0.8) = 2); then 2 more: 1 near, 1 over.
-            r.descriptors[0].hits_addend = Some(2);
-            ask(&l, &r).await;
-            ask(&l, &r).await;
-            // An override counts under the descriptor's own path, not the matched rule.
-            let mut o = req("api", &[&[("user_id", "o")]]);
-            o.descriptors[0].limit = Some(LimitOverride {
-                requests_per_unit: 5,
-                unit: Unit::Hour,
-            });
-            ask(&l, &o).await;
+    let handle = recorded(async {
+        let l = limiter();
+        let mut r = req("api", &[&[("user_id", "split")]]);
+        // A probe counts nothing.
+        r.descriptors[0].hits_addend = Some(0);
+        ask(&l, &r).await;
+        // 2 of 3: 2 within (threshold floor(3 * 0.8) = 2); then 2 more: 1 near, 1 over.
+        r.descriptors[0].hits_addend = Some(2);
+        ask(&l, &r).await;
+        ask(&l, &r).await;
+        // An override counts under the descriptor's own path, not the matched rule.
+        let mut o = req("api", &[&[("user_id", "o")]]);
+        o.descriptors[0].limit = Some(LimitOverride {
+            requests_per_unit: 5,
+            unit: Unit::Hour,
         });
-        let text = handle.render();
-        let rule = r#"tollgate_rule_hits_total{domain="api",rule="api.user_id",result="#;
-        for (result, n) in [("within_limit", 2), ("near_limit", 1), ("over_limit", 1)] {
-            let line = format!("{rule}\"{result}\"}} {n}");
-            assert!(text.contains(&line), "{line} in\n{text}");
-        }
-        // The override: its own series, on the descriptor's path.
-        assert!(text.contains(
-            r#"tollgate_rule_hits_total{domain="api",rule="api.user_id_o",result="within_limit"} 1"#
-        ));
+        ask(&l, &o).await;
     });
+    let text = handle.render();
+    let rule = r#"tollgate_rule_hits_total{domain="api",rule="api.user_id",result="#;
+    for (result, n) in [("within_limit", 2), ("near_limit", 1), ("over_limit", 1)] {
+        let line = format!("{rule}\"{result}\"}} {n}");
+        assert!(text.contains(&line), "{line} in\n{text}");
+    }
+    // The override: its own series, on the descriptor's path.
+    assert!(text.contains(
+        r#"tollgate_rule_hits_total{domain="api",rule="api.user_id_o",result="within_limit"} 1"#
+    ));
 }
 
 #[tokio::test]
@@ -572,4 +575,43 @@ descriptors:
     let resp = ask(&l, &req("qs", &[&[("s", "1")], &[("r", "1")]])).await;
     assert_eq!(resp.statuses[0].code, Code::Ok);
     assert_eq!(resp.overall_code, Code::OverLimit, "the only quota is over");
+}
+
+#[test]
+fn client_chosen_labels_are_capped_and_unknown_domains_share_one() {
+    use crate::metrics::{MAX_REQUEST_LABELS, OVERFLOW, UNKNOWN_DOMAIN};
+    let handle = recorded(async {
+        let l = limiter();
+        ask(&l, &req("nope-1", &[&[("user_id", "a")]])).await;
+        ask(&l, &req("nope-2", &[&[("user_id", "a")]])).await;
+        ask(&l, &req("api", &[&[("unknown", "x")]])).await;
+        for i in 0..MAX_REQUEST_LABELS + 3 {
+            let mut o = req("api", &[&[("tenant", &format!("t{i}"))]]);
+            o.descriptors[0].limit = Some(LimitOverride {
+                requests_per_unit: 5,
+                unit: Unit::Hour,
+            });
+            ask(&l, &o).await;
+        }
+        // A rule's own id is no request value: it keeps its series past the cap.
+        ask(&l, &req("api", &[&[("user_id", "after")]])).await;
+    });
+    let unmatched =
+        format!(r#"tollgate_unmatched_descriptors_total{{domain="{UNKNOWN_DOMAIN}"}} 2"#);
+    let overflow = format!(
+        r#"tollgate_rule_hits_total{{domain="api",rule="{OVERFLOW}",result="within_limit"}} 3"#
+    );
+    crate::metrics::assert_rendered(
+        &handle,
+        &[
+            &unmatched,
+            r#"tollgate_unmatched_descriptors_total{domain="api"} 1"#,
+            &overflow,
+            r#"tollgate_rule_hits_total{domain="api",rule="api.tenant_t999",result="within_limit"} 1"#,
+            r#"tollgate_rule_hits_total{domain="api",rule="api.user_id",result="within_limit"} 1"#,
+        ],
+    );
+    let text = handle.render();
+    assert!(!text.contains("nope-"), "no unknown domain is a label");
+    assert!(!text.contains("api.tenant_t1000"), "past the cap");
 }

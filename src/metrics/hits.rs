@@ -15,11 +15,10 @@
 //! joined in `key2`). As in the peer, `within_limit` there counts every admitted hit, near ones
 //! included.
 
-use std::hash::{Hash, Hasher};
-
-use hashbrown::{Equivalent, HashMap};
+use hashbrown::HashMap;
 use parking_lot::RwLock;
 
+use super::labels::{HitLabels, HitLabelsRef, LabelCap};
 use super::{
     HITS, PEER_NEAR_LIMIT, PEER_OVER_LIMIT, PEER_SHADOW_MODE, PEER_TOTAL_HITS, PEER_WITHIN_LIMIT,
     RESULT_NEAR_LIMIT, RESULT_OVER_LIMIT, RESULT_SHADOW_MODE, RESULT_WITHIN_LIMIT,
@@ -65,65 +64,56 @@ impl HitSplit {
     }
 }
 
-/// Labelled counter handles, cached.
+/// A hit's `rule` label, and whether a client chose it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleLabel<'a> {
+    /// A rule's id: as many as the rules.
+    Rule(&'a str),
+    /// Built from request values (`detailed_metric`, `value_to_metric`, a `limit` override):
+    /// capped, see [`super::labels`].
+    FromRequest(&'a str),
+}
+
+/// Labelled counter handles, cached, and the cap on labels built from request values.
 ///
 /// Looking a labelled counter up through `metrics::counter!` allocates its label strings and hashes
 /// them into the recorder's registry on every hit: under load that was a visible share of the
-/// server's CPU. Here a hit costs one read lock and one hash of borrowed strings. The map is
-/// bounded: a rule with `detailed_metric` or `value_to_metric` puts request values in its label,
-/// and past `HitCounters::MAX` labels such hits go through the registry as before.
+/// server's CPU. Here a hit costs one read lock and one hash of borrowed strings. The cache holds
+/// at most `HitCounters::MAX` handles (more only with that many rules); past it hits go through
+/// the registry as before.
 #[derive(Default)]
 pub struct HitCounters {
     map: RwLock<HashMap<HitLabels, metrics::Counter>>,
+    cap: LabelCap,
     /// Also count the peer's series.
     peer_series: bool,
 }
 
-#[derive(PartialEq, Eq)]
-struct HitLabels {
-    domain: Box<str>,
-    rule: Box<str>,
-    result: &'static str,
-}
-
-/// The borrowed form of [`HitLabels`], for lookups; hashes the same fields the same way.
-struct HitLabelsRef<'a> {
-    domain: &'a str,
-    rule: &'a str,
-    result: &'static str,
-}
-
-impl Hash for HitLabels {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        (&*self.domain, &*self.rule, self.result).hash(state);
-    }
-}
-
-impl Hash for HitLabelsRef<'_> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        (self.domain, self.rule, self.result).hash(state);
-    }
-}
-
-impl Equivalent<HitLabels> for HitLabelsRef<'_> {
-    fn equivalent(&self, key: &HitLabels) -> bool {
-        self.domain == &*key.domain && self.rule == &*key.rule && self.result == key.result
-    }
-}
-
 impl HitCounters {
-    const MAX: usize = 4096;
+    const MAX: usize = 16_384;
 
     pub fn new(peer_series: bool) -> Self {
         Self {
             map: RwLock::default(),
+            cap: LabelCap::default(),
             peer_series,
         }
     }
 
     /// Counts one descriptor's hits under `rule` (its metric key). `shadow`: the rule is in shadow
     /// mode, so its over-limit hits were admitted.
-    pub fn record(&self, domain: &str, rule: &str, hits: u64, split: HitSplit, shadow: bool) {
+    pub fn record(
+        &self,
+        domain: &str,
+        rule: RuleLabel<'_>,
+        hits: u64,
+        split: HitSplit,
+        shadow: bool,
+    ) {
+        let rule = match rule {
+            RuleLabel::Rule(rule) => rule,
+            RuleLabel::FromRequest(rule) => self.cap.label(domain, rule),
+        };
         for (result, n) in [
             (RESULT_WITHIN_LIMIT, split.within),
             (RESULT_NEAR_LIMIT, split.near),
@@ -178,12 +168,7 @@ impl HitCounters {
         counter.increment(n);
         let mut map = self.map.write();
         if map.len() < Self::MAX && !map.contains_key(&labels) {
-            let key = HitLabels {
-                domain: domain.into(),
-                rule: rule.into(),
-                result: tag,
-            };
-            map.insert(key, counter);
+            map.insert(labels.to_owned(), counter);
         }
     }
 }
@@ -240,7 +225,7 @@ mod tests {
         crate::metrics::with_local_recorder(|handle| {
             let counters = HitCounters::new(true);
             let s = HitSplit::new(10, 9, 3, false, 0.8);
-            counters.record("api", "api.user_id", 3, s, true);
+            counters.record("api", RuleLabel::Rule("api.user_id"), 3, s, true);
             crate::metrics::assert_rendered(
                 handle,
                 &[
