@@ -9,6 +9,7 @@ use cli::{Cli, Command};
 
 mod cli;
 mod commands;
+mod memory_args;
 mod peer_env;
 
 // glibc's malloc was a sixth of the server's and the load generator's CPU under load (perf: malloc,
