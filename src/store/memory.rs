@@ -29,6 +29,8 @@
 //! while a shard is full of exhausted counters; size the capacity for the keys alive in a window.
 //! A counter's own growth (a sliding log's runs) is charged, never refused.
 
+#[cfg(test)]
+mod capacity_tests;
 mod shard;
 
 use std::sync::Arc;
