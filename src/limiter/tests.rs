@@ -275,6 +275,18 @@ async fn invalid_requests_are_refused_with_a_reason() {
         (req("api", &[]), "no_descriptors"),
         (req("api", &[&[("", "a")]]), "empty_key"),
         (
+            req("api", &[&[(&"k".repeat(MAX_KEY_LEN + 1), "a")]]),
+            "key_too_long",
+        ),
+        (
+            req("api", &[&[("user_id", &"v".repeat(MAX_VALUE_LEN + 1))]]),
+            "value_too_long",
+        ),
+        (
+            req(&"d".repeat(MAX_VALUE_LEN + 1), &[&[("user_id", "a")]]),
+            "domain_too_long",
+        ),
+        (
             Request {
                 domain: "api".into(),
                 descriptors: vec![
@@ -297,9 +309,9 @@ async fn invalid_requests_are_refused_with_a_reason() {
 }
 
 #[tokio::test]
-async fn huge_values_are_just_values() {
+async fn values_of_the_longest_length_accepted_are_just_values() {
     let l = limiter();
-    let big = "v".repeat(64 * 1024);
+    let big = "v".repeat(MAX_VALUE_LEN);
     let r = req("api", &[&[("user_id", big.as_str())]]);
     assert_eq!(ask(&l, &r).await.statuses[0].limit_remaining, 2);
 }
@@ -572,4 +584,15 @@ descriptors:
     let resp = ask(&l, &req("qs", &[&[("s", "1")], &[("r", "1")]])).await;
     assert_eq!(resp.statuses[0].code, Code::Ok);
     assert_eq!(resp.overall_code, Code::OverLimit, "the only quota is over");
+}
+
+#[tokio::test]
+async fn keys_and_values_at_their_caps_are_accepted() {
+    let l = limiter();
+    let value = "v".repeat(MAX_VALUE_LEN);
+    let request = req(
+        "api",
+        &[&[("user_id", &value), (&"k".repeat(MAX_KEY_LEN), "x")]],
+    );
+    assert!(l.should_rate_limit(&request).await.is_ok());
 }
