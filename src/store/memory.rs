@@ -306,21 +306,21 @@ mod tests {
     use crate::keys::CounterKey;
     use crate::store::sharded::MAX_SHARDS;
 
-    const START: Nanos = 1_700_000_000 * NANOS_PER_SEC;
+    pub(super) const START: Nanos = 1_700_000_000 * NANOS_PER_SEC;
 
     fn store(clock: &ManualClock) -> MemoryStore {
         MemoryStore::new(Arc::new(clock.clone()))
     }
 
-    fn quota(algorithm: Algorithm, limit: u64, window: Duration) -> Quota {
+    pub(super) fn quota(algorithm: Algorithm, limit: u64, window: Duration) -> Quota {
         Quota::new(algorithm, limit, window, None).unwrap()
     }
 
-    fn key(quota: &Quota, user: &str) -> CounterKey {
+    pub(super) fn key(quota: &Quota, user: &str) -> CounterKey {
         CounterKey::new("test", quota, [("user", user)])
     }
 
-    fn hit<'a>(key: &'a CounterKey, quota: &'a Quota, hits: u64) -> Hit<'a> {
+    pub(super) fn hit<'a>(key: &'a CounterKey, quota: &'a Quota, hits: u64) -> Hit<'a> {
         Hit { key, quota, hits }
     }
 

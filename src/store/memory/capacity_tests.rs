@@ -6,28 +6,14 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::MemoryStore;
+use super::tests::{START, hit, key, quota};
 use crate::algorithm::{Algorithm, Quota};
-use crate::clock::{Clock, ManualClock, NANOS_PER_SEC};
+use crate::clock::{Clock, ManualClock};
 use crate::keys::CounterKey;
-use crate::store::Hit;
-
-const START: u64 = 1_700_000_000 * NANOS_PER_SEC;
 
 /// One shard, so the order of evictions is the whole store's.
 fn store(clock: &ManualClock, capacity: usize) -> MemoryStore {
     MemoryStore::with_shards_and_capacity(Arc::new(clock.clone()), 1, capacity)
-}
-
-fn quota(algorithm: Algorithm, limit: u64, window: Duration) -> Quota {
-    Quota::new(algorithm, limit, window, None).unwrap()
-}
-
-fn key(q: &Quota, user: &str) -> CounterKey {
-    CounterKey::new("t", q, [("u", user)])
-}
-
-fn hit<'a>(key: &'a CounterKey, quota: &'a Quota, hits: u64) -> Hit<'a> {
-    Hit { key, quota, hits }
 }
 
 /// Whether `key` is still stored: a probe of 0 hits reports less than the whole limit.
