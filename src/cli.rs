@@ -94,6 +94,8 @@ pub struct ServeArgs {
     pub envoy_ratelimit_metrics: bool,
     #[command(flatten)]
     pub rules: RuleArgs,
+    #[command(flatten)]
+    pub memory: crate::memory_args::MemoryArgs,
     /// Keys the over-limit cache in front of a remote store may hold.
     #[arg(long, env = "TOLLGATE_OVER_LIMIT_CACHE_ENTRIES", default_value_t = tollgate::store::overlimit::DEFAULT_MAX_ENTRIES)]
     pub over_limit_cache_entries: usize,

@@ -16,6 +16,7 @@ use tollgate::server::grpc::headers;
 use tollgate::server::{self, ServeOptions};
 use tollgate::store::Store;
 use tollgate::store::memory::MemoryStore;
+use tollgate::store::overlimit;
 use tollgate::store::redis::{RedisOptions, RedisStore};
 use tollgate::store::resilient;
 
@@ -126,7 +127,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     // Both stores keep expiring state in memory (the Redis one for its fallback and cache).
     let (store, sweeper): (Arc<dyn Store>, _) = match args.store {
         StoreKind::Memory => {
-            let store = Arc::new(MemoryStore::new(Arc::new(SystemClock)));
+            let capacity = args.memory.capacity();
+            let store = Arc::new(MemoryStore::with_capacity(Arc::new(SystemClock), capacity));
+            tracing::info!(capacity, "memory store");
             let sweeper = store.spawn_sweeper(args.sweep_interval, shutdown.clone());
             (store, sweeper)
         }
@@ -135,7 +138,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 .redis_url
                 .clone()
                 .context("--store redis needs --redis-url (or TOLLGATE_REDIS_URL)")?;
-            let resilience = args.resilience();
+            let mut resilience = args.resilience();
+            // The cache in front of Redis is what this process keeps; it gets the memory limit.
+            resilience.over_limit_cache_entries = resilience
+                .over_limit_cache_entries
+                .min(args.memory.capacity() / overlimit::MAX_ENTRY_BYTES);
             let options = RedisOptions {
                 url,
                 pool_size: usize::from(args.redis_pool_size),

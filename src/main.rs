@@ -10,6 +10,7 @@ use cli::{Cli, Command};
 mod cli;
 mod commands;
 mod connection_args;
+mod memory_args;
 mod peer_env;
 mod redis_args;
 

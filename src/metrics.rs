@@ -66,6 +66,19 @@ pub const CONFIG_RELOADS: &str = "tollgate_config_reloads_total";
 pub const CONFIG_GENERATION: &str = "tollgate_config_generation";
 /// Counters held by the memory store.
 pub const MEMORY_KEYS: &str = "tollgate_memory_store_keys";
+/// Bytes the memory store holds, as its capacity counts them (tables and the entries' heap).
+pub const MEMORY_BYTES: &str = "tollgate_memory_store_bytes";
+/// The memory store's capacity in bytes (`--memory-limit`).
+pub const MEMORY_CAPACITY_BYTES: &str = "tollgate_memory_store_capacity_bytes";
+/// Counters the memory store dropped to make room for new keys; label `reason` (one of the
+/// `EVICTED_*` values).
+pub const MEMORY_EVICTIONS: &str = "tollgate_memory_store_evictions_total";
+/// Expired counters: dropping them changes no decision.
+pub const EVICTED_EXPIRED: &str = "expired";
+/// Counters under their limit: each may admit again up to the hits it had spent.
+pub const EVICTED_UNDER_LIMIT: &str = "under_limit";
+/// New keys denied because their memory-store shard was full of exhausted counters.
+pub const MEMORY_REFUSALS: &str = "tollgate_memory_store_refusals_total";
 /// Requests refused as invalid; label `reason`.
 pub const INVALID_REQUESTS: &str = "tollgate_invalid_requests_total";
 
@@ -104,6 +117,24 @@ pub fn describe() {
     describe_counter!(CONFIG_RELOADS, "Rule reloads by result");
     describe_gauge!(CONFIG_GENERATION, "Generation of the rules in force");
     describe_gauge!(MEMORY_KEYS, "Counters held by the memory store");
+    describe_gauge!(
+        MEMORY_BYTES,
+        Unit::Bytes,
+        "Bytes held by the memory store (tables and entries' heap)"
+    );
+    describe_gauge!(
+        MEMORY_CAPACITY_BYTES,
+        Unit::Bytes,
+        "Capacity of the memory store (--memory-limit)"
+    );
+    describe_counter!(
+        MEMORY_EVICTIONS,
+        "Counters dropped by the memory store to make room, by reason"
+    );
+    describe_counter!(
+        MEMORY_REFUSALS,
+        "New keys denied because the memory store was full of exhausted counters"
+    );
     describe_counter!(INVALID_REQUESTS, "Requests refused as invalid");
 }
 

@@ -1,6 +1,6 @@
 //! The bad and odd requests of tests/service/bad_input.rs (shared through `common::bad_input`) get
 //! the same answers from a tollgate on a Redis Cluster as from the memory store: invalid requests
-//! refused before any store call, 64 KiB values, huge `hits_addend`, unicode, braces and separators
+//! refused before any store call, values at the 4 KiB cap, huge `hits_addend`, unicode, braces and separators
 //! each a counter of their own. On a Cluster, braces matter twice: `{…}` in a key is a hash tag, so
 //! a value must neither merge counters nor choose the slot of its counter.
 

@@ -431,6 +431,16 @@ macro_rules! state_accessor {
 }
 
 impl State {
+    /// Bytes this state holds on the heap (a sliding log's runs, a sliding window's counts), so a
+    /// store can account for its memory; the other algorithms keep everything inline.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            State::SlidingWindow(s) => s.heap_bytes(),
+            State::SlidingLog(s) => s.heap_bytes(),
+            _ => 0,
+        }
+    }
+
     state_accessor!(sliding_window, SlidingWindow, sliding_window);
     state_accessor!(
         sliding_window_estimate,

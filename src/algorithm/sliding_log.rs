@@ -33,6 +33,15 @@ struct Log {
     base: u64,
 }
 
+impl State {
+    /// Heap bytes the log holds (its box and its runs' buffer), for a store's memory accounting.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.log.as_ref().map_or(0, |log| {
+            size_of::<Log>() + log.runs.capacity() * size_of::<(Nanos, u64)>()
+        })
+    }
+}
+
 impl Log {
     fn cumulative_before(&self, i: usize) -> u64 {
         match i.checked_sub(1) {

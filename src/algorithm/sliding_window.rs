@@ -39,6 +39,13 @@ pub struct State {
     counts: Option<Box<[u32]>>,
 }
 
+impl State {
+    /// Heap bytes of the counts, for a store's memory accounting.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.counts.as_ref().map_or(0, |c| size_of_val::<[u32]>(c))
+    }
+}
+
 /// A sub-window: part `s` (of `k`) of the aligned window `q`.
 #[derive(Debug, Clone, Copy)]
 struct Slot {

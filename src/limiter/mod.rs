@@ -34,6 +34,11 @@ use plan::Plan;
 pub const MAX_DESCRIPTORS: usize = 1024;
 /// The most entries one descriptor may carry.
 pub const MAX_ENTRIES: usize = 64;
+/// The longest descriptor entry key, in bytes; rule keys are names like `remote_address`.
+pub const MAX_KEY_LEN: usize = 256;
+/// The longest descriptor entry value (and domain), in bytes: room for a long URL path (which Envoy
+/// may pass as a value), not for a body. Every counter key carries its values, so this bounds it.
+pub const MAX_VALUE_LEN: usize = 4096;
 
 /// A rate-limit request, transport-neutral (Envoy's `RateLimitRequest`).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -120,6 +125,24 @@ pub enum LimitError {
     TooManyEntries(usize, usize),
     #[error("descriptor {descriptor} entry {entry} has an empty key")]
     EmptyKey { descriptor: usize, entry: usize },
+    #[error(
+        "descriptor {descriptor} entry {entry} has a key of {len} bytes; at most {MAX_KEY_LEN} are accepted"
+    )]
+    KeyTooLong {
+        descriptor: usize,
+        entry: usize,
+        len: usize,
+    },
+    #[error(
+        "descriptor {descriptor} entry {entry} has a value of {len} bytes; at most {MAX_VALUE_LEN} are accepted"
+    )]
+    ValueTooLong {
+        descriptor: usize,
+        entry: usize,
+        len: usize,
+    },
+    #[error("the domain has {0} bytes; at most {MAX_VALUE_LEN} are accepted")]
+    DomainTooLong(usize),
     #[error("descriptor {0} has a limit override with an unknown unit")]
     UnknownUnit(usize),
     #[error(transparent)]
@@ -140,6 +163,9 @@ impl LimitError {
             LimitError::TooManyDescriptors(_) => "too_many_descriptors",
             LimitError::TooManyEntries(..) => "too_many_entries",
             LimitError::EmptyKey { .. } => "empty_key",
+            LimitError::KeyTooLong { .. } => "key_too_long",
+            LimitError::ValueTooLong { .. } => "value_too_long",
+            LimitError::DomainTooLong(_) => "domain_too_long",
             LimitError::UnknownUnit(_) => "unknown_unit",
             LimitError::Store(_) => "store",
         }
@@ -303,6 +329,9 @@ fn validate(request: &Request) -> Result<(), LimitError> {
     if request.domain.is_empty() {
         return Err(LimitError::EmptyDomain);
     }
+    if request.domain.len() > MAX_VALUE_LEN {
+        return Err(LimitError::DomainTooLong(request.domain.len()));
+    }
     if request.descriptors.is_empty() {
         return Err(LimitError::NoDescriptors);
     }
@@ -313,11 +342,27 @@ fn validate(request: &Request) -> Result<(), LimitError> {
         if d.entries.len() > MAX_ENTRIES {
             return Err(LimitError::TooManyEntries(i, d.entries.len()));
         }
-        if let Some(entry) = d.entries.iter().position(|(k, _)| k.is_empty()) {
-            return Err(LimitError::EmptyKey {
-                descriptor: i,
-                entry,
-            });
+        for (entry, (key, value)) in d.entries.iter().enumerate() {
+            if key.is_empty() {
+                return Err(LimitError::EmptyKey {
+                    descriptor: i,
+                    entry,
+                });
+            }
+            if key.len() > MAX_KEY_LEN {
+                return Err(LimitError::KeyTooLong {
+                    descriptor: i,
+                    entry,
+                    len: key.len(),
+                });
+            }
+            if value.len() > MAX_VALUE_LEN {
+                return Err(LimitError::ValueTooLong {
+                    descriptor: i,
+                    entry,
+                    len: value.len(),
+                });
+            }
         }
     }
     Ok(())

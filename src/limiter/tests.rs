@@ -288,6 +288,18 @@ async fn invalid_requests_are_refused_with_a_reason() {
         (req("api", &[]), "no_descriptors"),
         (req("api", &[&[("", "a")]]), "empty_key"),
         (
+            req("api", &[&[(&"k".repeat(MAX_KEY_LEN + 1), "a")]]),
+            "key_too_long",
+        ),
+        (
+            req("api", &[&[("user_id", &"v".repeat(MAX_VALUE_LEN + 1))]]),
+            "value_too_long",
+        ),
+        (
+            req(&"d".repeat(MAX_VALUE_LEN + 1), &[&[("user_id", "a")]]),
+            "domain_too_long",
+        ),
+        (
             Request {
                 domain: "api".into(),
                 descriptors: vec![
@@ -310,9 +322,9 @@ async fn invalid_requests_are_refused_with_a_reason() {
 }
 
 #[tokio::test]
-async fn huge_values_are_just_values() {
+async fn values_of_the_longest_length_accepted_are_just_values() {
     let l = limiter();
-    let big = "v".repeat(64 * 1024);
+    let big = "v".repeat(MAX_VALUE_LEN);
     let r = req("api", &[&[("user_id", big.as_str())]]);
     assert_eq!(ask(&l, &r).await.statuses[0].limit_remaining, 2);
 }
@@ -614,4 +626,15 @@ fn client_chosen_labels_are_capped_and_unknown_domains_share_one() {
     let text = handle.render();
     assert!(!text.contains("nope-"), "no unknown domain is a label");
     assert!(!text.contains("api.tenant_t1000"), "past the cap");
+}
+
+#[tokio::test]
+async fn keys_and_values_at_their_caps_are_accepted() {
+    let l = limiter();
+    let value = "v".repeat(MAX_VALUE_LEN);
+    let request = req(
+        "api",
+        &[&[("user_id", &value), (&"k".repeat(MAX_KEY_LEN), "x")]],
+    );
+    assert!(l.should_rate_limit(&request).await.is_ok());
 }

@@ -1,9 +1,9 @@
-//! The embedded store: every counter of one instance in this process' memory.
+//! The embedded store: every counter of one instance in this process' memory, within a capacity.
 //!
 //! Layout: the shared sharded table (`store::sharded`) (by default at least 4 × the cores shards),
 //! each shard a `hashbrown::HashTable` of entries. The hash is kept in the entry, so a table that grows or shrinks
-//! never hashes a key again, and so are the key's bytes (up to 72 of them, enough for a domain and one
-//! or two short descriptor entries): a lookup in a big, cold table then costs the cache misses on the
+//! never hashes a key again, and so are the key's bytes (up to 64 of them, enough for a domain and one
+//! short descriptor entry): a lookup in a big, cold table then costs the cache misses on the
 //! table's control bytes and on one two-line entry, not a third on a separately allocated key.
 //!
 //! Exactness: a decision is read-decide-write under its shard's lock, so all hits on one key are
@@ -18,19 +18,33 @@
 //! once it is less than a quarter full (and frees it once empty), so a million users passing once
 //! leave nothing behind. A decision that leaves a fresh state (a denied first hit, a probe) stores
 //! nothing at all, and an expired entry met by a decision is removed then and there.
+//!
+//! Capacity: each shard may hold `capacity / shards` bytes, counted honestly (`shard`'s docs). A new
+//! key that does not fit first evicts what costs nothing (expired entries), then counters under
+//! their limit (fewest hits spent first): an eviction lets that key pass at most the hits it had
+//! spent (`L − r ≤ L − 1`) beyond its limit in a window spanning the eviction. An exhausted counter
+//! (`remaining = 0`) is never evicted, so a flood of fresh keys cannot free one; when only those are
+//! left, the new key is **refused: denied** (`remaining = 0`, retry when the shard expects room)
+//! and not counted, which admits nothing beyond any limit. The price is availability for new keys
+//! while a shard is full of exhausted counters; size the capacity for the keys alive in a window.
+//! A counter's own growth (a sliding log's runs) is charged, never refused.
+
+#[cfg(test)]
+mod capacity_tests;
+mod shard;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hashbrown::HashTable;
-use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
 use super::sharded::{self, Sharded};
 use super::{Batch, Decisions, Hit, Store, StoreError};
 use crate::algorithm::{Decision, State};
 use crate::clock::{Clock, Nanos};
+use crate::metrics as m;
+use shard::{Entry, Evicted, Shard};
 
 /// Tables at or below this capacity are not worth shrinking (an emptied one is freed whatever its size).
 const MIN_SHRINK_CAPACITY: usize = 64;
@@ -39,43 +53,62 @@ const MIN_SHRINK_CAPACITY: usize = 64;
 /// shorten every lock hold of the sweeper.
 const MIN_DEFAULT_SHARDS: usize = 64;
 
-/// Key bytes up to this length live inside the entry (longer ones spill to the heap), which makes an
-/// entry exactly two cache lines and saves a dependent cache miss per lookup.
-const INLINE_KEY: usize = 72;
+/// The capacity of [`MemoryStore::new`] (and of the server without `--memory-limit` or a cgroup
+/// memory limit): 512 MiB, some 2–4 million counters.
+pub const DEFAULT_CAPACITY: usize = 512 << 20;
 
-#[repr(align(64))]
-struct Entry {
-    hash: u64,
-    expires_at: Nanos,
-    key: SmallVec<[u8; INLINE_KEY]>,
-    state: State,
-}
+/// The default shard count is lowered until every shard may hold at least this many bytes.
+const MIN_SHARD_BYTES: usize = 16 << 10;
 
 /// Counters kept in this process. See the module docs for the design.
 pub struct MemoryStore {
     clock: Arc<dyn Clock>,
-    shards: Sharded<HashTable<Entry>>,
+    shards: Sharded<Shard>,
+    /// Bytes each shard may hold.
+    shard_budget: usize,
 }
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore")
             .field("shards", &self.shards.count())
+            .field("capacity", &self.capacity_bytes())
             .finish_non_exhaustive()
     }
 }
 
 impl MemoryStore {
-    /// A store with the default shard count: 4 × the cores, rounded up to a power of two, at least 64.
+    /// A store of [`DEFAULT_CAPACITY`] with the default shard count: 4 × the cores, rounded up to a
+    /// power of two, at least 64.
     pub fn new(clock: Arc<dyn Clock>) -> Self {
-        Self::with_shards(clock, sharded::default_count(MIN_DEFAULT_SHARDS))
+        Self::with_capacity(clock, DEFAULT_CAPACITY)
     }
 
-    /// A store with `shards` shards, rounded up to a power of two (at least 1, at most 65 536).
+    /// A store holding at most `capacity` bytes, with the default shard count (fewer if each shard
+    /// would get under 16 KiB).
+    pub fn with_capacity(clock: Arc<dyn Clock>, capacity: usize) -> Self {
+        let most = (capacity / MIN_SHARD_BYTES).max(1);
+        let mut shards = sharded::default_count(MIN_DEFAULT_SHARDS);
+        while shards > most {
+            shards /= 2;
+        }
+        Self::with_shards_and_capacity(clock, shards, capacity)
+    }
+
+    /// A store of [`DEFAULT_CAPACITY`] with `shards` shards, rounded up to a power of two (at least
+    /// 1, at most 65 536).
     pub fn with_shards(clock: Arc<dyn Clock>, shards: usize) -> Self {
+        Self::with_shards_and_capacity(clock, shards, DEFAULT_CAPACITY)
+    }
+
+    /// A store of `shards` shards (as in [`with_shards`](Self::with_shards)) holding at most
+    /// `capacity` bytes, an equal share in each.
+    pub fn with_shards_and_capacity(clock: Arc<dyn Clock>, shards: usize, capacity: usize) -> Self {
+        let shards = Sharded::new(shards);
         Self {
             clock,
-            shards: Sharded::new(shards),
+            shard_budget: capacity / shards.count(),
+            shards,
         }
     }
 
@@ -93,33 +126,47 @@ impl MemoryStore {
     /// Decides one hit at `now`.
     pub fn decide_at(&self, hit: &Hit<'_>, now: Nanos) -> Decision {
         let hash = self.shards.hash(hit.key);
-        let mut table = self.shards.shard(hash).lock();
-        match table.find_entry(hash, |e| {
+        let mut shard = self.shards.shard(hash).lock();
+        let shard = &mut *shard;
+        let found = shard.table.find_entry(hash, |e| {
             e.hash == hash && e.key.as_slice() == hit.key.as_bytes()
-        }) {
-            Ok(mut occupied) => {
-                let entry = occupied.get_mut();
-                let decision = hit.quota.decide(&mut entry.state, now, hit.hits);
-                entry.expires_at = hit.quota.expires_at(&entry.state);
-                if entry.expires_at <= now {
-                    occupied.remove();
-                }
-                decision
+        });
+        if let Ok(mut occupied) = found {
+            let entry = occupied.get_mut();
+            let before = (entry.heap_bytes(), entry.exhausted());
+            let decision = hit.quota.decide(&mut entry.state, now, hit.hits);
+            entry.expires_at = hit.quota.expires_at(&entry.state);
+            entry.mark(&decision, now);
+            let after = (entry.heap_bytes(), entry.exhausted());
+            if entry.expires_at <= now {
+                occupied.remove();
+                shard.account(before, (0, false));
+            } else {
+                shard.account(before, after);
             }
-            Err(absent) => {
-                let mut state = State::Empty;
-                let decision = hit.quota.decide(&mut state, now, hit.hits);
-                let expires_at = hit.quota.expires_at(&state);
-                if expires_at > now {
-                    let entry = Entry {
-                        hash,
-                        key: SmallVec::from_slice(hit.key.as_bytes()),
-                        state,
-                        expires_at,
-                    };
-                    absent.into_table().insert_unique(hash, entry, |e| e.hash);
+            return decision;
+        }
+        let mut state = State::Empty;
+        let decision = hit.quota.decide(&mut state, now, hit.hits);
+        let expires_at = hit.quota.expires_at(&state);
+        if expires_at <= now {
+            return decision;
+        }
+        let mut entry = Entry::new(hash, hit.key.as_bytes(), state, expires_at);
+        entry.mark(&decision, now);
+        let (evicted, inserted) = shard.insert(entry, self.shard_budget, now);
+        count_evictions(evicted);
+        match inserted {
+            Ok(()) => decision,
+            Err(refused) => {
+                metrics::counter!(m::MEMORY_REFUSALS).increment(1);
+                Decision {
+                    allowed: false,
+                    remaining: 0,
+                    reset_after: refused.retry_after(now),
+                    exceeds_capacity: false,
+                    ..decision
                 }
-                decision
             }
         }
     }
@@ -137,9 +184,21 @@ impl MemoryStore {
         let Some(shard) = self.shards.get(index) else {
             return 0;
         };
-        let mut table = shard.lock();
-        let before = table.len();
-        table.retain(|e| e.expires_at > now);
+        let mut shard = shard.lock();
+        let shard = &mut *shard;
+        let before = shard.table.len();
+        let mut gone = Vec::new();
+        shard.table.retain(|e| {
+            let keep = e.expires_at > now;
+            if !keep {
+                gone.push((e.heap_bytes(), e.exhausted()));
+            }
+            keep
+        });
+        for g in gone {
+            shard.account(g, (0, false));
+        }
+        let table = &mut shard.table;
         let len = table.len();
         // Shrink to twice the live entries once under a quarter full: growth doubles and shrinking
         // halves at least twice over, so a table at a steady size never oscillates. An emptied table
@@ -153,7 +212,8 @@ impl MemoryStore {
     }
 
     /// Sweeps the whole store every `every` until `shutdown` is cancelled, yielding between shards
-    /// so that one sweep never holds a runtime worker for long. The caller owns the task.
+    /// so that one sweep never holds a runtime worker for long, and publishes the store's gauges.
+    /// The caller owns the task.
     pub fn spawn_sweeper(
         self: &Arc<Self>,
         every: Duration,
@@ -163,6 +223,7 @@ impl MemoryStore {
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            metrics::gauge!(m::MEMORY_CAPACITY_BYTES).set(store.capacity_bytes() as f64);
             // The first tick completes at once; nothing can have expired yet.
             ticks.tick().await;
             loop {
@@ -176,28 +237,51 @@ impl MemoryStore {
                     tokio::task::yield_now().await;
                 }
                 let live = store.len();
-                metrics::gauge!(crate::metrics::MEMORY_KEYS).set(live as f64);
-                tracing::debug!(removed, live, "memory store swept");
+                let bytes = store.bytes();
+                metrics::gauge!(m::MEMORY_KEYS).set(live as f64);
+                metrics::gauge!(m::MEMORY_BYTES).set(bytes as f64);
+                tracing::debug!(removed, live, bytes, "memory store swept");
             }
         })
     }
 
     /// The number of live entries (expired ones count until swept).
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
+        self.shards.iter().map(|s| s.lock().table.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.shards.iter().all(|s| s.lock().is_empty())
+        self.shards.iter().all(|s| s.lock().table.is_empty())
     }
 
-    /// Entries the shards can hold without reallocating: what the store's tables cost in memory.
+    /// Entries the shards can hold without reallocating.
     pub fn capacity(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().capacity()).sum()
+        self.shards.iter().map(|s| s.lock().table.capacity()).sum()
+    }
+
+    /// Bytes the store holds now, as its capacity counts them (tables and the entries' heap).
+    pub fn bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().bytes()).sum()
+    }
+
+    /// The most bytes the store holds (see the module docs).
+    pub fn capacity_bytes(&self) -> usize {
+        self.shard_budget * self.shards.count()
     }
 
     pub fn shard_count(&self) -> usize {
         self.shards.count()
+    }
+}
+
+fn count_evictions(evicted: Evicted) {
+    for (reason, n) in [
+        (m::EVICTED_EXPIRED, evicted.expired),
+        (m::EVICTED_UNDER_LIMIT, evicted.under_limit),
+    ] {
+        if n > 0 {
+            metrics::counter!(m::MEMORY_EVICTIONS, "reason" => reason).increment(n as u64);
+        }
     }
 }
 
@@ -222,21 +306,21 @@ mod tests {
     use crate::keys::CounterKey;
     use crate::store::sharded::MAX_SHARDS;
 
-    const START: Nanos = 1_700_000_000 * NANOS_PER_SEC;
+    pub(super) const START: Nanos = 1_700_000_000 * NANOS_PER_SEC;
 
     fn store(clock: &ManualClock) -> MemoryStore {
         MemoryStore::new(Arc::new(clock.clone()))
     }
 
-    fn quota(algorithm: Algorithm, limit: u64, window: Duration) -> Quota {
+    pub(super) fn quota(algorithm: Algorithm, limit: u64, window: Duration) -> Quota {
         Quota::new(algorithm, limit, window, None).unwrap()
     }
 
-    fn key(quota: &Quota, user: &str) -> CounterKey {
+    pub(super) fn key(quota: &Quota, user: &str) -> CounterKey {
         CounterKey::new("test", quota, [("user", user)])
     }
 
-    fn hit<'a>(key: &'a CounterKey, quota: &'a Quota, hits: u64) -> Hit<'a> {
+    pub(super) fn hit<'a>(key: &'a CounterKey, quota: &'a Quota, hits: u64) -> Hit<'a> {
         Hit { key, quota, hits }
     }
 
@@ -397,18 +481,13 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_is_two_cache_lines() {
-        assert_eq!(std::mem::size_of::<Entry>(), 128);
-    }
-
-    #[test]
     fn long_keys_spill_and_still_match_exactly() {
         let clock = ManualClock::new(START);
         let store = store(&clock);
         let q = quota(Algorithm::FixedWindow, 2, Duration::from_secs(60));
         let long = "x".repeat(500);
         let (a, b) = (key(&q, &long), key(&q, &format!("{long}y")));
-        assert!(a.as_bytes().len() > INLINE_KEY);
+        assert!(a.as_bytes().len() > shard::INLINE_KEY);
         assert!(store.decide_one(&hit(&a, &q, 2)).allowed);
         assert!(!store.decide_one(&hit(&a, &q, 1)).allowed);
         assert!(store.decide_one(&hit(&b, &q, 1)).allowed);

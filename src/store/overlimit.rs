@@ -46,6 +46,11 @@ use crate::metrics as m;
 /// The default bound on cached keys (a few MB with typical keys).
 pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
 
+/// Bytes one cached key is budgeted when a memory limit sets the bound (`max_entries = limit /
+/// this`): its entry (56 bytes, twice that in a table that just grew) and a key of up to ~400
+/// bytes (a domain, the quota's fingerprint and a few descriptor entries).
+pub const MAX_ENTRY_BYTES: usize = 512;
+
 /// Shards are at least this many, so that concurrent lookups rarely share a lock.
 const MIN_SHARDS: usize = 16;
 

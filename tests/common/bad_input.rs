@@ -77,19 +77,17 @@ pub async fn ten_thousand_descriptors(tg: &impl Service) {
     assert_eq!(resp.statuses[0].limit_remaining, 4);
 }
 
-pub async fn value_of_64_kib(tg: &impl Service) {
+/// A value of the longest length accepted gets a normal decision; one byte more is refused.
+pub async fn value_at_the_length_cap(tg: &impl Service) {
     let mut c = tg.client().await;
-    let big = "v".repeat(64 * 1024);
+    let big = "v".repeat(tollgate::limiter::MAX_VALUE_LEN);
     assert_eq!(
         grpc::count_ok(&mut c, "api", &[("user_id", &big)], 7).await,
         5
     );
-    // One byte more is another user.
     let bigger = format!("{big}v");
-    assert_eq!(
-        grpc::count_ok(&mut c, "api", &[("user_id", &bigger)], 7).await,
-        5
-    );
+    let msg = expect_invalid(&mut c, grpc::rls_request("api", &[&[("user_id", &bigger)]])).await;
+    assert!(msg.contains("value of 4097 bytes"), "{msg}");
     still_serves(&mut c, "big").await;
 }
 
@@ -276,7 +274,7 @@ pub async fn every_case(tg: &impl Service) {
     no_descriptors(tg).await;
     entry_with_empty_key(tg).await;
     ten_thousand_descriptors(tg).await;
-    value_of_64_kib(tg).await;
+    value_at_the_length_cap(tg).await;
     huge_hits_addend(tg).await;
     garbage_json_bodies(tg).await;
     huge_descriptor_hits_and_odd_overrides(tg).await;

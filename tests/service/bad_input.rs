@@ -1,5 +1,6 @@
 //! Bad input never crashes the service (served in this process): every malformed request gets a clear gRPC status or an HTTP
-//! 4xx, odd values (unicode, braces, separators, 64 KiB) are users like any other, and the server
+//! 4xx, odd values (unicode, braces, separators, 4 KiB: the longest accepted) are users like any
+//! other, and the server
 //! keeps answering valid requests afterwards. Bad rule files are refused by `serve` and `check` with
 //! `file:line:column`. The request cases live in `common::bad_input`, shared with the Redis store's
 //! tests/redis_bad_input.rs.
@@ -39,9 +40,9 @@ async fn ten_thousand_descriptors_are_refused_with_the_maximum() {
 }
 
 #[tokio::test]
-async fn a_64_kib_value_gets_a_normal_decision() {
+async fn a_value_at_the_length_cap_gets_a_normal_decision_and_one_more_byte_is_refused() {
     let tg = start();
-    cases::value_of_64_kib(&tg).await;
+    cases::value_at_the_length_cap(&tg).await;
 }
 
 #[tokio::test]
