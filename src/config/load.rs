@@ -3,7 +3,9 @@
 //! A directory is read in name order, descending into visible subdirectories; names starting with
 //! `.` are skipped, so Kubernetes' `..data`/`..2024_…` directories are never read twice, while the
 //! visible `rules.yaml -> ..data/rules.yaml` symlinks are followed. Every file is checked even
-//! after one fails, so `tollgate check` reports everything at once.
+//! after one fails, so `tollgate check` reports everything at once. Before parsing, `limits`
+//! refuses what could stall the loader: anything but a regular file, files and directories over
+//! their size caps, nesting too deep for the parser.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -11,7 +13,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::build::{build, unknown_replaces};
-use super::locate::{NodePath, locate};
+use super::limits;
+use super::locate::{NodePath, Positions, locate};
 use super::matcher::DomainRules;
 use super::raw::RawFile;
 use super::{ConfigError, LoadOptions};
@@ -31,6 +34,7 @@ pub(crate) fn parse_text(
         column,
         message,
     };
+    limits::check_depth(file, text).map_err(|e| vec![e])?;
     if is_only_comments(text) {
         return Err(vec![error(
             (1, 1),
@@ -47,18 +51,22 @@ pub(crate) fn parse_text(
         }
     };
     let (mut rules, unresolved) = build(file, raw, options).map_err(|problems| {
+        let positions = Positions::of(text);
         problems
             .into_iter()
-            .map(|(path, message)| error(locate(text, &path), message))
+            .map(|(path, message)| error(positions.locate(&path), message))
             .collect::<Vec<_>>()
     })?;
-    rules.unresolved = unresolved
-        .into_iter()
-        .map(|(name, path)| {
-            let message = unknown_replaces(&name, &rules.name);
-            (name, error(locate(text, &path), message))
-        })
-        .collect();
+    if !unresolved.is_empty() {
+        let positions = Positions::of(text);
+        rules.unresolved = unresolved
+            .into_iter()
+            .map(|(name, path)| {
+                let message = unknown_replaces(&name, &rules.name);
+                (name, error(positions.locate(&path), message))
+            })
+            .collect();
+    }
     Ok(rules)
 }
 
@@ -133,14 +141,25 @@ pub(crate) fn load_path(
     let files = if meta.is_dir() {
         let mut files = Vec::new();
         let mut errors = Vec::new();
+        let mut total = 0u64;
         walk(path, &mut |found| match found {
-            Found::RuleFile {
-                path,
-                is_file: true,
-            } => files.push(path.to_owned()),
+            Found::RuleFile { path, is_file } => {
+                // A dangling symlink is skipped like a vanished file; anything else that exists
+                // and is not a regular file (a FIFO, a device) is refused without being opened.
+                let Ok(meta) = fs::metadata(path) else { return };
+                match limits::check_file(path, &meta) {
+                    Ok(()) if is_file => {
+                        total = total.saturating_add(meta.len());
+                        files.push(path.to_owned());
+                    }
+                    Ok(()) => {}
+                    Err(e) => errors.push(e),
+                }
+            }
             Found::Problem(error) => errors.push(error),
             _ => {}
         });
+        errors.extend(limits::check_total(path, total).err());
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -152,21 +171,10 @@ pub(crate) fn load_path(
     let mut domains: Vec<DomainRules> = Vec::new();
     let mut errors = Vec::new();
     for file in files {
-        let text = match fs::read(&file) {
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => text,
-                Err(e) => {
-                    errors.push(ConfigError {
-                        file: file.clone(),
-                        line: 1,
-                        column: 1,
-                        message: format!("the file is not UTF-8: {e}"),
-                    });
-                    continue;
-                }
-            },
+        let text = match limits::read_file(&file) {
+            Ok(text) => text,
             Err(e) => {
-                errors.push(io_error(&file, "read", e));
+                errors.push(e);
                 continue;
             }
         };

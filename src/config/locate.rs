@@ -1,14 +1,20 @@
 //! Line and column of a node named by its path (`descriptors[2].rate_limit.window`).
 //!
-//! serde_norway keeps no spans, but it stamps an error raised while deserializing a node with that
-//! node's position. So to place a semantic error found after parsing, we parse the text again with a
-//! probe that walks down the path, skipping everything else, and fails on arrival: the error's
-//! location is the node's. This runs only when a file is refused, so its cost does not matter.
-//! If the path stops existing part-way (a missing field), the deepest node reached is reported.
+//! serde_norway keeps no spans, but it stamps an error raised while deserializing a node with the
+//! mark of that node's first parser event. To place the semantic errors found after parsing, the
+//! text goes once more through the same parser (libyaml, as serde_norway runs it, in `events`),
+//! keeping each node's start mark in a flat tree, [`Positions`]. Each path then resolves by a walk
+//! down that tree, so a file with `n` errors costs one parse plus `n` short walks, not `n` parses.
+//!
+//! The walk answers what serde_norway would stamp: the node itself, or with [`NodePath::key`] the
+//! key naming the field; an alias stands for its anchored node; where the path stops existing
+//! part-way (a missing field or index), the deepest node reached.
 
-use std::fmt;
+mod events;
 
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use std::collections::HashMap;
+
+use events::Event;
 
 /// One step of a path from the document root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,141 +56,139 @@ impl NodePath {
     }
 }
 
-/// 1-based `(line, column)` of `path` in `text`; `(1, 1)` if the text cannot be walked at all.
+/// Every node's start mark, from one parse of a text.
+#[derive(Debug, Default)]
+pub(crate) struct Positions {
+    nodes: Vec<Node>,
+}
+
+#[derive(Debug)]
+struct Node {
+    /// 1-based `(line, column)`, as serde_norway shows a mark.
+    at: (usize, usize),
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Scalar(Box<[u8]>),
+    /// `(key, value)` node ids, in file order.
+    Map(Vec<(usize, usize)>),
+    Seq(Vec<usize>),
+}
+
+/// A container being filled: its id, and for a mapping the key waiting for its value.
+struct Open {
+    id: usize,
+    key: Option<usize>,
+}
+
+impl Positions {
+    /// The node tree of `text`'s first document; empty if the text cannot be parsed.
+    pub fn of(text: &str) -> Positions {
+        let mut tree = Positions::default();
+        let mut open: Vec<Open> = Vec::new();
+        let mut anchors: HashMap<Box<[u8]>, usize> = HashMap::new();
+        let mut parser = events::Parser::new(text);
+        while let Some(event) = parser.next() {
+            let (id, anchor, container) = match event {
+                Event::Scalar { at, anchor, value } => {
+                    (tree.push(at, Kind::Scalar(value)), anchor, false)
+                }
+                Event::MapStart { at, anchor } => {
+                    (tree.push(at, Kind::Map(Vec::new())), anchor, true)
+                }
+                Event::SeqStart { at, anchor } => {
+                    (tree.push(at, Kind::Seq(Vec::new())), anchor, true)
+                }
+                Event::Alias { at, anchor } => match anchors.get(&anchor) {
+                    Some(&id) => (id, None, false),
+                    None => (tree.push(at, Kind::Scalar(Box::default())), None, false),
+                },
+                Event::End => {
+                    open.pop();
+                    continue;
+                }
+                Event::DocumentEnd => return tree,
+            };
+            if let Some(name) = anchor {
+                anchors.insert(name, id);
+            }
+            tree.attach(open.last_mut(), id);
+            if container {
+                open.push(Open { id, key: None });
+            }
+        }
+        if parser.failed() {
+            tree.nodes.clear();
+        }
+        tree
+    }
+
+    fn push(&mut self, at: (usize, usize), kind: Kind) -> usize {
+        self.nodes.push(Node { at, kind });
+        self.nodes.len() - 1
+    }
+
+    fn attach(&mut self, parent: Option<&mut Open>, id: usize) {
+        let Some(parent) = parent else { return };
+        match (&mut self.nodes[parent.id].kind, parent.key.take()) {
+            (Kind::Map(entries), Some(key)) => entries.push((key, id)),
+            (Kind::Map(_), None) => parent.key = Some(id),
+            (Kind::Seq(items), _) => items.push(id),
+            (Kind::Scalar(_), _) => {}
+        }
+    }
+
+    /// 1-based `(line, column)` of `path`; `(1, 1)` if the text could not be parsed.
+    pub fn locate(&self, path: &NodePath) -> (usize, usize) {
+        let Some(mut node) = self.nodes.first() else {
+            return (1, 1);
+        };
+        for (i, seg) in path.segs.iter().enumerate() {
+            let last = i + 1 == path.segs.len();
+            let next = match (&node.kind, *seg) {
+                (Kind::Map(entries), Seg::Field(name)) => match self.field(entries, name) {
+                    Ok((key, _)) if last && path.at_key => return key.at,
+                    Ok((_, value)) => value,
+                    Err(Some(odd_key)) => return odd_key.at,
+                    Err(None) => return node.at,
+                },
+                (Kind::Seq(items), Seg::Index(i)) => match items.get(i) {
+                    Some(&id) => &self.nodes[id],
+                    None => return node.at,
+                },
+                _ => return node.at,
+            };
+            node = next;
+        }
+        node.at
+    }
+
+    /// The first entry whose key is `name`. serde_norway stops at a key that is no scalar (it
+    /// cannot be a field name): that key is the error, `Err(Some(key))`; `Err(None)` if absent.
+    fn field(
+        &self,
+        entries: &[(usize, usize)],
+        name: &str,
+    ) -> Result<(&Node, &Node), Option<&Node>> {
+        for &(key, value) in entries {
+            let key = &self.nodes[key];
+            match &key.kind {
+                Kind::Scalar(text) if **text == *name.as_bytes() => {
+                    return Ok((key, &self.nodes[value]));
+                }
+                Kind::Scalar(_) => {}
+                Kind::Map(_) | Kind::Seq(_) => return Err(Some(key)),
+            }
+        }
+        Err(None)
+    }
+}
+
+/// 1-based `(line, column)` of `path` in `text`, for a single lookup.
 pub(crate) fn locate(text: &str, path: &NodePath) -> (usize, usize) {
-    let nav = Nav {
-        segs: &path.segs,
-        at_key: path.at_key,
-    };
-    match nav.deserialize(serde_norway::Deserializer::from_str(text)) {
-        Ok(()) => (1, 1),
-        Err(e) => e
-            .location()
-            .map_or((1, 1), |l| (l.line().max(1), l.column().max(1))),
-    }
-}
-
-struct Arrived;
-
-impl fmt::Display for Arrived {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("arrived")
-    }
-}
-
-fn arrived<E: de::Error>() -> E {
-    E::custom(Arrived)
-}
-
-struct Nav<'p> {
-    segs: &'p [Seg],
-    at_key: bool,
-}
-
-impl<'de> DeserializeSeed<'de> for Nav<'_> {
-    type Value = ();
-
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Nav<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("any node")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let Some((&Seg::Field(name), rest)) = self.segs.split_first() else {
-            return Err(arrived());
-        };
-        let fail_on_key = self.at_key && rest.is_empty();
-        while let Some(found) = map.next_key_seed(KeyProbe {
-            name,
-            fail: fail_on_key,
-        })? {
-            if found {
-                return map.next_value_seed(Nav {
-                    segs: rest,
-                    at_key: self.at_key,
-                });
-            }
-            map.next_value::<IgnoredAny>()?;
-        }
-        Err(arrived())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let Some((&Seg::Index(target), rest)) = self.segs.split_first() else {
-            return Err(arrived());
-        };
-        let mut i = 0;
-        loop {
-            if i == target {
-                return match seq.next_element_seed(Nav {
-                    segs: rest,
-                    at_key: self.at_key,
-                })? {
-                    Some(()) | None => Err(arrived()),
-                };
-            }
-            if seq.next_element::<IgnoredAny>()?.is_none() {
-                return Err(arrived());
-            }
-            i += 1;
-        }
-    }
-}
-
-/// Deserializes a mapping key: `true` if it is the wanted field; fails on it when `fail`.
-struct KeyProbe {
-    name: &'static str,
-    fail: bool,
-}
-
-impl<'de> DeserializeSeed<'de> for KeyProbe {
-    type Value = bool;
-
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for KeyProbe {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a key")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
-        match (v == self.name, self.fail) {
-            (true, true) => Err(arrived()),
-            (found, _) => Ok(found),
-        }
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<bool, E> {
-        Ok(false)
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<bool, E> {
-        Ok(false)
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<bool, E> {
-        Ok(false)
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<bool, E> {
-        Ok(false)
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
-        Ok(false)
-    }
+    Positions::of(text).locate(path)
 }
 
 #[cfg(test)]
@@ -208,6 +212,15 @@ mod tests {
         assert_eq!(locate(TEXT, &rl.field("window").key()), (6, 7));
         let d1 = root().field("descriptors").index(1);
         assert_eq!(locate(TEXT, &d1.field("value")), (8, 12));
+    }
+
+    #[test]
+    fn aliases_stand_for_their_anchored_node_and_odd_keys_stop_the_walk() {
+        let text = "a: &x\n  b: 1\nc: *x\n? [k]\n: 1\nd: 2\n";
+        assert_eq!(locate(text, &root().field("c")), (1, 4));
+        assert_eq!(locate(text, &root().field("c").field("b")), (2, 6));
+        assert_eq!(locate(text, &root().field("d")), (4, 3));
+        assert_eq!(locate("a: [1\n", &root().field("a")), (1, 1));
     }
 
     #[test]

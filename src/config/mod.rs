@@ -10,9 +10,10 @@
 //!
 //! Parsing is in `raw` (shape only), `build` (meaning, with every problem's node path), `locate`
 //! (node path to line and column, since serde_norway keeps no spans), `matcher` (the tree and the
-//! hot-path lookup) and `load` (files and directories).
+//! hot-path lookup), `load` (files and directories) and `limits` (what is refused before parsing).
 
 mod build;
+pub mod limits;
 pub(crate) mod load;
 mod locate;
 mod matcher;
