@@ -128,18 +128,22 @@ async fn a_flood_of_fresh_keys_stays_within_the_capacity_and_frees_no_exhausted_
 async fn a_value_of_4_mib_is_refused_and_not_stored() {
     let (_dir, tg) = Tollgate::with_rules(RULES, &["--memory-limit", "8MiB"]);
     let mut c = tg.client().await;
-    // Just under gRPC's 4 MiB message size, so the limiter itself must refuse it.
-    let huge = "v".repeat((4 << 20) - (64 << 10));
+    // Within the gRPC message cap (1 MiB), so the limiter itself must refuse it.
+    let huge = "v".repeat(512 << 10);
     let status =
         grpc::try_should_rate_limit(&mut c, grpc::rls_request("api", &[&[("user_id", &huge)]]))
             .await
-            .expect_err("a 4 MiB value is refused");
+            .expect_err("a 512 KiB value is refused");
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("at most 4096"), "{status:?}");
+    // A 4 MiB value never reaches the limiter: the message is over --grpc-max-message-bytes.
     let whole = "v".repeat(4 << 20);
-    grpc::try_should_rate_limit(&mut c, grpc::rls_request("api", &[&[("user_id", &whole)]]))
-        .await
-        .expect_err("a 4 MiB value is refused");
+    let status =
+        grpc::try_should_rate_limit(&mut c, grpc::rls_request("api", &[&[("user_id", &whole)]]))
+            .await
+            .expect_err("a 4 MiB value is refused");
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("1048576"), "{status:?}");
 
     let body = serde_json::json!({
         "domain": "api",

@@ -115,9 +115,16 @@ fn sigterm_drains_when_stderr_is_a_closed_pipe() {
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut first = String::new();
-    stderr.read_line(&mut first).unwrap();
-    assert!(first.contains("tollgate serving"), "{first}");
+    // Read up to the line that says it serves (start-up logs a few lines before it), then go away.
+    let mut seen = String::new();
+    while !seen.contains("tollgate serving") {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "exited early: {seen}"
+        );
+        seen.push_str(&line);
+    }
     drop(stderr);
 
     let status = Command::new("kill")
