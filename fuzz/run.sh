@@ -91,7 +91,8 @@ for t in "${targets[@]}"; do
     corpus="$WORK/corpus/$t"
     mkdir -p "$corpus"
     mapfile -t inputs < <(initial_inputs "$t")
-    ((${#inputs[@]} == 0)) || cp -- "${inputs[@]}" "$corpus/"
+    # Numbered copies: files of the same name in different directories (two example.yaml) stay apart.
+    for i in "${!inputs[@]}"; do cp -- "${inputs[$i]}" "$corpus/$i-$(basename -- "${inputs[$i]}")"; done
     echo "fuzz/run.sh: $t: fuzzing for $seconds s from ${#inputs[@]} initial input(s)" >&2
     # From $WORK: with -jobs, libFuzzer writes fuzz-N.log files to the current directory.
     if (cd "$WORK" && "$bin" "${flags[@]}" -max_total_time="$seconds" -print_final_stats=1 \

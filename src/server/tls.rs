@@ -15,7 +15,7 @@
 //! mTLS: with a client CA, a client certificate is required and verified by rustls' WebPKI
 //! verifier; with an allow-list, the certificate must also carry one of the listed names as a DNS
 //! or URI subject alternative name (SPIFFE IDs are URI SANs). The check runs inside the handshake
-//! ([`san`]), so a refused client gets a TLS alert, never a gRPC answer.
+//! (`san`), so a refused client gets a TLS alert, never a gRPC answer.
 
 mod args;
 mod io;
