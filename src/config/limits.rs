@@ -123,11 +123,38 @@ pub(crate) fn check_total(dir: &Path, total: u64) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The lines of `text` as YAML counts them: a line ends at `\n`, `\r\n`, a lone `\r`, NEL, LS or
+/// PS, so the positions the scan reports are the parser's.
+fn yaml_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let s = rest?;
+        match s
+            .char_indices()
+            .find(|&(_, c)| matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}'))
+        {
+            None => {
+                rest = None;
+                Some(s).filter(|s| !s.is_empty())
+            }
+            Some((i, c)) => {
+                let next = if s[i..].starts_with("\r\n") {
+                    i + 2
+                } else {
+                    i + c.len_utf8()
+                };
+                rest = Some(&s[next..]);
+                Some(&s[..i])
+            }
+        }
+    })
+}
+
 /// The first place where `text` nests collections deeper than [`MAX_DEPTH`], by a pre-scan.
 pub(crate) fn check_depth(file: &Path, text: &str) -> Result<(), ConfigError> {
     let mut indents: Vec<usize> = Vec::new();
     let mut flow = 0usize;
-    for (n, line) in text.lines().enumerate() {
+    for (n, line) in yaml_lines(text).enumerate() {
         let body = line.trim_start_matches(' ');
         if flow == 0 {
             if body.is_empty() || body.starts_with('#') {
@@ -179,6 +206,15 @@ mod tests {
         check_depth(Path::new("f.yaml"), text)
             .err()
             .map(|e| (e.line, e.column))
+    }
+
+    #[test]
+    fn lines_end_where_yaml_ends_them() {
+        let lines: Vec<_> = yaml_lines("a\nb\r\nc\rd\u{2028}e\n").collect();
+        assert_eq!(lines, ["a", "b", "c", "d", "e"]);
+        // A lone \r ends a line for the parser too, so a deep line after one is reported there.
+        let deep = format!("k: v\rx: {}", "[".repeat(MAX_DEPTH + 1));
+        assert_eq!(depth_error(&deep).map(|(line, _)| line), Some(2));
     }
 
     #[test]
