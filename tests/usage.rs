@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::grpc::{self, DescriptorExt, RlsClient, RlsRequest};
 use common::{Envoy, RedisCluster, Server, Tollgate};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BUDGET: u64 = 100;
 const WINDOW: Duration = Duration::from_secs(3);
@@ -54,41 +53,14 @@ fn envoy_config(ports: [u16; 4]) -> String {
 /// An HTTP/1.1 upstream that answers 200 with `x-tokens-used` set to the request's `x-tokens`
 /// (the tokens a model would have used); returns its port.
 async fn upstream() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = sock.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                        buf.drain(..end + 4);
-                        let tokens = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("x-tokens:"))
-                            .map_or("0", str::trim)
-                            .to_string();
-                        let reply = format!(
-                            "HTTP/1.1 200 OK\r\nx-tokens-used: {tokens}\r\ncontent-length: 2\r\n\r\nok"
-                        );
-                        if sock.write_all(reply.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    port
+    common::http::upstream(|head| {
+        let tokens = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-tokens:"))
+            .map_or("0", str::trim);
+        format!("HTTP/1.1 200 OK\r\nx-tokens-used: {tokens}\r\ncontent-length: 2\r\n\r\nok")
+    })
+    .await
 }
 
 struct Stack {

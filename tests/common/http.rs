@@ -161,3 +161,36 @@ pub fn prometheus_sum(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64
         .filter_map(|l| prometheus_value(l, name, labels))
         .sum()
 }
+
+/// An HTTP/1.1 upstream on a loopback port (returned) that answers every request, keep-alive
+/// included, with `reply(head)`: `head` is the request line and headers, lower-cased.
+pub async fn upstream(reply: fn(&str) -> String) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = sock.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        buf.drain(..end + 4);
+                        if sock.write_all(reply(&head).as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}

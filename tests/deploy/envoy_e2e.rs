@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{Envoy, RedisCluster, Server, Tollgate};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SHIPPED: [&str; 2] = ["front-proxy.yaml", "sidecar.yaml"];
 
@@ -61,33 +60,7 @@ fn shipped(file: &str, ports: [u16; 4], deny: bool) -> String {
 
 /// An HTTP/1.1 upstream answering 200 "ok" to everything; returns its port.
 async fn upstream() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = sock.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if sock.write_all(reply).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    port
+    common::http::upstream(|_| "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".into()).await
 }
 
 /// A gRPC port that accepts connections and closes them at once: a rate-limit service that is
