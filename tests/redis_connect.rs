@@ -16,13 +16,11 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
+use common::certs::Pki;
 use common::fleet::{self, rules_dir};
 use common::grpc::{self, Code};
-use common::process::run_with_timeout;
 use common::{RedisSentinel, RedisServer, Tollgate, wait_until};
 
 /// `user_id`: 5 an hour, a window no test crosses (a boundary falls inside a test once in ~10³).
@@ -37,71 +35,13 @@ fn request(user: &str) -> grpc::RateLimitRequest {
     grpc::rls_request("c", &[&[("user_id", user)]])
 }
 
-/// A CA and two certificates for `localhost` / 127.0.0.1 signed by it, in `dir`: `ca.crt`,
-/// `server.crt` and `server.key`, `client.crt` and `client.key`.
-fn make_certificates(dir: &Path) {
-    let openssl = |args: &[&str]| {
-        let mut cmd = Command::new(common::require_binary("openssl"));
-        cmd.args(args).current_dir(dir);
-        let out = run_with_timeout(cmd, Duration::from_secs(60));
-        assert!(out.success(), "openssl {args:?}: {out:?}");
-    };
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=tollgate test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    ]);
-    for name in ["server", "client"] {
-        let (key, csr, crt) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.crt"),
-        );
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-            "-out",
-            &crt,
-        ]);
-    }
+/// A CA and two certificates for `localhost` / 127.0.0.1 signed by it: `ca.crt`, `server.crt` and
+/// `server.key`, `client.crt` and `client.key`, in the returned PKI's directory.
+fn make_certificates() -> Pki {
+    let pki = Pki::new("tollgate test CA");
+    pki.leaf("server", "DNS:localhost,IP:127.0.0.1", "serverAuth");
+    pki.leaf("client", "DNS:localhost,IP:127.0.0.1", "clientAuth");
+    pki
 }
 
 /// `/healthcheck`'s body.
@@ -132,9 +72,8 @@ async fn assert_cause(tollgate: &Tollgate, cause: &str, not: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_with_a_private_ca() {
-    let certs = tempfile::tempdir().unwrap();
-    make_certificates(certs.path());
-    let file = |name: &str| certs.path().join(name).to_str().unwrap().to_string();
+    let certs = make_certificates();
+    let file = |name: &str| certs.dir().join(name).to_str().unwrap().to_string();
     let tls_port = common::free_port().to_string();
     // The plain port stays for the harness' own redis-cli; tollgate gets only the TLS one.
     let server = tokio::task::block_in_place(|| {
@@ -199,14 +138,13 @@ const UNREACHABLE: &str = "Redis is not reachable";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_with_a_client_certificate() {
-    let certs = tempfile::tempdir().unwrap();
-    make_certificates(certs.path());
-    let file = |name: &str| certs.path().join(name).to_str().unwrap().to_string();
+    let certs = make_certificates();
+    let file = |name: &str| certs.dir().join(name).to_str().unwrap().to_string();
     let server = tokio::task::block_in_place(|| {
         RedisServer::start_mtls(
-            &certs.path().join("server.crt"),
-            &certs.path().join("server.key"),
-            &certs.path().join("ca.crt"),
+            &certs.dir().join("server.crt"),
+            &certs.dir().join("server.key"),
+            &certs.dir().join("ca.crt"),
         )
     });
     let url = format!("rediss://localhost:{}", server.tls_port());
