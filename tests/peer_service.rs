@@ -518,3 +518,88 @@ async fn files_of_one_domain_merge_only_when_asked() {
         .collect();
     assert_eq!(limits, [10, 1]);
 }
+
+/// The peer's per-method call series and rule-load counters, as its Prometheus mapping renders
+/// them: every gRPC call is counted and timed (a refused one too, `/json` not: the peer's HTTP
+/// handler calls the service past its gRPC interceptor), and the load at start counts as a success.
+#[tokio::test]
+async fn calls_and_rule_loads_are_counted_in_the_peer_series() {
+    const SEEN_WITHIN: Duration = Duration::from_secs(2);
+    let (dir, tg) = Tollgate::with_rules(
+        &RULES.replace("domain: peer", "domain: api"),
+        &["--envoy-ratelimit-metrics"],
+    );
+    let file = dir.path().join("api.yaml");
+    let metrics = || async { http::get(&format!("{}/metrics", tg.http_url())).await.body };
+    let method = [("grpc_method", "ShouldRateLimit")];
+    let loads = |text: &str, result: &str| {
+        http::prometheus_value(
+            text,
+            &format!("ratelimit_service_config_load_{result}"),
+            &[],
+        )
+    };
+    let text = metrics().await;
+    assert_eq!(loads(&text, "success"), Some(1.0), "{text}");
+    assert_eq!(loads(&text, "error"), Some(0.0));
+
+    let mut c = tg.client().await;
+    for _ in 0..3 {
+        ask(&mut c, grpc::rls_request("api", &[&[("user", "calls")]])).await;
+    }
+    let refused = grpc::try_should_rate_limit(&mut c, grpc::rls_request("", &[&[("user", "x")]]));
+    assert!(refused.await.is_err(), "an empty domain is refused");
+    let body = serde_json::json!({"domain": "api", "descriptors": [{"entries": [{"key": "user", "value": "j"}]}]});
+    let json = http::post_json(&format!("{}/json", tg.http_url()), &body).await;
+    assert_eq!(json.status, 200, "{}", json.body);
+    let text = metrics().await;
+    let calls = http::prometheus_value(&text, "ratelimit_service_total_requests", &method);
+    assert_eq!(calls, Some(4.0), "{text}");
+    let timed = |suffix: &str| {
+        let name = format!("ratelimit_service_response_time_seconds_{suffix}");
+        http::prometheus_value(&text, &name, &method)
+    };
+    assert_eq!(timed("count"), Some(4.0));
+    assert!(timed("sum").is_some_and(|s| s > 0.0 && s < 4.0), "{text}");
+    let in_a_second = [("grpc_method", "ShouldRateLimit"), ("le", "1")];
+    let bucket = "ratelimit_service_response_time_seconds_bucket";
+    assert_eq!(
+        http::prometheus_value(&text, bucket, &in_a_second),
+        Some(4.0)
+    );
+
+    // A bad file is refused and counted once; the fixed file is the second success.
+    std::fs::write(&file, "domain: api\ndescriptors: [oops\n").unwrap();
+    let changed = std::time::Instant::now();
+    while loads(&metrics().await, "error") != Some(1.0) {
+        assert!(changed.elapsed() < SEEN_WITHIN, "bad file not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::write(&file, RULES.replace("domain: peer", "domain: api")).unwrap();
+    let changed = std::time::Instant::now();
+    while loads(&metrics().await, "success") != Some(2.0) {
+        assert!(changed.elapsed() < SEEN_WITHIN, "good file not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = metrics().await;
+    assert_eq!(loads(&text, "error"), Some(1.0), "{text}");
+    let ours = |result| {
+        http::prometheus_value(
+            &text,
+            "tollgate_config_reloads_total",
+            &[("result", result)],
+        )
+    };
+    assert_eq!((ours("success"), ours("error")), (Some(1.0), Some(1.0)));
+}
+
+/// Without `--envoy-ratelimit-metrics` none of the peer's series appears.
+#[tokio::test]
+async fn peer_series_only_when_asked() {
+    let (_dir, tg) = Tollgate::with_rules(&RULES.replace("domain: peer", "domain: api"), &[]);
+    let mut c = tg.client().await;
+    ask(&mut c, grpc::rls_request("api", &[&[("user", "u")]])).await;
+    let text = http::get(&format!("{}/metrics", tg.http_url())).await.body;
+    assert!(text.contains("tollgate_rule_hits_total"), "{text}");
+    assert!(!text.contains("ratelimit_service_"), "{text}");
+}
