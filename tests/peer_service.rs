@@ -603,3 +603,45 @@ async fn peer_series_only_when_asked() {
     assert!(text.contains("tollgate_rule_hits_total"), "{text}");
     assert!(!text.contains("ratelimit_service_"), "{text}");
 }
+
+/// The `RateLimit-*` headers describe the descriptor the peer picks: the first with the fewest
+/// left, unless one outside quota mode is over; a quota-mode descriptor over takes no precedence.
+#[tokio::test]
+async fn headers_describe_the_peers_descriptor_when_a_quota_is_over() {
+    let s = Served::start(Store::Memory, &["--response-headers"]);
+    let mut c = s.client().await;
+    let header = |resp: &grpc::RateLimitResponse, name: &str| {
+        let found = resp.response_headers_to_add.iter().find(|h| h.key == name);
+        found.map(|h| h.value.clone())
+    };
+    // `user` spends its 3 (0 left), then quota_a's 1 is overshot: over, but in quota mode.
+    let request = RlsRequest::new("peer")
+        .descriptor(grpc::descriptor(&[("user", "h")]).hits(3))
+        .descriptor(grpc::descriptor(&[("quota_a", "h")]).hits(2));
+    let resp = ask(&mut c, request).await;
+    assert_eq!(grpc::codes(&resp), [Code::Ok, Code::OverLimit]);
+    assert_eq!(grpc::overall(&resp), Code::OverLimit, "every quota is over");
+    assert_eq!(
+        header(&resp, "RateLimit-Limit").as_deref(),
+        Some("3"),
+        "{resp:?}"
+    );
+    assert_eq!(header(&resp, "RateLimit-Remaining").as_deref(), Some("0"));
+    // A descriptor outside quota mode that is over takes the headers, from a quota with 0 left.
+    let spend =
+        RlsRequest::new("peer").descriptor(grpc::descriptor(&[("per_minute", "h")]).hits(10));
+    ask(&mut c, spend).await;
+    let request = RlsRequest::new("peer")
+        .descriptor(grpc::descriptor(&[("quota_b", "h")]).hits(2))
+        .descriptor(grpc::descriptor(&[("per_minute", "h")]));
+    let resp = ask(&mut c, request).await;
+    assert_eq!(grpc::codes(&resp), [Code::Ok, Code::OverLimit]);
+    assert_eq!(resp.statuses[0].limit_remaining, 0);
+    let described = ["RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"]
+        .map(|name| header(&resp, name));
+    assert_eq!(
+        described,
+        [Some("10".into()), Some("0".into()), Some("40".into())],
+        "{resp:?}"
+    );
+}
