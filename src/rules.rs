@@ -113,9 +113,9 @@ impl LiveRules {
     }
 
     /// From now on, also counts envoyproxy/ratelimit's `ratelimit_service_config_load_success` and
-    /// `_error` (its `--envoy-ratelimit-metrics` series, both shown from 0). The peer counts its
-    /// first load as a success: the rules loaded at start from files count as one. Call it right
-    /// after construction, before any reload or xDS response.
+    /// `_error` (its `--envoy-ratelimit-metrics` series; both appear at once, the error one at 0).
+    /// The peer counts its first load as a success: the rules loaded at start from files count as
+    /// one. Call it right after construction, before any reload or xDS response.
     pub fn count_peer_loads(&self) {
         if self.peer_series.swap(true, Ordering::Relaxed) {
             return;
