@@ -121,6 +121,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             }
             anyhow::anyhow!("the rules could not be loaded ({} errors)", errors.len())
         })?;
+    if args.envoy_ratelimit_metrics {
+        rules.count_peer_loads();
+    }
 
     let shutdown = CancellationToken::new();
     let tasks = tokio_util::task::TaskTracker::new();

@@ -7,11 +7,13 @@
 //! override, and then under a cap with one overflow series (see [`labels`]); a domain without
 //! rules counts as [`UNKNOWN_DOMAIN`].
 
+mod calls;
 mod hits;
 pub mod labels;
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
+pub use calls::PeerCalls;
 pub use hits::{HitCounters, HitSplit, RuleLabel};
 pub use labels::{MAX_REQUEST_LABEL_LEN, MAX_REQUEST_LABELS, OVERFLOW, UNKNOWN_DOMAIN};
 
@@ -33,6 +35,14 @@ pub const PEER_SHADOW_MODE: &str = "ratelimit_service_rate_limit_shadow_mode";
 pub const PEER_GLOBAL_SHADOW_MODE: &str = "ratelimit_service_global_shadow_mode";
 /// The peer's failed calls; label `err_type` (`redis_error`, `service_error`).
 pub const PEER_SHOULD_RATE_LIMIT_ERROR: &str = "ratelimit_service_should_rate_limit_error";
+/// The peer's gRPC calls per method; label `grpc_method` (`ShouldRateLimit`); see [`PeerCalls`].
+pub const PEER_TOTAL_REQUESTS: &str = "ratelimit_service_total_requests";
+/// The peer's gRPC call duration per method; label `grpc_method`; see [`PeerCalls`].
+pub const PEER_RESPONSE_TIME: &str = "ratelimit_service_response_time_seconds";
+/// The peer's rule sets loaded (the first one included) and refused: counted by
+/// [`LiveRules`](crate::rules::LiveRules) once asked to (`count_peer_loads`).
+pub const PEER_CONFIG_LOAD_SUCCESS: &str = "ratelimit_service_config_load_success";
+pub const PEER_CONFIG_LOAD_ERROR: &str = "ratelimit_service_config_load_error";
 /// Requests answered OK only because of global shadow mode.
 pub const GLOBAL_SHADOW_MODE: &str = "tollgate_global_shadow_mode_total";
 /// Descriptors that matched no rule; label `domain` (a domain of the rules, or [`UNKNOWN_DOMAIN`]
@@ -136,6 +146,23 @@ pub fn describe() {
         "New keys denied because the memory store was full of exhausted counters"
     );
     describe_counter!(INVALID_REQUESTS, "Requests refused as invalid");
+    describe_counter!(
+        PEER_TOTAL_REQUESTS,
+        "gRPC calls by method (envoyproxy/ratelimit's series)"
+    );
+    describe_histogram!(
+        PEER_RESPONSE_TIME,
+        Unit::Seconds,
+        "gRPC call duration by method (envoyproxy/ratelimit's series)"
+    );
+    describe_counter!(
+        PEER_CONFIG_LOAD_SUCCESS,
+        "Rule sets loaded, the first included (envoyproxy/ratelimit's series)"
+    );
+    describe_counter!(
+        PEER_CONFIG_LOAD_ERROR,
+        "Rule sets refused (envoyproxy/ratelimit's series)"
+    );
 }
 
 /// Runs `body` with a Prometheus recorder installed for this thread only, so a test reads exactly

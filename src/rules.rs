@@ -7,19 +7,25 @@
 //! Generations: every successful reload publishes generation n + 1, even when the rules did not
 //! change. `Snapshot` has no equality, and a visible bump confirms that a SIGHUP or an edit was read.
 //!
+//! Counting: every refused and published set is counted in [`CONFIG_RELOADS`]; asked to
+//! ([`LiveRules::count_peer_loads`]), also in envoyproxy/ratelimit's `config_load_success` and
+//! `config_load_error`, where the peer counts its first load as a success too.
+//!
 //! What starts a reload is up to the caller: the server watches the rule files and SIGHUP
 //! (`server::watch`); a library user calls [`LiveRules::reload`] when it sees fit.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 use crate::config::{ConfigError, LoadOptions, Snapshot};
-use crate::metrics::{CONFIG_GENERATION, CONFIG_RELOADS};
+use crate::metrics::{
+    CONFIG_GENERATION, CONFIG_RELOADS, PEER_CONFIG_LOAD_ERROR, PEER_CONFIG_LOAD_SUCCESS,
+};
 
 /// One validated rule set and when it was published.
 #[derive(Debug)]
@@ -40,6 +46,8 @@ pub struct LiveRules {
     reloading: Mutex<()>,
     failed_reloads: AtomicU64,
     options: LoadOptions,
+    /// Also count envoyproxy/ratelimit's load series.
+    peer_series: AtomicBool,
 }
 
 impl LiveRules {
@@ -79,6 +87,7 @@ impl LiveRules {
             reloading: Mutex::new(()),
             failed_reloads: AtomicU64::new(0),
             options,
+            peer_series: AtomicBool::new(false),
         })
     }
 
@@ -101,6 +110,28 @@ impl LiveRules {
     /// Reloads that were refused since start (also counted in [`CONFIG_RELOADS`]).
     pub fn failed_reloads(&self) -> u64 {
         self.failed_reloads.load(Ordering::Relaxed)
+    }
+
+    /// From now on, also counts envoyproxy/ratelimit's `ratelimit_service_config_load_success` and
+    /// `_error` (its `--envoy-ratelimit-metrics` series; both appear at once, the error one at 0).
+    /// The peer counts its first load as a success: the rules loaded at start from files count as
+    /// one. Call it right after construction, before any reload or xDS response.
+    pub fn count_peer_loads(&self) {
+        if self.peer_series.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let loaded_at_start = u64::from(self.path.is_some());
+        metrics::counter!(PEER_CONFIG_LOAD_SUCCESS).increment(loaded_at_start);
+        metrics::counter!(PEER_CONFIG_LOAD_ERROR).increment(0);
+    }
+
+    /// Counts one rule set refused by whoever read it (a bad file here, a bad xDS response in
+    /// `xds`); the rules in force stay.
+    pub fn count_refused(&self) {
+        metrics::counter!(CONFIG_RELOADS, "result" => "error").increment(1);
+        if self.peer_series.load(Ordering::Relaxed) {
+            metrics::counter!(PEER_CONFIG_LOAD_ERROR).increment(1);
+        }
     }
 
     /// Loads and validates the whole rule set and publishes it as the next generation, whose
@@ -127,7 +158,7 @@ impl LiveRules {
                     tracing::error!(path = %path.display(), kept_generation = kept, "rules refused");
                 }
                 self.failed_reloads.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(CONFIG_RELOADS, "result" => "error").increment(1);
+                self.count_refused();
                 Err(errors)
             }
         }
@@ -151,6 +182,9 @@ impl LiveRules {
             loaded_at: SystemTime::now(),
         }));
         metrics::counter!(CONFIG_RELOADS, "result" => "success").increment(1);
+        if self.peer_series.load(Ordering::Relaxed) {
+            metrics::counter!(PEER_CONFIG_LOAD_SUCCESS).increment(1);
+        }
         metrics::gauge!(CONFIG_GENERATION).set(number as f64);
         number
     }
@@ -212,5 +246,54 @@ pub(crate) mod tests {
             "{text}"
         );
         assert!(text.contains("tollgate_config_generation 2"), "{text}");
+    }
+
+    #[test]
+    fn peer_load_series_count_the_first_load_and_every_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rules.yaml");
+        fs::write(&file, rule(5)).unwrap();
+        crate::metrics::with_local_recorder(|metrics| {
+            let peer = |name: &str| {
+                let text = metrics.render();
+                let line = text.lines().find(|l| l.starts_with(&format!("{name} ")));
+                line.and_then(|l| l[name.len() + 1..].parse::<u64>().ok())
+            };
+            let rules = LiveRules::new(Some(file.clone())).unwrap();
+            assert_eq!(
+                peer(PEER_CONFIG_LOAD_SUCCESS),
+                None,
+                "not counted unless asked"
+            );
+            rules.count_peer_loads();
+            rules.count_peer_loads();
+            assert_eq!(peer(PEER_CONFIG_LOAD_SUCCESS), Some(1), "the load at start");
+            assert_eq!(peer(PEER_CONFIG_LOAD_ERROR), Some(0));
+
+            fs::write(&file, "domain: d\ndescriptors: [oops\n").unwrap();
+            rules.reload().expect_err("bad file refused");
+            assert_eq!(peer(PEER_CONFIG_LOAD_ERROR), Some(1));
+            fs::write(&file, rule(6)).unwrap();
+            rules.reload().expect("good file loads");
+            rules.publish(Snapshot::empty(), "xds:test");
+            rules.count_refused();
+            assert_eq!(peer(PEER_CONFIG_LOAD_SUCCESS), Some(3));
+            assert_eq!(peer(PEER_CONFIG_LOAD_ERROR), Some(2));
+            crate::metrics::assert_rendered(
+                metrics,
+                &[
+                    r#"tollgate_config_reloads_total{result="success"} 2"#,
+                    r#"tollgate_config_reloads_total{result="error"} 2"#,
+                ],
+            );
+        });
+        crate::metrics::with_local_recorder(|metrics| {
+            LiveRules::new(None).unwrap().count_peer_loads();
+            let text = metrics.render();
+            assert!(
+                text.contains("ratelimit_service_config_load_success 0"),
+                "no files, nothing loaded at start:\n{text}"
+            );
+        });
     }
 }

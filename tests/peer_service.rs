@@ -518,3 +518,130 @@ async fn files_of_one_domain_merge_only_when_asked() {
         .collect();
     assert_eq!(limits, [10, 1]);
 }
+
+/// The peer's per-method call series and rule-load counters, as its Prometheus mapping renders
+/// them: every gRPC call is counted and timed (a refused one too, `/json` not: the peer's HTTP
+/// handler calls the service past its gRPC interceptor), and the load at start counts as a success.
+#[tokio::test]
+async fn calls_and_rule_loads_are_counted_in_the_peer_series() {
+    const SEEN_WITHIN: Duration = Duration::from_secs(2);
+    let (dir, tg) = Tollgate::with_rules(
+        &RULES.replace("domain: peer", "domain: api"),
+        &["--envoy-ratelimit-metrics"],
+    );
+    let file = dir.path().join("api.yaml");
+    let metrics = || async { http::get(&format!("{}/metrics", tg.http_url())).await.body };
+    let method = [("grpc_method", "ShouldRateLimit")];
+    let loads = |text: &str, result: &str| {
+        http::prometheus_value(
+            text,
+            &format!("ratelimit_service_config_load_{result}"),
+            &[],
+        )
+    };
+    let text = metrics().await;
+    assert_eq!(loads(&text, "success"), Some(1.0), "{text}");
+    assert_eq!(loads(&text, "error"), Some(0.0));
+
+    let mut c = tg.client().await;
+    for _ in 0..3 {
+        ask(&mut c, grpc::rls_request("api", &[&[("user", "calls")]])).await;
+    }
+    let refused = grpc::try_should_rate_limit(&mut c, grpc::rls_request("", &[&[("user", "x")]]));
+    assert!(refused.await.is_err(), "an empty domain is refused");
+    let body = serde_json::json!({"domain": "api", "descriptors": [{"entries": [{"key": "user", "value": "j"}]}]});
+    let json = http::post_json(&format!("{}/json", tg.http_url()), &body).await;
+    assert_eq!(json.status, 200, "{}", json.body);
+    let text = metrics().await;
+    let calls = http::prometheus_value(&text, "ratelimit_service_total_requests", &method);
+    assert_eq!(calls, Some(4.0), "{text}");
+    let timed = |suffix: &str| {
+        let name = format!("ratelimit_service_response_time_seconds_{suffix}");
+        http::prometheus_value(&text, &name, &method)
+    };
+    assert_eq!(timed("count"), Some(4.0));
+    assert!(timed("sum").is_some_and(|s| s > 0.0 && s < 4.0), "{text}");
+    let in_a_second = [("grpc_method", "ShouldRateLimit"), ("le", "1")];
+    let bucket = "ratelimit_service_response_time_seconds_bucket";
+    assert_eq!(
+        http::prometheus_value(&text, bucket, &in_a_second),
+        Some(4.0)
+    );
+
+    // A bad file is refused and counted once; the fixed file is the second success.
+    std::fs::write(&file, "domain: api\ndescriptors: [oops\n").unwrap();
+    let changed = std::time::Instant::now();
+    while loads(&metrics().await, "error") != Some(1.0) {
+        assert!(changed.elapsed() < SEEN_WITHIN, "bad file not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::write(&file, RULES.replace("domain: peer", "domain: api")).unwrap();
+    let changed = std::time::Instant::now();
+    while loads(&metrics().await, "success") != Some(2.0) {
+        assert!(changed.elapsed() < SEEN_WITHIN, "good file not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = metrics().await;
+    assert_eq!(loads(&text, "error"), Some(1.0), "{text}");
+    let ours = |result| {
+        http::prometheus_value(
+            &text,
+            "tollgate_config_reloads_total",
+            &[("result", result)],
+        )
+    };
+    assert_eq!((ours("success"), ours("error")), (Some(1.0), Some(1.0)));
+}
+
+/// Without `--envoy-ratelimit-metrics` none of the peer's series appears.
+#[tokio::test]
+async fn peer_series_only_when_asked() {
+    let (_dir, tg) = Tollgate::with_rules(&RULES.replace("domain: peer", "domain: api"), &[]);
+    let mut c = tg.client().await;
+    ask(&mut c, grpc::rls_request("api", &[&[("user", "u")]])).await;
+    let text = http::get(&format!("{}/metrics", tg.http_url())).await.body;
+    assert!(text.contains("tollgate_rule_hits_total"), "{text}");
+    assert!(!text.contains("ratelimit_service_"), "{text}");
+}
+
+/// The `RateLimit-*` headers describe the descriptor the peer picks: the first with the fewest
+/// left, unless one outside quota mode is over; a quota-mode descriptor over takes no precedence.
+#[tokio::test]
+async fn headers_describe_the_peers_descriptor_when_a_quota_is_over() {
+    let s = Served::start(Store::Memory, &["--response-headers"]);
+    let mut c = s.client().await;
+    let header = |resp: &grpc::RateLimitResponse, name: &str| {
+        let found = resp.response_headers_to_add.iter().find(|h| h.key == name);
+        found.map(|h| h.value.clone())
+    };
+    // `user` spends its 3 (0 left), then quota_a's 1 is overshot: over, but in quota mode.
+    let request = RlsRequest::new("peer")
+        .descriptor(grpc::descriptor(&[("user", "h")]).hits(3))
+        .descriptor(grpc::descriptor(&[("quota_a", "h")]).hits(2));
+    let resp = ask(&mut c, request).await;
+    assert_eq!(grpc::codes(&resp), [Code::Ok, Code::OverLimit]);
+    assert_eq!(grpc::overall(&resp), Code::OverLimit, "every quota is over");
+    assert_eq!(
+        header(&resp, "RateLimit-Limit").as_deref(),
+        Some("3"),
+        "{resp:?}"
+    );
+    assert_eq!(header(&resp, "RateLimit-Remaining").as_deref(), Some("0"));
+    // A descriptor outside quota mode that is over takes the headers, from a quota with 0 left.
+    let spend =
+        RlsRequest::new("peer").descriptor(grpc::descriptor(&[("per_minute", "h")]).hits(10));
+    ask(&mut c, spend).await;
+    let request = RlsRequest::new("peer")
+        .descriptor(grpc::descriptor(&[("quota_b", "h")]).hits(2))
+        .descriptor(grpc::descriptor(&[("per_minute", "h")]));
+    let resp = ask(&mut c, request).await;
+    assert_eq!(grpc::codes(&resp), [Code::Ok, Code::OverLimit]);
+    assert_eq!(resp.statuses[0].limit_remaining, 0);
+    let described = ["RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"]
+        .map(|name| header(&resp, name));
+    assert_eq!(
+        described,
+        [Some("10".into()), Some("0".into()), Some("40".into())],
+        "{resp:?}"
+    );
+}

@@ -83,7 +83,10 @@ pub(super) fn conclude(
         };
         let quota_mode = settings.quota_mode || matches!(plan, Plan::Limited(e) if e.quota_mode());
         overall.add(status.code, quota_mode);
-        statuses.push(status);
+        statuses.push(Status {
+            quota_mode,
+            ..status
+        });
     }
     let mut overall_code = overall.code();
     if overall_code == Code::OverLimit && settings.shadow_mode {
@@ -169,6 +172,7 @@ fn limited_status(
         } else {
             decision.reset_after
         }),
+        quota_mode: false,
     }
 }
 
@@ -191,6 +195,7 @@ fn no_limit_status(remaining: u64) -> Status {
         current_limit: None,
         limit_remaining: remaining,
         duration_until_reset: None,
+        quota_mode: false,
     }
 }
 

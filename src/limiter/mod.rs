@@ -88,6 +88,9 @@ pub struct Status {
     pub current_limit: Option<CurrentLimit>,
     pub limit_remaining: u64,
     pub duration_until_reset: Option<Duration>,
+    /// In quota mode (its rule's or global): over, it fails the request only once every
+    /// quota-mode descriptor of the request is over.
+    pub quota_mode: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -36,11 +36,13 @@ pub struct RlsService {
     /// use: `metrics::histogram!` with a label looks the metric up in the registry on every call.
     latency_ok: OnceLock<metrics::Histogram>,
     latency_over_limit: OnceLock<metrics::Histogram>,
+    peer_calls: m::PeerCalls,
 }
 
 impl RlsService {
     pub fn new(limiter: Arc<Limiter>, response_headers: headers::Style) -> Self {
         Self {
+            peer_calls: m::PeerCalls::new(limiter.settings().envoy_ratelimit_metrics),
             limiter,
             response_headers,
             latency_ok: OnceLock::new(),
@@ -94,7 +96,9 @@ impl RateLimitService for RlsService {
                 (latency, Err(status))
             }
         };
-        latency.record(started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed();
+        latency.record(elapsed.as_secs_f64());
+        self.peer_calls.record(elapsed);
         reply
     }
 }

@@ -23,7 +23,6 @@ use tokio::sync::mpsc;
 use tonic::codegen::tokio_stream::{Stream, StreamExt};
 
 use super::convert::{self, ConvertError};
-use crate::metrics::CONFIG_RELOADS;
 use crate::rules::LiveRules;
 
 /// gRPC's `INVALID_ARGUMENT`, the code of a NACK's `error_detail`.
@@ -109,7 +108,7 @@ impl Subscription {
             }
             Err(error) => {
                 let reason = error.to_string();
-                metrics::counter!(CONFIG_RELOADS, "result" => "error").increment(1);
+                self.rules.count_refused();
                 tracing::error!(
                     version = %response.version_info,
                     kept_version = %self.version,

@@ -11,7 +11,12 @@
 //!
 //! Which descriptor: the peer's rule, kept exactly so dashboards and clients see the same values.
 //! Walking the statuses in order, a limited one with strictly fewer hits remaining than the best
-//! so far becomes the one described, and any over-limit one takes over (the last such wins).
+//! so far becomes the one described (starting from `u32::MAX`, the most the peer can send, so a
+//! status with that many left is never described), and an over-limit one outside quota mode takes
+//! over (the last such wins). Over-limit quota-mode descriptors take no precedence: they compete
+//! with their 0 remaining like any other, so the first status with 0 left keeps the headers unless
+//! a descriptor outside quota mode is over. Shadow-mode descriptors report OK with 0 left and
+//! compete the same way; unlimited descriptors and those without a rule have no limit to describe.
 //!
 //! The reset is the status' `duration_until_reset` rounded up to whole seconds; for `fixed_window`
 //! rules that is the peer's value (seconds to the aligned window's end). A status without one
@@ -101,17 +106,18 @@ pub fn headers(style: &Style, resp: &limiter::Response) -> Vec<HeaderValue> {
 /// The status the headers describe, by envoyproxy/ratelimit's rule (see the module docs).
 fn described(resp: &limiter::Response) -> Option<(&Status, &limiter::CurrentLimit)> {
     let mut best: Option<(&Status, &limiter::CurrentLimit)> = None;
-    let mut least = u64::MAX;
+    let mut least = u64::from(u32::MAX);
     for status in &resp.statuses {
         let Some(limit) = &status.current_limit else {
             continue;
         };
-        if status.code == Code::OverLimit {
-            best = Some((status, limit));
-            least = 0;
-        } else if status.limit_remaining < least {
+        if status.limit_remaining < least {
             best = Some((status, limit));
             least = status.limit_remaining;
+        }
+        if status.code == Code::OverLimit && !status.quota_mode {
+            best = Some((status, limit));
+            least = 0;
         }
     }
     best
@@ -162,6 +168,7 @@ mod tests {
             }),
             limit_remaining: remaining,
             duration_until_reset: Some(Duration::from_millis(reset_ms)),
+            quota_mode: false,
         }
     }
 
@@ -171,6 +178,7 @@ mod tests {
             current_limit: None,
             limit_remaining: 0,
             duration_until_reset: None,
+            quota_mode: false,
         }
     }
 
@@ -226,6 +234,47 @@ mod tests {
         let got = pairs(&peer(), &resp);
         assert_eq!(got[0].1, "4");
         assert_eq!(got[2].1, "20");
+    }
+
+    fn quota(code: Code, limit: u64, remaining: u64) -> Status {
+        Status {
+            quota_mode: true,
+            ..status(code, limit, remaining, 1_000)
+        }
+    }
+
+    /// The limit the peer-style headers describe.
+    fn described_limit(statuses: Vec<Status>) -> Option<String> {
+        let got = pairs(&peer(), &response(statuses));
+        got.first().map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn over_limit_quota_descriptors_compete_by_remaining_only() {
+        // The first with 0 left keeps the headers; a quota over does not take them.
+        let first_empty = vec![status(Code::Ok, 5, 0, 1_000), quota(Code::OverLimit, 3, 0)];
+        assert_eq!(described_limit(first_empty), Some("5".into()));
+        // With fewer left than any before it, a quota over is described.
+        let fewer = vec![status(Code::Ok, 5, 2, 1_000), quota(Code::OverLimit, 3, 0)];
+        assert_eq!(described_limit(fewer), Some("3".into()));
+        // A descriptor outside quota mode over still takes over, before or after.
+        let regular_over = vec![
+            status(Code::OverLimit, 4, 0, 1_000),
+            quota(Code::OverLimit, 3, 0),
+        ];
+        assert_eq!(described_limit(regular_over), Some("4".into()));
+        // Global quota mode: every descriptor a quota, so the first of the overs is described
+        // (outside quota mode the last one would be).
+        let all_quota = vec![quota(Code::OverLimit, 3, 0), quota(Code::OverLimit, 4, 0)];
+        assert_eq!(described_limit(all_quota), Some("3".into()));
+    }
+
+    #[test]
+    fn a_status_with_u32_max_left_is_never_described() {
+        let full = status(Code::Ok, u64::from(u32::MAX), u64::from(u32::MAX), 1_000);
+        assert_eq!(described_limit(vec![full.clone()]), None);
+        let one_used = status(Code::Ok, 9, 8, 1_000);
+        assert_eq!(described_limit(vec![full, one_used]), Some("9".into()));
     }
 
     #[test]
