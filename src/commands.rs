@@ -13,6 +13,7 @@ use tollgate::config::Snapshot;
 use tollgate::limiter::{Limiter, Settings};
 use tollgate::rules::LiveRules;
 use tollgate::server::grpc::headers;
+use tollgate::server::tls::Alpn;
 use tollgate::server::{self, ServeOptions};
 use tollgate::store::Store;
 use tollgate::store::memory::MemoryStore;
@@ -186,18 +187,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         },
     ));
 
-    let grpc_tls = args
-        .tls
-        .files()?
-        .map(server::tls::Acceptor::new)
-        .transpose()
+    let grpc_tls = tls_acceptor(args.tls.files()?, Alpn::H2, &shutdown, &tasks)
         .context("TLS on the gRPC port")?;
-    if let Some(tls) = &grpc_tls {
-        let reloader = tls.spawn_reloader(server::tls::RELOAD_INTERVAL, shutdown.clone());
-        tasks.spawn(async move {
-            let _ = reloader.await;
-        });
-    }
+    let admin_tls = tls_acceptor(args.admin_tls.files()?, Alpn::Http1, &shutdown, &tasks)
+        .context("TLS on the admin port")?;
     let grpc = TcpListener::bind(args.grpc_addr)
         .await
         .with_context(|| format!("binding gRPC on {}", args.grpc_addr))?;
@@ -209,6 +202,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         grpc = %grpc.local_addr()?,
         http = %http.local_addr()?,
         tls = grpc_tls.is_some(),
+        admin_tls = admin_tls.is_some(),
         store = limiter.store_kind(),
         "tollgate serving"
     );
@@ -221,6 +215,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         drain_timeout: args.drain_timeout,
         grpc_threads: args.grpc_threads,
         grpc_tls,
+        admin_tls,
         connections: args.connections.limits(),
         grpc_uds: args.connections.grpc_uds.clone(),
     };
@@ -236,6 +231,24 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     shutdown.cancel();
     tasks.wait().await;
     result.context("serving")
+}
+
+/// A port's TLS acceptor when `files` are given, its certificate reloader owned by `tasks`.
+fn tls_acceptor(
+    files: Option<server::tls::TlsFiles>,
+    alpn: Alpn,
+    shutdown: &CancellationToken,
+    tasks: &tokio_util::task::TaskTracker,
+) -> Result<Option<server::tls::Acceptor>> {
+    let Some(files) = files else {
+        return Ok(None);
+    };
+    let acceptor = server::tls::Acceptor::new(files, alpn)?;
+    let reloader = acceptor.spawn_reloader(server::tls::RELOAD_INTERVAL, shutdown.clone());
+    tasks.spawn(async move {
+        let _ = reloader.await;
+    });
+    Ok(Some(acceptor))
 }
 
 fn header_style(args: &ServeArgs) -> headers::Style {

@@ -7,6 +7,7 @@ use clap::{CommandFactory, FromArgMatches};
 
 use cli::{Cli, Command};
 
+mod admin_tls_args;
 mod cli;
 mod commands;
 mod connection_args;
