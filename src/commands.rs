@@ -17,7 +17,6 @@ use tollgate::server::tls::Alpn;
 use tollgate::server::{self, ServeOptions};
 use tollgate::store::Store;
 use tollgate::store::memory::MemoryStore;
-use tollgate::store::overlimit;
 use tollgate::store::redis::{RedisOptions, RedisStore};
 use tollgate::store::resilient;
 
@@ -139,11 +138,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 .redis_url
                 .clone()
                 .context("--store redis needs --redis-url (or TOLLGATE_REDIS_URL)")?;
-            let mut resilience = args.resilience();
-            // The cache in front of Redis is what this process keeps; it gets the memory limit.
-            resilience.over_limit_cache_entries = resilience
-                .over_limit_cache_entries
-                .min(args.memory.capacity() / overlimit::MAX_ENTRY_BYTES);
+            // What this process keeps beside Redis (the over-limit cache, the local fallback's
+            // counters) shares the memory limit.
+            let resilience = args.resilience().with_memory_limit(args.memory.capacity());
             let options = RedisOptions {
                 url,
                 pool_size: usize::from(args.redis_pool_size),
