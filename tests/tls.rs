@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -280,15 +280,45 @@ async fn mtls_refuses_clients_without_a_certificate_from_another_ca_or_with_a_wr
     assert_eq!(call(&mut client, "alice").await, Ok(Code::Ok));
 }
 
+/// Two CAs and the certificate and key files a server is given: the first CA's leaf, until
+/// `rotate` writes the second's over it (the key first, as a rotation may be caught half-way).
+struct Rotation {
+    first: Pki,
+    second: Pki,
+    cert: PathBuf,
+    key: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Rotation {
+    fn new() -> Rotation {
+        let (first, second) = (Pki::new("first-ca"), Pki::new("second-ca"));
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let (c1, k1) = first.leaf("server", SERVER_SAN, "serverAuth");
+        std::fs::copy(&c1, &cert).unwrap();
+        std::fs::copy(&k1, &key).unwrap();
+        Rotation {
+            first,
+            second,
+            cert,
+            key,
+            _dir: dir,
+        }
+    }
+
+    fn rotate(&self) {
+        let (c2, k2) = self.second.leaf("server", SERVER_SAN, "serverAuth");
+        std::fs::write(&self.key, std::fs::read(&k2).unwrap()).unwrap();
+        std::fs::write(&self.cert, std::fs::read(&c2).unwrap()).unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_certificate_serves_new_connections_while_old_ones_keep_working() {
-    let (first, second) = (Pki::new("first-ca"), Pki::new("second-ca"));
-    let served = tempfile::tempdir().unwrap();
-    let (cert, key) = (served.path().join("tls.crt"), served.path().join("tls.key"));
-    let (c1, k1) = first.leaf("server", SERVER_SAN, "serverAuth");
-    std::fs::copy(&c1, &cert).unwrap();
-    std::fs::copy(&k1, &key).unwrap();
-    let tls = ["--grpc-tls-cert", path(&cert), "--grpc-tls-key", path(&key)];
+    let files = Rotation::new();
+    let (first, second, cert, key) = (&files.first, &files.second, &files.cert, &files.key);
+    let tls = ["--grpc-tls-cert", path(cert), "--grpc-tls-key", path(key)];
     let (_rules, tollgate) = Tollgate::with_rules(RULES, &tls);
     let port = tollgate.grpc_port();
     let mut old = tls_client(port, &first.read("ca.crt"), None)
@@ -298,9 +328,7 @@ async fn a_rotated_certificate_serves_new_connections_while_old_ones_keep_workin
     // The new certificate comes from another CA, so which one a handshake got is unambiguous:
     // a client trusting only the first CA can no longer connect, and `old`, which trusts only
     // the first, keeps working only if its connection was not re-established.
-    let (c2, k2) = second.leaf("server", SERVER_SAN, "serverAuth");
-    std::fs::write(&key, std::fs::read(&k2).unwrap()).unwrap();
-    std::fs::write(&cert, std::fs::read(&c2).unwrap()).unwrap();
+    files.rotate();
     let second_ca = second.read("ca.crt");
     let picked_up = common::wait_until_async(Duration::from_secs(10), || async {
         tls_client(port, &second_ca, None).await.is_ok()
@@ -519,21 +547,15 @@ async fn the_admin_port_serves_https_and_refuses_plaintext() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_admin_certificate_is_picked_up() {
-    let (first, second) = (Pki::new("first-ca"), Pki::new("second-ca"));
-    let served = tempfile::tempdir().unwrap();
-    let (cert, key) = (served.path().join("tls.crt"), served.path().join("tls.key"));
-    let (c1, k1) = first.leaf("server", SERVER_SAN, "serverAuth");
-    std::fs::copy(&c1, &cert).unwrap();
-    std::fs::copy(&k1, &key).unwrap();
-    let tls = ["--http-tls-cert", path(&cert), "--http-tls-key", path(&key)];
+    let files = Rotation::new();
+    let (first, second, cert, key) = (&files.first, &files.second, &files.cert, &files.key);
+    let tls = ["--http-tls-cert", path(cert), "--http-tls-key", path(key)];
     let (_rules, tollgate) = with_admin_tls(&tls, &first.read("ca.crt"), None).await;
     let port = tollgate.http_port();
 
     // As on the gRPC port, the new certificate comes from another CA, so a handshake tells which
     // one it got.
-    let (c2, k2) = second.leaf("server", SERVER_SAN, "serverAuth");
-    std::fs::write(&key, std::fs::read(&k2).unwrap()).unwrap();
-    std::fs::write(&cert, std::fs::read(&c2).unwrap()).unwrap();
+    files.rotate();
     let second_ca = second.read("ca.crt");
     let picked_up = common::wait_until_async(Duration::from_secs(10), || async {
         https(port, &second_ca, None, "GET /healthcheck")
