@@ -138,6 +138,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub tls: Box<tollgate::server::tls::TlsArgs>,
     #[command(flatten)]
+    pub admin_tls: Box<crate::admin_tls_args::AdminTlsArgs>,
+    #[command(flatten)]
     pub log: LogArgs,
     #[command(flatten)]
     pub connections: Box<crate::connection_args::ConnectionArgs>,

@@ -13,10 +13,10 @@ use tollgate::config::Snapshot;
 use tollgate::limiter::{Limiter, Settings};
 use tollgate::rules::LiveRules;
 use tollgate::server::grpc::headers;
+use tollgate::server::tls::Alpn;
 use tollgate::server::{self, ServeOptions};
 use tollgate::store::Store;
 use tollgate::store::memory::MemoryStore;
-use tollgate::store::overlimit;
 use tollgate::store::redis::{RedisOptions, RedisStore};
 use tollgate::store::resilient;
 
@@ -141,11 +141,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 .redis_url
                 .clone()
                 .context("--store redis needs --redis-url (or TOLLGATE_REDIS_URL)")?;
-            let mut resilience = args.resilience();
-            // The cache in front of Redis is what this process keeps; it gets the memory limit.
-            resilience.over_limit_cache_entries = resilience
-                .over_limit_cache_entries
-                .min(args.memory.capacity() / overlimit::MAX_ENTRY_BYTES);
+            // What this process keeps beside Redis (the over-limit cache, the local fallback's
+            // counters) shares the memory limit.
+            let resilience = args.resilience().with_memory_limit(args.memory.capacity());
             let options = RedisOptions {
                 url,
                 pool_size: usize::from(args.redis_pool_size),
@@ -189,18 +187,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         },
     ));
 
-    let grpc_tls = args
-        .tls
-        .files()?
-        .map(server::tls::Acceptor::new)
-        .transpose()
+    let grpc_tls = tls_acceptor(args.tls.files()?, Alpn::H2, &shutdown, &tasks)
         .context("TLS on the gRPC port")?;
-    if let Some(tls) = &grpc_tls {
-        let reloader = tls.spawn_reloader(server::tls::RELOAD_INTERVAL, shutdown.clone());
-        tasks.spawn(async move {
-            let _ = reloader.await;
-        });
-    }
+    let admin_tls = tls_acceptor(args.admin_tls.files()?, Alpn::Http1, &shutdown, &tasks)
+        .context("TLS on the admin port")?;
     let grpc = TcpListener::bind(args.grpc_addr)
         .await
         .with_context(|| format!("binding gRPC on {}", args.grpc_addr))?;
@@ -212,6 +202,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         grpc = %grpc.local_addr()?,
         http = %http.local_addr()?,
         tls = grpc_tls.is_some(),
+        admin_tls = admin_tls.is_some(),
         store = limiter.store_kind(),
         "tollgate serving"
     );
@@ -224,6 +215,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         drain_timeout: args.drain_timeout,
         grpc_threads: args.grpc_threads,
         grpc_tls,
+        admin_tls,
         connections: args.connections.limits(),
         grpc_uds: args.connections.grpc_uds.clone(),
     };
@@ -239,6 +231,24 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     shutdown.cancel();
     tasks.wait().await;
     result.context("serving")
+}
+
+/// A port's TLS acceptor when `files` are given, its certificate reloader owned by `tasks`.
+fn tls_acceptor(
+    files: Option<server::tls::TlsFiles>,
+    alpn: Alpn,
+    shutdown: &CancellationToken,
+    tasks: &tokio_util::task::TaskTracker,
+) -> Result<Option<server::tls::Acceptor>> {
+    let Some(files) = files else {
+        return Ok(None);
+    };
+    let acceptor = server::tls::Acceptor::new(files, alpn)?;
+    let reloader = acceptor.spawn_reloader(server::tls::RELOAD_INTERVAL, shutdown.clone());
+    tasks.spawn(async move {
+        let _ = reloader.await;
+    });
+    Ok(Some(acceptor))
 }
 
 fn header_style(args: &ServeArgs) -> headers::Style {

@@ -2,12 +2,15 @@
 //! exhausted key stays denied while concurrent batches of fresh keys push the store far past its
 //! capacity, the process RSS grows by at most the capacity plus a stated overhead, a good client
 //! keeps its answers, and a value of (nearly) 4 MiB is refused with INVALID_ARGUMENT, not stored.
+//! With `--store redis`, the local fallback that answers while Redis is down is held to its share
+//! of the memory limit too.
 
 mod common;
 
 use common::grpc::{self, Code, RlsRequest};
 use common::http;
 use common::tollgate::Tollgate;
+use common::{RedisServer, fleet};
 
 const RULES: &str = r#"
 domain: api
@@ -156,4 +159,35 @@ async fn a_value_of_4_mib_is_refused_and_not_stored() {
         grpc::check(&mut c, "api", &[("user_id", "after")]).await,
         Code::Ok
     );
+}
+
+/// The local fallback gets half of `--memory-limit` (the over-limit cache the other half), and
+/// holds no more while a flood of fresh keys arrives with Redis down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_the_local_fallback_stays_within_its_share_of_the_memory_limit() {
+    let mut redis = RedisServer::start();
+    let (_rules, config) = fleet::rules_dir(RULES);
+    let tg = fleet::on_redis(&config, &redis.url(), "50ms", "local")
+        .args(&["--memory-limit", "8MiB", "--sweep-interval", "200ms"])
+        .start();
+    redis.kill();
+    let mut c = tg.client().await;
+    // 40,000 fresh keys: some 8 MiB of counters, twice the fallback's share.
+    for b in 0..40 {
+        let mut req = RlsRequest::new("api");
+        for i in 0..1000 {
+            req = req.entries(&[("user_id", &format!("flood-{b}-{i}"))]);
+        }
+        grpc::should_rate_limit(&mut c, req).await;
+    }
+    assert!(fleet::fallback_decisions(&tg).await >= 40_000.0);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let text = http::get(&format!("{}/metrics", tg.http_url())).await.body;
+    let capacity = metric(&text, "tollgate_memory_store_capacity_bytes");
+    let bytes = metric(&text, "tollgate_memory_store_bytes");
+    assert!(
+        capacity > 0.0 && capacity <= (CAPACITY / 2) as f64,
+        "the fallback may hold {capacity} bytes with --memory-limit 8MiB"
+    );
+    assert!(bytes > 0.0 && bytes <= capacity, "{bytes} bytes held");
 }

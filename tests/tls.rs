@@ -1,16 +1,25 @@
 //! TLS and mTLS on the gRPC port: the real Envoy calling tollgate over both, clients refused for
 //! a missing certificate, a wrong CA or a SAN not on the allow-list, a certificate rotated on disk
 //! picked up by new connections while an established one keeps working, and the binary run as
-//! Envoy Gateway runs it (`/bin/ratelimit` with the peer's variables).
+//! Envoy Gateway runs it (`/bin/ratelimit` with the peer's variables). TLS on the admin port:
+//! `/healthcheck` and `POST /json` over HTTPS, plaintext refused, a rotated certificate picked up,
+//! mTLS refusing a client without a certificate, and a stalled handshake closed after the header
+//! timeout while it holds a place under the connection cap.
 
 mod common;
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::certs::Pki;
 use common::grpc::{self, Code, RateLimitServiceClient, RlsClient};
-use common::{Envoy, Tollgate};
+use common::{Envoy, Tollgate, http};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 const RULES: &str = "domain: api\n\
@@ -271,15 +280,45 @@ async fn mtls_refuses_clients_without_a_certificate_from_another_ca_or_with_a_wr
     assert_eq!(call(&mut client, "alice").await, Ok(Code::Ok));
 }
 
+/// Two CAs and the certificate and key files a server is given: the first CA's leaf, until
+/// `rotate` writes the second's over it (the key first, as a rotation may be caught half-way).
+struct Rotation {
+    first: Pki,
+    second: Pki,
+    cert: PathBuf,
+    key: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Rotation {
+    fn new() -> Rotation {
+        let (first, second) = (Pki::new("first-ca"), Pki::new("second-ca"));
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let (c1, k1) = first.leaf("server", SERVER_SAN, "serverAuth");
+        std::fs::copy(&c1, &cert).unwrap();
+        std::fs::copy(&k1, &key).unwrap();
+        Rotation {
+            first,
+            second,
+            cert,
+            key,
+            _dir: dir,
+        }
+    }
+
+    fn rotate(&self) {
+        let (c2, k2) = self.second.leaf("server", SERVER_SAN, "serverAuth");
+        std::fs::write(&self.key, std::fs::read(&k2).unwrap()).unwrap();
+        std::fs::write(&self.cert, std::fs::read(&c2).unwrap()).unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_certificate_serves_new_connections_while_old_ones_keep_working() {
-    let (first, second) = (Pki::new("first-ca"), Pki::new("second-ca"));
-    let served = tempfile::tempdir().unwrap();
-    let (cert, key) = (served.path().join("tls.crt"), served.path().join("tls.key"));
-    let (c1, k1) = first.leaf("server", SERVER_SAN, "serverAuth");
-    std::fs::copy(&c1, &cert).unwrap();
-    std::fs::copy(&k1, &key).unwrap();
-    let tls = ["--grpc-tls-cert", path(&cert), "--grpc-tls-key", path(&key)];
+    let files = Rotation::new();
+    let (first, second, cert, key) = (&files.first, &files.second, &files.cert, &files.key);
+    let tls = ["--grpc-tls-cert", path(cert), "--grpc-tls-key", path(key)];
     let (_rules, tollgate) = Tollgate::with_rules(RULES, &tls);
     let port = tollgate.grpc_port();
     let mut old = tls_client(port, &first.read("ca.crt"), None)
@@ -289,9 +328,7 @@ async fn a_rotated_certificate_serves_new_connections_while_old_ones_keep_workin
     // The new certificate comes from another CA, so which one a handshake got is unambiguous:
     // a client trusting only the first CA can no longer connect, and `old`, which trusts only
     // the first, keeps working only if its connection was not re-established.
-    let (c2, k2) = second.leaf("server", SERVER_SAN, "serverAuth");
-    std::fs::write(&key, std::fs::read(&k2).unwrap()).unwrap();
-    std::fs::write(&cert, std::fs::read(&c2).unwrap()).unwrap();
+    files.rotate();
     let second_ca = second.read("ca.crt");
     let picked_up = common::wait_until_async(Duration::from_secs(10), || async {
         tls_client(port, &second_ca, None).await.is_ok()
@@ -361,4 +398,270 @@ async fn run_as_ratelimit_with_envoy_gateways_variables_it_serves_mtls() {
     assert_eq!(call(&mut client, "alice").await, Ok(Code::Ok));
     // GRPC_SERVER_TLS_CA_CERT made it mTLS: no certificate, no answer.
     assert!(tls_client(port, &ca, None).await.is_err());
+}
+
+/// A request to the admin port over HTTPS (rustls, trusting `ca`, presenting `identity` if given,
+/// offering `h2` and `http/1.1` as Go's clients do): `request` is `GET /path` or
+/// `POST /path <body>`. The response, or why there is none.
+async fn https(
+    port: u16,
+    ca: &[u8],
+    identity: Option<(&Path, &Path)>,
+    request: &str,
+) -> Result<http::Response, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(cert)
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap(),
+                PrivateKeyDer::from_pem_file(key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let (method, rest) = request.split_once(' ').unwrap();
+    let (path, body) = rest.split_once(' ').unwrap_or((rest, ""));
+    let exchange = async {
+        let tcp = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let name = ServerName::try_from("tollgate").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: tollgate\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tls.write_all(head.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut answer = Vec::new();
+        tls.read_to_end(&mut answer)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        Ok::<_, String>(answer)
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| "no answer within 10 s".to_string())??;
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("not an HTTP response: {answer:?}"))?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("no status line: {head:?}"))?;
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Ok(http::Response {
+        status,
+        body: body.to_owned(),
+        headers,
+    })
+}
+
+/// tollgate serving [`RULES`] with `args`, once its admin port answers `/healthcheck` over HTTPS
+/// to a client trusting `ca` (with `identity` where mTLS asks for one).
+async fn with_admin_tls(
+    args: &[&str],
+    ca: &[u8],
+    identity: Option<(&Path, &Path)>,
+) -> (tempfile::TempDir, Tollgate) {
+    let rules = tempfile::tempdir().unwrap();
+    let config = rules.path().join("api.yaml");
+    std::fs::write(&config, RULES).unwrap();
+    let tollgate = Tollgate::builder()
+        .args(&["--config", path(&config)])
+        .args(args)
+        .spawn();
+    let port = tollgate.http_port();
+    let healthy = common::wait_until_async(Duration::from_secs(20), || async {
+        https(port, ca, identity, "GET /healthcheck")
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    assert!(healthy, "not healthy over HTTPS: {}", tollgate.log_tail());
+    (rules, tollgate)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_serves_https_and_refuses_plaintext() {
+    let pki = Pki::new("ca");
+    let (cert, key) = pki.leaf("server", SERVER_SAN, "serverAuth");
+    let tls = ["--http-tls-cert", path(&cert), "--http-tls-key", path(&key)];
+    let ca = pki.read("ca.crt");
+    let (_rules, tollgate) = with_admin_tls(&tls, &ca, None).await;
+    let port = tollgate.http_port();
+    let health = https(port, &ca, None, "GET /healthcheck").await.unwrap();
+    assert_eq!((health.status, health.body.trim()), (200, "OK"));
+    let body =
+        r#"{"domain":"api","descriptors":[{"entries":[{"key":"user_id","value":"alice"}]}]}"#;
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let answer = https(port, &ca, None, &format!("POST /json {body}"))
+            .await
+            .unwrap();
+        codes.push((answer.status, answer.json()["overallCode"].clone()));
+    }
+    assert_eq!(
+        codes,
+        [
+            (200, "OK".into()),
+            (200, "OK".into()),
+            (429, "OVER_LIMIT".into())
+        ]
+    );
+    // The same counter as gRPC, which stays plaintext.
+    let mut client = tollgate.client().await;
+    assert_eq!(call(&mut client, "alice").await, Ok(Code::OverLimit));
+    // The port speaks TLS only: a plaintext request gets no HTTP answer.
+    assert_eq!(tollgate.health_status(), None, "plaintext answered");
+    assert!(
+        https(port, &pki.read("ca.crt"), None, "GET /metrics")
+            .await
+            .is_ok_and(|r| r.status == 200 && r.body.contains("tollgate_")),
+        "the port still serves HTTPS after a plaintext client"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_admin_certificate_is_picked_up() {
+    let files = Rotation::new();
+    let (first, second, cert, key) = (&files.first, &files.second, &files.cert, &files.key);
+    let tls = ["--http-tls-cert", path(cert), "--http-tls-key", path(key)];
+    let (_rules, tollgate) = with_admin_tls(&tls, &first.read("ca.crt"), None).await;
+    let port = tollgate.http_port();
+
+    // As on the gRPC port, the new certificate comes from another CA, so a handshake tells which
+    // one it got.
+    files.rotate();
+    let second_ca = second.read("ca.crt");
+    let picked_up = common::wait_until_async(Duration::from_secs(10), || async {
+        https(port, &second_ca, None, "GET /healthcheck")
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    assert!(
+        picked_up,
+        "the new certificate is not served: {}",
+        tollgate.log_tail()
+    );
+    assert!(
+        https(port, &first.read("ca.crt"), None, "GET /healthcheck")
+            .await
+            .is_err(),
+        "a new connection still gets the old certificate"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_mtls_refuses_a_client_without_a_certificate() {
+    let pki = Pki::new("ca");
+    let (cert, key) = pki.leaf("server", SERVER_SAN, "serverAuth");
+    let (client_cert, client_key) = pki.leaf("prometheus", "DNS:prometheus", "clientAuth");
+    let ca_path = pki.path("ca.crt");
+    let tls = [
+        "--http-tls-cert",
+        path(&cert),
+        "--http-tls-key",
+        path(&key),
+        "--http-tls-client-ca",
+        path(&ca_path),
+    ];
+    let ca = pki.read("ca.crt");
+    let identity = Some((client_cert.as_path(), client_key.as_path()));
+    let (_rules, tollgate) = with_admin_tls(&tls, &ca, identity).await;
+    let port = tollgate.http_port();
+    let refused = https(port, &ca, None, "GET /healthcheck").await;
+    assert!(
+        refused.is_err(),
+        "answered without a certificate: {refused:?}"
+    );
+    let other_ca = Pki::new("other-ca");
+    let forged = other_ca.leaf("prometheus", "DNS:prometheus", "clientAuth");
+    let forged = https(port, &ca, Some((&forged.0, &forged.1)), "GET /healthcheck").await;
+    assert!(
+        forged.is_err(),
+        "answered a certificate of another CA: {forged:?}"
+    );
+    let served = https(port, &ca, identity, "GET /metrics").await.unwrap();
+    assert_eq!(served.status, 200);
+}
+
+/// Each stalled handshake holds one of the two places under the cap until the header timeout
+/// closes it; only then is a good client's handshake taken. Without the timeout a silent client
+/// would hold its place forever; without the cap, the good client would be answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_admin_handshake_is_closed_after_the_header_timeout() {
+    let pki = Pki::new("ca");
+    let (cert, key) = pki.leaf("server", SERVER_SAN, "serverAuth");
+    let timeout = Duration::from_secs(1);
+    let args = [
+        "--http-tls-cert",
+        path(&cert),
+        "--http-tls-key",
+        path(&key),
+        "--admin-header-timeout",
+        "1s",
+        "--admin-max-connections",
+        "2",
+    ];
+    let ca = pki.read("ca.crt");
+    let (_rules, tollgate) = with_admin_tls(&args, &ca, None).await;
+    let addr = tollgate.http_addr();
+    // One sends nothing; the other the first bytes of a TLS record, never the rest.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut partial = TcpStream::connect(addr).await.unwrap();
+    partial.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    let stalled_at = Instant::now();
+    let good = tokio::spawn({
+        let ca = ca.clone();
+        let port = addr.port();
+        async move {
+            let answer = https(port, &ca, None, "GET /healthcheck").await;
+            (answer, Instant::now())
+        }
+    });
+    for stream in [&mut silent, &mut partial] {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "a stalled handshake was not closed: {read:?}"
+        );
+    }
+    let closed_after = stalled_at.elapsed();
+    assert!(
+        closed_after < timeout * 4,
+        "closing the stalled handshakes took {closed_after:?}"
+    );
+    let (answer, answered_at) = good.await.unwrap();
+    assert_eq!(answer.map(|r| r.status), Ok(200));
+    let waited = answered_at - stalled_at;
+    assert!(
+        waited >= timeout * 9 / 10,
+        "the good client was answered after {waited:?}: the stalled handshakes held no place under the cap"
+    );
 }

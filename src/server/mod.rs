@@ -59,6 +59,8 @@ pub struct ServeOptions {
     pub grpc_threads: Option<NonZeroUsize>,
     /// TLS on the gRPC port; `None`: plaintext.
     pub grpc_tls: Option<tls::Acceptor>,
+    /// TLS on the admin port; `None`: plaintext.
+    pub admin_tls: Option<tls::Acceptor>,
     /// Caps, timeouts and keepalive of both ports' connections.
     pub connections: ConnectionLimits,
     /// A Unix socket on which gRPC is served too.
@@ -74,6 +76,7 @@ impl Default for ServeOptions {
             drain_timeout: Duration::from_secs(20),
             grpc_threads: None,
             grpc_tls: None,
+            admin_tls: None,
             connections: ConnectionLimits::default(),
             grpc_uds: None,
         }
@@ -232,11 +235,11 @@ pub async fn run(
         health,
     });
     let admin_limits = options.connections.clone();
-    let stop_admin = stop_accepting.clone();
+    let (stop_admin, admin_tls) = (stop_accepting.clone(), options.admin_tls.clone());
 
     let mut grpc_task = tokio::spawn(grpc_server);
     let mut http_task = tokio::spawn(async move {
-        listen::serve_admin(http, admin, &admin_limits, admin_cap, stop_admin).await
+        listen::serve_admin(http, admin, &admin_limits, admin_cap, admin_tls, stop_admin).await
     });
     // A server that stops by itself before shutdown has failed: stop the other and report it.
     tokio::select! {

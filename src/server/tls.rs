@@ -1,9 +1,12 @@
-//! TLS and mTLS on the gRPC port, with certificates that rotate on disk.
+//! TLS and mTLS on the gRPC port and the admin port, with certificates that rotate on disk.
 //!
-//! tollgate runs its own accept loop (one acceptor handing connections to single-threaded gRPC
-//! runtimes), so TLS is a step of that loop rather than tonic's: each gRPC thread takes its TCP
-//! connections, runs the handshake in a task of its own (a slow or silent client holds up no other,
-//! and gives up after [`HANDSHAKE_TIMEOUT`]), and hands tonic the [`GrpcIo`] stream once it is done.
+//! tollgate runs its own accept loops (one acceptor handing connections to single-threaded gRPC
+//! runtimes; hyper's HTTP/1 loop on the admin port), so TLS is a step of those loops rather than
+//! tonic's: each gRPC thread takes its TCP connections, runs the handshake in a task of its own (a
+//! slow or silent client holds up no other, and gives up after [`HANDSHAKE_TIMEOUT`]), and hands
+//! tonic the [`GrpcIo`] stream once it is done. The admin port does the same in each connection's
+//! task, bounded by its header-read timeout and under its connection cap. The two ports differ only
+//! in the protocol they offer by ALPN ([`Alpn`]); each has its own [`Acceptor`] and reloader.
 //!
 //! Rotation: the certificate, key and client CA files are re-read every [`RELOAD_INTERVAL`] (a few
 //! kilobytes; a timer follows Kubernetes' symlink swaps of mounted Secrets, which file events miss or
@@ -36,10 +39,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::codegen::tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::codegen::tokio_stream::{Stream, StreamExt as _};
 
-pub use args::TlsArgs;
+pub use args::{TlsArgs, TlsArgsError, files_from_flags};
 pub use io::GrpcIo;
 
-/// How long a client may take to complete the handshake.
+/// How long a gRPC client may take to complete the handshake (an admin client gets the admin
+/// port's header-read timeout).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the certificate files are re-read.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
@@ -70,10 +74,30 @@ pub enum TlsError {
     Config(String),
 }
 
+/// The application protocol a port speaks, offered to clients by ALPN: a client that offers
+/// protocols, none of them this one, is refused in the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// HTTP/2, the gRPC port.
+    H2,
+    /// HTTP/1.1, the admin port.
+    Http1,
+}
+
+impl Alpn {
+    fn protocol(self) -> &'static [u8] {
+        match self {
+            Alpn::H2 => b"h2",
+            Alpn::Http1 => b"http/1.1",
+        }
+    }
+}
+
 /// Turns accepted TCP connections into TLS streams with the configuration in force.
 #[derive(Clone)]
 pub struct Acceptor {
     files: Arc<TlsFiles>,
+    alpn: Alpn,
     config: Arc<ArcSwap<Loaded>>,
 }
 
@@ -81,6 +105,7 @@ impl std::fmt::Debug for Acceptor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Acceptor")
             .field("files", &self.files)
+            .field("alpn", &self.alpn)
             .finish_non_exhaustive()
     }
 }
@@ -92,12 +117,13 @@ struct Loaded {
 }
 
 impl Acceptor {
-    /// Loads the files once; an error here stops the start.
-    pub fn new(files: TlsFiles) -> Result<Self, TlsError> {
+    /// Loads the files once, for a port speaking `alpn`; an error here stops the start.
+    pub fn new(files: TlsFiles, alpn: Alpn) -> Result<Self, TlsError> {
         let bytes = read_all(&files)?;
-        let acceptor = build(&files, &bytes)?;
+        let acceptor = build(&files, alpn, &bytes)?;
         Ok(Self {
             files: Arc::new(files),
+            alpn,
             config: Arc::new(ArcSwap::from_pointee(Loaded { bytes, acceptor })),
         })
     }
@@ -136,7 +162,7 @@ impl Acceptor {
         if bytes == self.config.load().bytes || failed.as_ref() == Some(&bytes) {
             return;
         }
-        match build(&self.files, &bytes) {
+        match build(&self.files, self.alpn, &bytes) {
             Ok(acceptor) => {
                 self.config.store(Arc::new(Loaded { bytes, acceptor }));
                 *failed = None;
@@ -151,13 +177,15 @@ impl Acceptor {
         }
     }
 
-    /// Runs the server handshake on `stream` with the configuration in force.
+    /// Runs the server handshake on `stream` with the configuration in force; a client that has
+    /// not completed it `within` is dropped.
     pub async fn accept(
         &self,
         stream: TcpStream,
+        within: Duration,
     ) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
         let acceptor = self.config.load().acceptor.clone();
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+        tokio::time::timeout(within, acceptor.accept(stream))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))?
     }
@@ -190,7 +218,7 @@ pub fn incoming<T: Send + 'static>(
                     Err(e) => return tracing::warn!("taking a gRPC connection: {e}"),
                 };
                 let peer = stream.peer_addr().ok();
-                match tls.accept(stream).await {
+                match tls.accept(stream, HANDSHAKE_TIMEOUT).await {
                     Ok(stream) => {
                         let _ = ready.send(Ok((GrpcIo::Tls(Box::new(stream)), with)));
                     }
@@ -216,7 +244,11 @@ fn read_all(files: &TlsFiles) -> Result<Vec<Vec<u8>>, TlsError> {
 }
 
 /// Builds the server configuration from the files' contents, in `read_all`'s order.
-fn build(files: &TlsFiles, bytes: &[Vec<u8>]) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+fn build(
+    files: &TlsFiles,
+    alpn: Alpn,
+    bytes: &[Vec<u8>],
+) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
     let pem = |path: &Path, message: String| TlsError::Pem {
         path: path.to_owned(),
         message,
@@ -248,7 +280,7 @@ fn build(files: &TlsFiles, bytes: &[Vec<u8>]) -> Result<tokio_rustls::TlsAccepto
     let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| pem(&files.key, format!("does not match the certificate: {e}")))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![alpn.protocol().to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -356,10 +356,22 @@ fn tollgate_pods_are_probed_scraped_and_given_time_to_drain() {
             .iter()
             .find(|c| c["name"].as_str() == Some("tollgate"))
             .unwrap();
+        // With TLS on the admin port, a plain HTTP probe would never pass.
+        let admin_tls = container["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"].as_str() == Some("TOLLGATE_HTTP_TLS_CERT"));
+        let scheme = if admin_tls { Some("HTTPS") } else { None };
         for probe in ["readinessProbe", "livenessProbe"] {
             assert_eq!(
                 str_at(container, &[probe, "httpGet", "path"]),
                 "/healthcheck",
+                "{file} {probe}"
+            );
+            assert_eq!(
+                container[probe]["httpGet"]["scheme"].as_str(),
+                scheme,
                 "{file} {probe}"
             );
         }

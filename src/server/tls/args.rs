@@ -1,4 +1,5 @@
-//! The `tollgate serve` flags of TLS on the gRPC port.
+//! The `tollgate serve` flags of TLS on the gRPC port, and the check of a port's TLS flags that
+//! the admin port's (in the binary) share.
 
 use std::path::PathBuf;
 
@@ -25,34 +26,52 @@ pub struct TlsArgs {
     pub grpc_tls_client_san: Vec<String>,
 }
 
-/// A combination of TLS flags that cannot work.
+/// A combination of TLS flags that cannot work; each names the port's flags (`grpc`, `http`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TlsArgsError {
-    #[error("--grpc-tls-cert and --grpc-tls-key go together")]
-    HalfIdentity,
-    #[error("--grpc-tls-client-ca and --grpc-tls-client-san need --grpc-tls-cert")]
-    NoServerCert,
-    #[error("--grpc-tls-client-san needs --grpc-tls-client-ca (no client certificate to check)")]
-    SanWithoutCa,
+    #[error("--{0}-tls-cert and --{0}-tls-key go together")]
+    HalfIdentity(&'static str),
+    #[error("--{0}-tls-client-ca (and --{0}-tls-client-san) need --{0}-tls-cert")]
+    NoServerCert(&'static str),
+    #[error("--{0}-tls-client-san needs --{0}-tls-client-ca (no client certificate to check)")]
+    SanWithoutCa(&'static str),
 }
 
 impl TlsArgs {
     /// The files to serve TLS with, or `None` for plaintext.
     pub fn files(&self) -> Result<Option<TlsFiles>, TlsArgsError> {
-        if !self.grpc_tls_client_san.is_empty() && self.grpc_tls_client_ca.is_none() {
-            return Err(TlsArgsError::SanWithoutCa);
-        }
-        match (&self.grpc_tls_cert, &self.grpc_tls_key) {
-            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                client_ca: self.grpc_tls_client_ca.clone(),
-                client_sans: self.grpc_tls_client_san.clone(),
-            })),
-            (None, None) if self.grpc_tls_client_ca.is_some() => Err(TlsArgsError::NoServerCert),
-            (None, None) => Ok(None),
-            _ => Err(TlsArgsError::HalfIdentity),
-        }
+        files_from_flags(
+            "grpc",
+            self.grpc_tls_cert.as_ref(),
+            self.grpc_tls_key.as_ref(),
+            self.grpc_tls_client_ca.as_ref(),
+            &self.grpc_tls_client_san,
+        )
+    }
+}
+
+/// The files a port's `--<port>-tls-*` flags name, or `None` for plaintext; refuses a certificate
+/// without its key (or the reverse), a client CA without a certificate, and SANs without a CA.
+pub fn files_from_flags(
+    port: &'static str,
+    cert: Option<&PathBuf>,
+    key: Option<&PathBuf>,
+    client_ca: Option<&PathBuf>,
+    client_sans: &[String],
+) -> Result<Option<TlsFiles>, TlsArgsError> {
+    if !client_sans.is_empty() && client_ca.is_none() {
+        return Err(TlsArgsError::SanWithoutCa(port));
+    }
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: client_ca.cloned(),
+            client_sans: client_sans.to_vec(),
+        })),
+        (None, None) if client_ca.is_some() => Err(TlsArgsError::NoServerCert(port)),
+        (None, None) => Ok(None),
+        _ => Err(TlsArgsError::HalfIdentity(port)),
     }
 }
 
@@ -74,19 +93,19 @@ mod tests {
         assert_eq!(args(false, false, false, &[]).files(), Ok(None));
         assert_eq!(
             args(true, false, false, &[]).files(),
-            Err(TlsArgsError::HalfIdentity)
+            Err(TlsArgsError::HalfIdentity("grpc"))
         );
         assert_eq!(
             args(false, true, false, &[]).files(),
-            Err(TlsArgsError::HalfIdentity)
+            Err(TlsArgsError::HalfIdentity("grpc"))
         );
         assert_eq!(
             args(false, false, true, &[]).files(),
-            Err(TlsArgsError::NoServerCert)
+            Err(TlsArgsError::NoServerCert("grpc"))
         );
         assert_eq!(
             args(true, true, false, &["a"]).files(),
-            Err(TlsArgsError::SanWithoutCa)
+            Err(TlsArgsError::SanWithoutCa("grpc"))
         );
         let files = args(true, true, true, &["spiffe://x/y", "envoy"])
             .files()

@@ -64,6 +64,8 @@ pub struct ResilienceOptions {
     pub backoff_max: Duration,
     /// The bound on keys in the over-limit cache that [`protect`] puts in front of the store.
     pub over_limit_cache_entries: usize,
+    /// Bytes the `local` policy's counters may hold ([`ResilienceOptions::with_memory_limit`]).
+    pub local_capacity: usize,
 }
 
 impl Default for ResilienceOptions {
@@ -76,6 +78,7 @@ impl Default for ResilienceOptions {
             backoff_start: Duration::from_millis(250),
             backoff_max: Duration::from_secs(5),
             over_limit_cache_entries: overlimit::DEFAULT_MAX_ENTRIES,
+            local_capacity: crate::store::memory::DEFAULT_CAPACITY,
         }
     }
 }
@@ -144,7 +147,7 @@ impl ResilientStore {
     ) -> Self {
         Self {
             census: Arc::new(Census::new(primary.kind())),
-            fallback: Fallback::new(options.on_error, options.instances, clock.clone()),
+            fallback: Fallback::new(options, clock.clone()),
             primary,
             options: *options,
             clock,

@@ -4,7 +4,9 @@
 //! - `local` (the default): decided in an in-process [`MemoryStore`], each quota scaled to
 //!   `L / instances` (floor, at least 1; the burst likewise), so a fleet of `N` instances that all
 //!   lost the store still admits about `L` in total (up to `N` when `L < N`). Counters start empty:
-//!   a user already over the limit in the store gets a fresh local share.
+//!   a user already over the limit in the store gets a fresh local share. The store holds at most
+//!   `local_capacity` bytes; [`ResilienceOptions::with_memory_limit`] splits one memory limit
+//!   between it and the over-limit cache.
 //! - `allow`: admitted, `remaining` = capacity (fail open).
 //! - `deny`: refused, `remaining` 0, `reset_after` = the time until the breaker next probes the
 //!   store (at least the initial backoff).
@@ -22,7 +24,10 @@ use crate::algorithm::{Decision, Quota};
 use crate::clock::Clock;
 use crate::metrics as m;
 use crate::store::memory::MemoryStore;
+use crate::store::overlimit::MAX_ENTRY_BYTES;
 use crate::store::{Batch, Decisions, Hit, StoreError};
+
+use super::ResilienceOptions;
 
 /// What to answer when the store fails or its circuit is open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -82,11 +87,14 @@ pub(super) struct Fallback {
 }
 
 impl Fallback {
-    pub(super) fn new(policy: OnStoreError, instances: NonZeroU32, clock: Arc<dyn Clock>) -> Self {
+    pub(super) fn new(options: &ResilienceOptions, clock: Arc<dyn Clock>) -> Self {
         Self {
-            local: Arc::new(MemoryStore::new(clock.clone())),
-            policy,
-            instances,
+            local: Arc::new(MemoryStore::with_capacity(
+                clock.clone(),
+                options.local_capacity,
+            )),
+            policy: options.on_error,
+            instances: options.instances,
             clock,
         }
     }
@@ -139,6 +147,28 @@ impl Fallback {
     }
 }
 
+impl ResilienceOptions {
+    /// The options with the process's memory limit shared out between what it keeps beside a
+    /// remote store: the over-limit cache gets what its entries may take ([`MAX_ENTRY_BYTES`]
+    /// each), at most half the limit with the `local` policy (and all of it with the others,
+    /// whose fallback keeps nothing); the `local` policy's counters get the rest. Together they
+    /// stay within `limit`.
+    #[must_use]
+    pub fn with_memory_limit(mut self, limit: usize) -> Self {
+        let local = self.on_error == OnStoreError::Local;
+        let cache_room = if local { limit / 2 } else { limit };
+        self.over_limit_cache_entries = self
+            .over_limit_cache_entries
+            .min(cache_room / MAX_ENTRY_BYTES);
+        self.local_capacity = if local {
+            limit - self.over_limit_cache_entries * MAX_ENTRY_BYTES
+        } else {
+            0
+        };
+        self
+    }
+}
+
 /// `quota` with its limit and burst divided by `instances` (floor, at least 1): one instance's share
 /// of a fleet-wide limit.
 pub fn scaled_quota(quota: &Quota, instances: NonZeroU32) -> Quota {
@@ -157,4 +187,64 @@ pub fn scaled_quota(quota: &Quota, instances: NonZeroU32) -> Quota {
         burst,
     )
     .unwrap_or(*quota)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algorithm::Algorithm;
+    use crate::clock::ManualClock;
+    use crate::keys::CounterKey;
+
+    #[test]
+    fn one_memory_limit_is_shared_between_the_cache_and_the_local_fallback() {
+        let mib = 1 << 20;
+        let local = ResilienceOptions::default().with_memory_limit(256 * mib);
+        // The cache's 100,000 entries fit in half; the fallback gets the rest.
+        assert_eq!(local.over_limit_cache_entries, 100_000);
+        assert_eq!(local.local_capacity, 256 * mib - 100_000 * MAX_ENTRY_BYTES);
+        let small = ResilienceOptions::default().with_memory_limit(8 * mib);
+        assert_eq!(small.over_limit_cache_entries, 4 * mib / MAX_ENTRY_BYTES);
+        assert_eq!(small.local_capacity, 4 * mib);
+        let deny = ResilienceOptions {
+            on_error: OnStoreError::Deny,
+            ..ResilienceOptions::default()
+        }
+        .with_memory_limit(8 * mib);
+        assert_eq!(deny.over_limit_cache_entries, 8 * mib / MAX_ENTRY_BYTES);
+        assert_eq!(deny.local_capacity, 0);
+        for options in [local, small, deny] {
+            assert!(
+                options.over_limit_cache_entries * MAX_ENTRY_BYTES + options.local_capacity
+                    <= 256 * mib
+            );
+        }
+    }
+
+    /// Fails if the fallback's store ignores `local_capacity` (512 MiB by default).
+    #[test]
+    fn the_local_fallback_holds_no_more_than_its_capacity() {
+        let capacity = 256 << 10;
+        let options = ResilienceOptions {
+            local_capacity: capacity,
+            ..ResilienceOptions::default()
+        };
+        let clock = Arc::new(ManualClock::new(1_700_000_000_000_000_000));
+        let fallback = Fallback::new(&options, clock.clone());
+        assert!(fallback.local.capacity_bytes() <= capacity);
+        let quota = Quota::new(Algorithm::FixedWindow, 10, Duration::from_secs(3600), None)
+            .expect("a valid quota");
+        for user in 0..20_000 {
+            let key = CounterKey::new("test", &quota, [("user", user.to_string().as_str())]);
+            let hit = Hit {
+                key: &key,
+                quota: &quota,
+                hits: 1,
+            };
+            fallback.local.decide_at(&hit, clock.now());
+        }
+        let bytes = fallback.local.bytes();
+        assert!(bytes <= capacity, "{bytes} bytes held, capacity {capacity}");
+        assert!(bytes > capacity / 4, "the flood did not fill it: {bytes}");
+    }
 }
