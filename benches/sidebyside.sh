@@ -298,7 +298,7 @@ for round in $(seq "$RUNS"); do
         done
     done
     say ""
-    say "## round $round of $RUNS (${order[*]} first)"
+    say "## round $round of $RUNS (${order[0]} first)"
     tail -n +"$((start + 1))" "$RESULTS" | table | if ((JSON)); then cat >&2; else cat; fi
 done
 
@@ -321,7 +321,8 @@ say "## summary over $RUNS round(s): ranges (min–max); CPU µs/decision the me
 jq -r 'def r: if . == null then "-" else (. * 100 | round / 100 | tostring) end;
     def range: if . == null then "-" else "\(.[0] | r)–\(.[1] | r)" end;
     ["store", "load", "server", "decisions/s", "p99 ms", "mean ms", "CPU µs/dec", "errors", "rps ×", "CPU ÷"],
-    (.[] | . as $g | .servers | to_entries[] | [$g.store, $g.load + (if $g.target_rps then " \($g.target_rps)/s" else "" end),
+    (.[] | . as $g | .servers | [{key: "tollgate", value: .tollgate}, {key: "limitador", value: .limitador}]
+        | map(select(.value))[] | [$g.store, $g.load + (if $g.target_rps then " \($g.target_rps)/s" else "" end),
         .key, (.value.rps | range), (.value.p99_ms | range), (.value.mean_ms | range),
         (.value.cpu_us_per_decision | r), (.value.errors | tostring),
         (if .key == "tollgate" then ($g.rps_ratio | r) else "" end),
