@@ -96,7 +96,8 @@ free_port() {
 # CPU time (user + system, all threads) of a process so far, in clock ticks.
 cpu_ticks() {
     local stat f
-    stat=$(cat "/proc/$1/stat")
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) ||
+        { echo "the server (pid $1) exited during the run; its log:" >&2; cat "$WORK/server.log" >&2; return 1; }
     read -r -a f <<<"${stat##*) }"
     # After the command: index 11 is utime, 12 stime (man 5 proc, fields 14 and 15).
     echo $((f[11] + f[12]))
