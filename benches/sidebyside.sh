@@ -13,7 +13,9 @@
 #           (benches/rls-request.py) to ShouldRateLimit; latency is h2load's own (mean, max)
 # Each measurement follows a warm-up of the same load. Server CPU per decision is the server
 # process's user + system time (/proc/PID/stat) over the measured interval divided by decisions.
-# Before the loads, a rule of 5 an hour checks that each server counts with each store.
+# "CPU wait ms" is the time some task on the machine waited for a CPU (/proc/pressure/cpu, `some`)
+# during the measurement: how busy the neighbours were. Before the loads, a rule of 5 an hour
+# checks that each server counts with each store.
 #
 # Usage: benches/sidebyside.sh [--json]     (from anywhere; not run in CI)
 #   --json        one JSON object (every measurement and the summary) on stdout; tables on stderr.
