@@ -37,7 +37,7 @@ use hashbrown::HashTable;
 use smallvec::SmallVec;
 
 use super::sharded::{self, Sharded};
-use super::{Batch, Decisions, Hit, Route, Routed, Store, StoreError};
+use super::{Batch, Decisions, Hit, Route, Routed, Store, StoreError, all_or_none};
 use crate::algorithm::{Charge, Decision};
 use crate::clock::{Clock, Nanos};
 use crate::keys::CounterKey;
@@ -222,8 +222,11 @@ impl Store for OverLimitCache {
             .iter()
             .map(|r| self.cached(&r.hit, sent))
             .collect();
+        // In an all-or-none batch, a key known over means none is charged: the others are only
+        // read as they stand.
+        let refused = all_or_none::refusing(batch, &known);
         let mut buf = SmallVec::new();
-        let rest = batch.retain(&mut buf, |i| known[i].is_none());
+        let rest = all_or_none::rest(batch, &mut buf, refused, |i| known[i].is_none());
         let decided = if rest.is_empty() {
             Decisions::concat([])
         } else {
@@ -240,7 +243,7 @@ impl Store for OverLimitCache {
                 self.insert(r.hit.key, sent.saturating_add(wait), d.limit, sent);
             }
         }
-        Ok(Decisions::fill(known, decided))
+        Ok(all_or_none::answer(batch, refused, known, decided))
     }
 
     fn kind(&self) -> &'static str {

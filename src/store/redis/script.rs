@@ -11,17 +11,17 @@ use fred::prelude::{ClientLike, Value};
 use fred::types::{ClusterHash, CustomCommand};
 
 use crate::algorithm::{Charge, Decision};
-use crate::store::{Batch, Decisions, Routed, StoreError};
+use crate::store::{Batch, Decisions, Mode, Routed, StoreError};
 
 /// The decision script; see its header for KEYS, ARGV, the reply and the state of each algorithm.
 pub const SCRIPT: &str = include_str!("decide.lua");
 
 /// Values per counter in the script's ARGV and in its reply.
-const ARGS_PER_COUNTER: usize = 8;
+const ARGS_PER_COUNTER: usize = 9;
 const REPLY_PER_COUNTER: usize = 4;
 
-/// The `EVALSHA` arguments deciding `run` (hits of one slot): the script's `sha`, the number of
-/// keys, the keys, then eight ARGV values per counter. `now_us` overrides Redis' `TIME`.
+/// The `EVALSHA` arguments deciding `run` (hits of one slot, by its mode): the script's `sha`, the
+/// number of keys, the keys, then nine ARGV values per counter. `now_us` overrides Redis' `TIME`.
 pub(super) fn args(sha: &str, run: Batch<'_, '_>, now_us: Option<u64>) -> Vec<Value> {
     let hits = run.hits();
     let mut args = Vec::with_capacity(2 + hits.len() * (1 + ARGS_PER_COUNTER));
@@ -31,7 +31,12 @@ pub(super) fn args(sha: &str, run: Batch<'_, '_>, now_us: Option<u64>) -> Vec<Va
         hits.iter()
             .map(|r| Value::Bytes(r.route.name.to_vec().into())),
     );
-    for r in hits {
+    // An all-or-none run is one group, marked on its first counter.
+    let group = match run.mode() {
+        Mode::Each => 0,
+        Mode::AllOrNone => hits.len(),
+    };
+    for (i, r) in hits.iter().enumerate() {
         let q = r.hit.quota;
         // More than the capacity never fits: capacity + 1 decides the same and stays small. A rule
         // charging always charges up to its ceiling, so more than that decides the same.
@@ -51,6 +56,7 @@ pub(super) fn args(sha: &str, run: Batch<'_, '_>, now_us: Option<u64>) -> Vec<Va
                 Some(t) => Value::Integer(int(t)),
                 None => Value::from(""),
             },
+            Value::Integer(if i == 0 { int(group as u64) } else { 0 }),
         ]);
     }
     args
