@@ -348,6 +348,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_key_known_over_leaves_an_all_or_none_request_uncharged() {
+        let clock = ManualClock::new(START);
+        let inner = Counting::new(&clock);
+        let cache = cache(inner.clone(), &clock, 100);
+        let (tight, loose) = (
+            quota(Algorithm::FixedWindow, 1, Duration::from_secs(10)),
+            quota(Algorithm::FixedWindow, 10, Duration::from_secs(10)),
+        );
+        let (a, b) = (key(&tight, "a"), key(&loose, "b"));
+        cache.decide(&[hit(&a, &tight, 1)]).await.unwrap();
+        assert!(!cache.decide(&[hit(&a, &tight, 1)]).await.unwrap()[0].allowed);
+        assert_eq!(cache.len(), 1);
+        let request = [hit(&a, &tight, 1), hit(&b, &loose, 3)];
+        let d = cache
+            .decide_as(&request, crate::store::Mode::AllOrNone)
+            .await
+            .unwrap();
+        assert!(!d[0].allowed && d[1].allowed, "b fits, as it stands: {d:?}");
+        assert_eq!(d[1].remaining, 10);
+        let left = inner.store.decide_one(&hit(&b, &loose, 0));
+        assert_eq!(left.remaining, 10, "b was not charged");
+    }
+
+    #[tokio::test]
     async fn a_denied_key_is_answered_locally_until_its_deadline() {
         let clock = ManualClock::new(START);
         let inner = Counting::new(&clock);
