@@ -7,6 +7,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tollgate::algorithm::{Algorithm, Quota};
@@ -312,6 +313,47 @@ async fn one_evalsha_per_slot() {
     store.decide(&hits).await.unwrap();
     let info = server.cli(&["INFO", "commandstats"]);
     assert_eq!(calls(&info, "evalsha"), 1, "{info}");
+}
+
+/// Decisions asked at once on one thread go out in fewer script calls than decisions, each still
+/// decided exactly; fails if every decision makes its own call.
+#[tokio::test]
+async fn concurrent_decisions_on_one_thread_share_script_calls() {
+    const N: usize = 64;
+    let server = RedisServer::start();
+    let store = Arc::new(connect(server.url()).await);
+    store.connect_lane().await.unwrap();
+    let q = quota(Algorithm::SlidingWindow, 10, Duration::from_secs(60));
+    let keys: Arc<Vec<CounterKey>> = Arc::new(
+        (0..N)
+            .map(|i| CounterKey::new("together", &q, [("user", i.to_string().as_str())]))
+            .collect(),
+    );
+    assert!(allowed(&store, &keys[0], &q, 1).await);
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    let mut asked = tokio::task::JoinSet::new();
+    for i in 0..N {
+        let (store, keys) = (store.clone(), keys.clone());
+        asked.spawn(async move {
+            let hit = Hit {
+                key: &keys[i],
+                quota: &q,
+                hits: 2,
+            };
+            store.decide(&[hit]).await.unwrap()[0]
+        });
+    }
+    let decided = asked.join_all().await;
+    let mut remaining: Vec<u64> = decided.iter().map(|d| d.remaining).collect();
+    remaining.sort_unstable();
+    assert_eq!(remaining[0], 7, "the warmed-up key");
+    assert!(remaining[1..].iter().all(|&r| r == 8), "{remaining:?}");
+    let info = server.cli(&["INFO", "commandstats"]);
+    let evalsha = calls(&info, "evalsha");
+    assert!(
+        (1..N as u64).contains(&evalsha),
+        "{evalsha} calls for {N} decisions"
+    );
 }
 
 #[tokio::test]

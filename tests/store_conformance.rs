@@ -276,6 +276,7 @@ fn same_slot(store: &dyn Store, domain: &str, a: &Quota, b: &Quota) -> (CounterK
 
 /// Concurrent requests, half on counters `a` and `b` of one slot and half on `a` alone, all or
 /// none: `a` runs out while they race, and `b` is charged exactly once per request admitted whole.
+/// On one thread, so that the Redis store batches requests' groups into shared script calls.
 /// Two calls (what is left, then the charges) would let a request that lost `a`'s last hit to
 /// another between its calls still charge `b`.
 #[test]
@@ -283,7 +284,11 @@ fn racing_requests_all_or_none_are_never_partly_charged() {
     const LOOSE: u64 = 1_000_000;
     let server = RedisServer::start();
     let cluster = RedisCluster::start();
-    let rt = runtime();
+    // One thread: the Redis store's decisions go through its lane, batched with each other.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let clock = ManualClock::new(START);
         let stores: Vec<(&str, Arc<dyn Store>)> = vec![

@@ -11,8 +11,8 @@
 //! ([`CounterKey::redis_key`](crate::keys::CounterKey::redis_key)), its Cluster slot (the name's
 //! hash tag) and, in a Cluster, its partition from the slot table of `redis::routing` (every key of
 //! a single server is in [`Partition::WHOLE`]). A batch arrives ordered by slot: each slot's run is
-//! decided atomically by one `EVALSHA`, and all runs concurrently, so a request costs one round
-//! trip whatever its descriptors. A single server (or Sentinel's master) takes all of a request's
+//! decided atomically by one `EVALSHA` (a run decided all or none is one group of the script),
+//! and all runs concurrently, so a request costs one round trip whatever its descriptors. A single server (or Sentinel's master) takes all of a request's
 //! counters in one `EVALSHA`.
 //!
 //! In a Cluster, the scripts go through a pool per master, not through the cluster pool: a fred
@@ -27,7 +27,10 @@
 //! Each master (or the single server, standalone or found through Sentinel) has one pool per lane
 //! (`redis::lanes`): per thread that runs a single-threaded runtime (the server's gRPC threads),
 //! made on that thread's first use, so fred's reader and writer tasks run where the decision was
-//! asked: a command is written and its answer read without waking another thread. One pool shared
+//! asked: a command is written and its answer read without waking another thread. A lane's
+//! decisions for one master are batched (`redis::batch`): those asked while its previous call is
+//! out go together as its next call, one script call deciding many keys, and a lone decision goes
+//! at once. One pool shared
 //! by all threads put every connection task on whichever thread first built it, and each decision
 //! from another thread crossed threads twice. Other runtimes (multi-threaded) share one pool per
 //! master, and use the store's own pool for a single server. A Cluster thus holds threads × masters
@@ -43,6 +46,7 @@
 //! script may already have run. Redis being down at start is not an error: the store answers errors
 //! until it is up.
 
+mod batch;
 mod cause;
 mod client;
 mod error;
@@ -65,11 +69,12 @@ use smallvec::SmallVec;
 use super::{Batch, Decisions, Partition, Route, Store, StoreError, join_all};
 use crate::clock::Clock;
 use crate::keys::CounterKey;
+use batch::Batcher;
 use cause::Condition;
 pub use cause::{Cause, store_conditions};
 use client::{client_builder, log_state_changes};
-use error::{redirected, store_error};
-use lanes::{LanePool, connected, current_lane, in_lane, quit_on};
+use error::store_error;
+use lanes::{LanePool, current_lane, in_lane, quit_on};
 use routing::Router;
 pub use script::SCRIPT;
 pub use tls::RedisCredentials;
@@ -182,58 +187,80 @@ impl RedisStore {
         self
     }
 
-    /// A client in the caller's lane, if it is connected (while it connects, or reconnects, the
-    /// store's own pool serves): of the master that serves `slot` if the routing is known, or of
-    /// the single server. The lane's pool is made here on first use, so its tasks run on the
-    /// caller's runtime.
-    fn lane_client(&self, slot: u16) -> Option<fred::prelude::Client> {
-        let lane = current_lane()?;
-        let build =
-            |config: Config| client_builder(config, self.backstop).build_pool(self.pool_size);
-        if !self.clustered {
-            // Without a lane of its own, a caller shares the store's pool.
-            lane?;
-            if let Some(pool) = in_lane(&self.single.read(), lane) {
-                return connected(pool);
-            }
-            let config = || build(self.config.clone());
-            return lanes::client_among(&mut self.single.write(), lane, config);
+    /// Makes the caller's lane of a single server and waits (up to [`STARTUP_WAIT`]) until its
+    /// pool is connected, so that the decisions that follow go through its batcher. For tests.
+    #[cfg(any(test, feature = "test-support"))]
+    pub async fn connect_lane(&self) -> Result<(), StoreError> {
+        let unavailable = |why: &str| StoreError::Unavailable(format!("no lane: {why}"));
+        self.lane_batcher(0)
+            .ok_or_else(|| unavailable("not in a single-threaded runtime"))?;
+        let lane = current_lane().flatten();
+        let pool = lanes::pool_in_lane(&self.single.read(), lane)
+            .ok_or_else(|| unavailable("a Cluster"))?;
+        match tokio::time::timeout(STARTUP_WAIT, pool.wait_for_connect()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(store_error(&e, self.backstop, None)),
+            Err(_) => Err(unavailable("not connected in time")),
         }
-        self.router.refresh_if_changed(&self.pool);
-        self.router.lane_client(slot, lane, |server| {
-            build(Config {
-                server: ServerConfig::Centralized { server },
-                ..self.config.clone()
-            })
-        })
     }
 
-    /// Decides `run`, the hits of one slot, in one script call.
+    /// The batcher of the caller's lane: of the master that serves `slot` if the routing is
+    /// known, or of the single server. The lane's pool and batcher are made here on first use, so
+    /// their tasks run on the caller's runtime.
+    fn lane_batcher(&self, slot: u16) -> Option<Arc<Batcher>> {
+        let lane = current_lane()??;
+        let build =
+            |config: Config| client_builder(config, self.backstop).build_pool(self.pool_size);
+        let route = |lane: Pool| batch::Route {
+            lane,
+            shared: self.pool.clone(),
+            sha: self.sha.clone(),
+            clustered: self.clustered,
+            changed: self.router.changed(),
+        };
+        if !self.clustered {
+            if let Some(batcher) = in_lane(&self.single.read(), Some(lane)) {
+                return Some(batcher.clone());
+            }
+            let config = || build(self.config.clone());
+            return lanes::batcher_among(&mut self.single.write(), Some(lane), config, route);
+        }
+        self.router.refresh_if_changed(&self.pool);
+        self.router.lane_batcher(
+            slot,
+            Some(lane),
+            |server| {
+                build(Config {
+                    server: ServerConfig::Centralized { server },
+                    ..self.config.clone()
+                })
+            },
+            route,
+        )
+    }
+
+    /// Decides `run`, the hits of one slot, in one script call: its lane's next batch, or alone
+    /// through the store's pool outside a lane.
     async fn decide_slot(&self, run: Batch<'_, '_>) -> Result<Decisions, StoreError> {
         let slot = run.hits().first().map_or(0, |r| r.route.slot);
-        let args = script::args(&self.sha, run, self.clock.as_ref().map(|c| c.now() / 1_000));
-        let options = Options {
-            fail_fast: true,
-            max_attempts: Some(1),
-            ..Options::default()
+        let call = script::encode(run, self.clock.as_ref().map(|c| c.now() / 1_000));
+        let reply = match self.lane_batcher(slot) {
+            Some(batcher) => batcher.decide(slot, call).await,
+            None => {
+                let options = Options {
+                    fail_fast: true,
+                    max_attempts: Some(1),
+                    ..Options::default()
+                };
+                let client = self.pool.next_connected().with_options(&options);
+                let args = script::call_args(&self.sha, &[&call]);
+                script::eval(&client, slot, &args)
+                    .await
+                    .and_then(|v| v.convert::<Vec<i64>>())
+            }
         };
-        let through_pool = || {
-            let client = self.pool.next_connected().with_options(&options);
-            let args = &args;
-            async move { script::eval(&client, slot, args).await }
-        };
-        let reply = match self.lane_client(slot) {
-            Some(master) => match script::eval(&master.with_options(&options), slot, &args).await {
-                Err(e) if redirected(&e) => {
-                    self.router.invalidate();
-                    through_pool().await
-                }
-                other => other,
-            },
-            None => through_pool().await,
-        }
-        .map_err(|e| store_error(&e, self.backstop, self.condition.cause()))?;
-        script::decode(run, reply)
+        let values = reply.map_err(|e| store_error(&e, self.backstop, self.condition.cause()))?;
+        script::decode(run, &values)
     }
 }
 

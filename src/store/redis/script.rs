@@ -20,17 +20,28 @@ pub const SCRIPT: &str = include_str!("decide.lua");
 const ARGS_PER_COUNTER: usize = 9;
 const REPLY_PER_COUNTER: usize = 4;
 
-/// The `EVALSHA` arguments deciding `run` (hits of one slot, by its mode): the script's `sha`, the
-/// number of keys, the keys, then nine ARGV values per counter. `now_us` overrides Redis' `TIME`.
-pub(super) fn args(sha: &str, run: Batch<'_, '_>, now_us: Option<u64>) -> Vec<Value> {
+/// One decision's counters, encoded: their keys and their ARGV values (nine per counter).
+#[derive(Debug, Default)]
+pub(super) struct Encoded {
+    keys: Vec<Value>,
+    argv: Vec<Value>,
+}
+
+impl Encoded {
+    /// The number of values the script answers for these counters.
+    pub(super) fn reply_len(&self) -> usize {
+        self.keys.len() * REPLY_PER_COUNTER
+    }
+}
+
+/// `run` (hits of one slot, by its mode) encoded for the script. `now_us` overrides Redis' `TIME`.
+pub(super) fn encode(run: Batch<'_, '_>, now_us: Option<u64>) -> Encoded {
     let hits = run.hits();
-    let mut args = Vec::with_capacity(2 + hits.len() * (1 + ARGS_PER_COUNTER));
-    args.push(Value::from(sha));
-    args.push(Value::Integer(int(hits.len() as u64)));
-    args.extend(
-        hits.iter()
-            .map(|r| Value::Bytes(r.route.name.to_vec().into())),
-    );
+    let keys = hits
+        .iter()
+        .map(|r| Value::Bytes(r.route.name.to_vec().into()))
+        .collect();
+    let mut argv = Vec::with_capacity(hits.len() * ARGS_PER_COUNTER);
     // An all-or-none run is one group, marked on its first counter.
     let group = match run.mode() {
         Mode::Each => 0,
@@ -44,7 +55,7 @@ pub(super) fn args(sha: &str, run: Batch<'_, '_>, now_us: Option<u64>) -> Vec<Va
             Charge::WhenAllowed => r.hit.hits.min(q.burst() + 1),
             Charge::Always => r.hit.hits.min(q.ceiling()),
         };
-        args.extend([
+        argv.extend([
             Value::Integer(i64::from(q.algorithm().code())),
             Value::Integer(int(q.limit())),
             Value::Integer(int(q.window_ns().div_ceil(1_000))),
@@ -59,6 +70,19 @@ pub(super) fn args(sha: &str, run: Batch<'_, '_>, now_us: Option<u64>) -> Vec<Va
             Value::Integer(if i == 0 { int(group as u64) } else { 0 }),
         ]);
     }
+    Encoded { keys, argv }
+}
+
+/// The `EVALSHA` arguments deciding `calls` in one script call, in order: the script's `sha`, the
+/// number of keys, every call's keys, then every call's ARGV.
+pub(super) fn call_args(sha: &str, calls: &[&Encoded]) -> Vec<Value> {
+    let keys: usize = calls.iter().map(|c| c.keys.len()).sum();
+    let argv: usize = calls.iter().map(|c| c.argv.len()).sum();
+    let mut args = Vec::with_capacity(2 + keys + argv);
+    args.push(Value::from(sha));
+    args.push(Value::Integer(int(keys as u64)));
+    args.extend(calls.iter().flat_map(|c| c.keys.iter().cloned()));
+    args.extend(calls.iter().flat_map(|c| c.argv.iter().cloned()));
     args
 }
 
@@ -89,11 +113,8 @@ pub(super) async fn eval<C: ClientLike>(
     }
 }
 
-/// The script's `reply` to `run`: four integers per counter, in order.
-pub(super) fn decode(run: Batch<'_, '_>, reply: Value) -> Result<Decisions, StoreError> {
-    let values: Vec<i64> = reply
-        .convert()
-        .map_err(|e| StoreError::Protocol(format!("unexpected script reply: {e}")))?;
+/// The script's reply to `run`: four integers per counter, in order.
+pub(super) fn decode(run: Batch<'_, '_>, values: &[i64]) -> Result<Decisions, StoreError> {
     let counters: Vec<&[i64]> = values.chunks(REPLY_PER_COUNTER).collect();
     Decisions::checked(run, counters, decision)
 }
