@@ -271,7 +271,9 @@ async fn a_flushed_script_reloads_transparently() {
     assert!(!allowed(&store, &key, &q, 1).await);
 }
 
-#[tokio::test]
+/// Outside a gRPC thread's lane (a multi-threaded runtime), a request takes one call per slot;
+/// see `concurrent_decisions_on_one_thread_share_script_calls` for the lanes' batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_evalsha_per_slot() {
     let cluster = RedisCluster::start();
     let store = connect(cluster.cluster_url()).await;
@@ -354,6 +356,30 @@ async fn concurrent_decisions_on_one_thread_share_script_calls() {
         (1..N as u64).contains(&evalsha),
         "{evalsha} calls for {N} decisions"
     );
+
+    // In a Cluster, one call per master takes a request's keys of all its slots.
+    let cluster = RedisCluster::start();
+    let store = connect(cluster.cluster_url()).await;
+    let keys: Vec<CounterKey> = (0..24)
+        .map(|i| CounterKey::new("spread", &q, [("user", i.to_string().as_str())]))
+        .collect();
+    let hits = one_hit_each(&keys, &q);
+    store.decide(&hits).await.unwrap();
+    store.connect_lane().await.unwrap();
+    let masters = cluster.masters();
+    for &i in &masters {
+        cluster.cli(i, &["CONFIG", "RESETSTAT"]);
+    }
+    let decided = store.decide(&hits).await.unwrap();
+    assert!(
+        decided.iter().all(|d| d.allowed && d.remaining == 8),
+        "{decided:?}"
+    );
+    let evalsha: u64 = masters
+        .iter()
+        .map(|&i| calls(&cluster.cli(i, &["INFO", "commandstats"]), "evalsha"))
+        .sum();
+    assert_eq!(evalsha, masters.len() as u64, "one call per master");
 }
 
 #[tokio::test]

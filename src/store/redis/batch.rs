@@ -30,8 +30,11 @@ use tokio::sync::{Notify, oneshot};
 
 use super::error::redirected;
 use super::lanes::connected;
-use super::script::{self, Encoded};
+use super::script::{self, CROSS_SLOT_SCRIPT, Encoded, SCRIPT};
 use crate::store::join_all;
+
+/// The script's refusal of a batch holding a key this node does not serve (see its header).
+const NOT_LOCAL: &str = "TOLLGATE_NOT_LOCAL";
 
 /// One decision's reply: its counters' values, in order.
 pub(super) type Reply = Result<Vec<i64>, fred::error::Error>;
@@ -50,8 +53,12 @@ pub(super) struct Route {
     /// The store's own pool: the cluster pool in a Cluster, which follows redirections.
     pub(super) shared: Pool,
     pub(super) sha: String,
-    /// Keys of one call must share a slot (a Cluster).
+    /// Keys of one call must share a slot (a Cluster)...
     pub(super) clustered: bool,
+    /// ... unless the Cluster runs the flagged script (`CROSS_SLOT_SCRIPT`, hash `cross_sha`):
+    /// then one call takes a batch of any slots of the master.
+    pub(super) cross_slot: Arc<AtomicBool>,
+    pub(super) cross_sha: String,
     /// Set on a redirection, so the store rebuilds its slot table.
     pub(super) changed: Arc<AtomicBool>,
 }
@@ -105,7 +112,12 @@ impl Route {
     /// Sends `batch`: as one call, or in a Cluster one call per slot, all at once.
     pub(super) async fn send_all(&self, batch: Vec<Queued>) {
         if !self.clustered {
-            return self.send(batch).await;
+            return self.send(batch, SCRIPT, &self.sha, usize::MAX).await;
+        }
+        if self.cross_slot.load(Ordering::Relaxed) {
+            return self
+                .send(batch, CROSS_SLOT_SCRIPT, &self.cross_sha, 1)
+                .await;
         }
         let mut by_slot: Vec<Vec<Queued>> = Vec::new();
         for q in batch {
@@ -115,12 +127,18 @@ impl Route {
                 None => by_slot.push(vec![q]),
             }
         }
-        join_all(by_slot.into_iter().map(|b| self.send(b))).await;
+        join_all(
+            by_slot
+                .into_iter()
+                .map(|b| self.send(b, SCRIPT, &self.sha, usize::MAX)),
+        )
+        .await;
     }
 
-    /// Sends `batch` (of one slot in a Cluster) as one call through the lane's pool, and each
-    /// decision its share of the reply; see the module docs for failures.
-    async fn send(&self, batch: Vec<Queued>) {
+    /// Sends `batch` as one call of `script` (of hash `sha`) through the lane's pool, its first
+    /// `declared` decisions' keys declared, and each decision its share of the reply; see the
+    /// module docs for failures.
+    async fn send(&self, batch: Vec<Queued>, script: &'static str, sha: &str, declared: usize) {
         let Some(first) = batch.first() else {
             return;
         };
@@ -130,9 +148,9 @@ impl Route {
         };
         let args = {
             let calls: SmallVec<[&Encoded; 8]> = batch.iter().map(|q| &q.call).collect();
-            script::call_args(&self.sha, &calls)
+            script::call_args(sha, &calls, declared)
         };
-        let reply = script::eval(&client.with_options(&options()), slot, &args).await;
+        let reply = script::eval(&client.with_options(&options()), slot, script, &args).await;
         match reply.and_then(|v| v.convert::<Vec<i64>>()) {
             Ok(values) => {
                 let mut values = values.into_iter();
@@ -141,7 +159,7 @@ impl Route {
                     let _ = q.reply.send(Ok(mine));
                 }
             }
-            Err(e) if redirected(&e) => {
+            Err(e) if redirected(&e) || e.details().starts_with(NOT_LOCAL) => {
                 self.changed.store(true, Ordering::Release);
                 self.one_by_one(batch).await;
             }
@@ -157,8 +175,8 @@ impl Route {
     async fn one_by_one(&self, batch: Vec<Queued>) {
         join_all(batch.into_iter().map(|q| async move {
             let client = self.shared.next_connected().with_options(&options());
-            let args = script::call_args(&self.sha, &[&q.call]);
-            let reply = script::eval(&client, q.slot, &args).await;
+            let args = script::call_args(&self.sha, &[&q.call], 1);
+            let reply = script::eval(&client, q.slot, SCRIPT, &args).await;
             let _ = q.reply.send(reply.and_then(|v| v.convert::<Vec<i64>>()));
         }))
         .await;

@@ -1,7 +1,9 @@
--- tollgate: decides every counter in KEYS in one atomic step. All KEYS share one cluster slot.
+-- tollgate: decides every counter in one atomic step. All KEYS share one cluster slot.
 --
 -- KEYS[i]  counter i (`tg:{hash}key`, see src/keys.rs).
--- ARGV     nine per counter, in KEYS order:
+-- ARGV     m, then m more counters' names (counters #KEYS + 1 ..; in a Cluster, keys of other slots
+--          of this node, which the script is flagged to reach: `allow-cross-slot-keys`), then nine
+--          values per counter, in counter order:
 --            algorithm, by its code in src/algorithm/mod.rs (0 sliding_window_estimate,
 --              1 fixed_window, 2 sliding_log, 3 token_bucket, 4 leaky_bucket, 5 sliding_window),
 --            limit L, window W in microseconds, burst B, sub-windows k (sliding_window; else 0),
@@ -542,14 +544,22 @@ local function now_of(arg)
   return clock, 0
 end
 
+local extra = tonumber(ARGV[1])
+local base = 1 + extra
+local counters = #KEYS + extra
+local function key_of(i)
+  if i <= #KEYS then return KEYS[i] end
+  return ARGV[1 + i - #KEYS]
+end
+
 -- Runs counter i's algorithm with n hits: allowed, remaining, and the time of reset_after.
 local function decide(i, n)
-  local j = (i - 1) * 9
+  local j = base + (i - 1) * 9
   local algorithm = tonumber(ARGV[j + 1])
   local L, W, B, k = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4]), tonumber(ARGV[j + 5])
   local always = ARGV[j + 7] == '1'
   local now, grace = now_of(ARGV[j + 8])
-  local key = KEYS[i]
+  local key = key_of(i)
   local allowed, remaining, at
   if algorithm == 5 then
     allowed, remaining, at = sliding_window(key, L, W, k, n, now, grace)
@@ -568,7 +578,7 @@ local function decide(i, n)
 end
 
 local function hits_of(i)
-  return tonumber(ARGV[(i - 1) * 9 + 6])
+  return tonumber(ARGV[base + (i - 1) * 9 + 6])
 end
 
 local out = {}
@@ -596,9 +606,9 @@ local function all_or_none(first, last)
     local allowed, remaining, at, now = decide(i, 0)
     if allowed == nil then return remaining end
     standing[i] = {allowed, remaining, at, now}
-    local n, before = hits_of(i), spent[KEYS[i]] or 0
+    local n, before = hits_of(i), spent[key_of(i)] or 0
     fit[i] = before + math.max(n, 1) <= remaining
-    spent[KEYS[i]] = before + n
+    spent[key_of(i)] = before + n
     all = all and fit[i]
   end
   for i = first, last do
@@ -612,9 +622,18 @@ local function all_or_none(first, last)
   end
 end
 
+-- Keys beyond KEYS must be this node's: each is read first (pcall returns the refusal of a key
+-- served elsewhere instead of raising it), so a batch that the routing misplaced writes nothing.
+for i = #KEYS + 1, counters do
+  local read = redis.pcall('EXISTS', key_of(i))
+  if type(read) == 'table' and read.err then
+    return redis.error_reply('TOLLGATE_NOT_LOCAL ' .. read.err)
+  end
+end
+
 local i = 1
-while i <= #KEYS do
-  local group = tonumber(ARGV[(i - 1) * 9 + 9])
+while i <= counters do
+  local group = tonumber(ARGV[base + (i - 1) * 9 + 9])
   if group > 0 then
     local failed = all_or_none(i, i + group - 1)
     if failed then return redis.error_reply(failed) end

@@ -57,7 +57,7 @@ mod tls;
 mod url;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -76,6 +76,7 @@ use client::{client_builder, log_state_changes};
 use error::store_error;
 use lanes::{LanePool, current_lane, in_lane, quit_on};
 use routing::Router;
+use script::CROSS_SLOT_SCRIPT;
 pub use script::SCRIPT;
 pub use tls::RedisCredentials;
 pub use url::RedisOptions;
@@ -90,6 +91,9 @@ pub struct RedisStore {
     /// A Cluster needs one script call per slot; a single server takes all counters in one.
     clustered: bool,
     sha: String,
+    /// Whether every Cluster node took the flagged script (`script::CROSS_SLOT_SCRIPT`) at start,
+    /// so a lane's batch for one master is one call whatever its slots.
+    cross_slot: Arc<AtomicBool>,
     /// fred's backstop command timeout, reported by its timeout errors.
     backstop: Duration,
     clock: Option<Arc<dyn Clock>>,
@@ -145,6 +149,7 @@ impl RedisStore {
 
         let store = RedisStore {
             sha: fred::util::sha1_hash(SCRIPT),
+            cross_slot: Arc::new(AtomicBool::new(false)),
             pool,
             clustered,
             backstop: options.timeout,
@@ -165,6 +170,18 @@ impl RedisStore {
                 };
                 if let Err(e) = loaded {
                     tracing::warn!(error = %e, "could not preload the Redis script; it loads on first use");
+                }
+                if clustered {
+                    match client
+                        .script_load_cluster::<String, _>(CROSS_SLOT_SCRIPT)
+                        .await
+                    {
+                        Ok(_) => store.cross_slot.store(true, Ordering::Relaxed),
+                        Err(e) => tracing::info!(
+                            error = %e,
+                            "the Cluster does not take scripts reaching several slots (Redis 7); batches go one call per slot"
+                        ),
+                    }
                 }
             }
             Ok(Err(e)) => store.condition.failed(&e, "startup"),
@@ -187,21 +204,40 @@ impl RedisStore {
         self
     }
 
-    /// Makes the caller's lane of a single server and waits (up to [`STARTUP_WAIT`]) until its
-    /// pool is connected, so that the decisions that follow go through its batcher. For tests.
+    /// Makes the caller's lane pools (of the single server, or of every Cluster master) and waits
+    /// (up to [`STARTUP_WAIT`] each) until they are connected, so that the decisions that follow
+    /// go through their batchers. For tests.
     #[cfg(any(test, feature = "test-support"))]
     pub async fn connect_lane(&self) -> Result<(), StoreError> {
         let unavailable = |why: &str| StoreError::Unavailable(format!("no lane: {why}"));
-        self.lane_batcher(0)
-            .ok_or_else(|| unavailable("not in a single-threaded runtime"))?;
         let lane = current_lane().flatten();
-        let pool = lanes::pool_in_lane(&self.single.read(), lane)
-            .ok_or_else(|| unavailable("a Cluster"))?;
-        match tokio::time::timeout(STARTUP_WAIT, pool.wait_for_connect()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(store_error(&e, self.backstop, None)),
-            Err(_) => Err(unavailable("not connected in time")),
+        let pools = if self.clustered {
+            self.router.refresh_if_changed(&self.pool);
+            let (slots, _) = self.router.masters(lane);
+            if slots.is_empty() {
+                return Err(unavailable("the Cluster's routing is not known yet"));
+            }
+            for slot in slots {
+                self.lane_batcher(slot);
+            }
+            self.router.masters(lane).1
+        } else {
+            self.lane_batcher(0);
+            lanes::pool_in_lane(&self.single.read(), lane)
+                .into_iter()
+                .collect()
+        };
+        if pools.is_empty() {
+            return Err(unavailable("not in a single-threaded runtime"));
         }
+        for pool in pools {
+            match tokio::time::timeout(STARTUP_WAIT, pool.wait_for_connect()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(store_error(&e, self.backstop, None)),
+                Err(_) => return Err(unavailable("not connected in time")),
+            }
+        }
+        Ok(())
     }
 
     /// The batcher of the caller's lane: of the master that serves `slot` if the routing is
@@ -216,6 +252,8 @@ impl RedisStore {
             shared: self.pool.clone(),
             sha: self.sha.clone(),
             clustered: self.clustered,
+            cross_slot: self.cross_slot.clone(),
+            cross_sha: fred::util::sha1_hash(CROSS_SLOT_SCRIPT),
             changed: self.router.changed(),
         };
         if !self.clustered {
@@ -253,8 +291,8 @@ impl RedisStore {
                     ..Options::default()
                 };
                 let client = self.pool.next_connected().with_options(&options);
-                let args = script::call_args(&self.sha, &[&call]);
-                script::eval(&client, slot, &args)
+                let args = script::call_args(&self.sha, &[&call], 1);
+                script::eval(&client, slot, SCRIPT, &args)
                     .await
                     .and_then(|v| v.convert::<Vec<i64>>())
             }

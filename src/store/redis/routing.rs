@@ -103,6 +103,22 @@ impl Router {
         lanes::batcher_among(&mut master.pools, lane, || build(server), route)
     }
 
+    /// One slot of each master, and each master's pool of `lane` (made so far).
+    #[cfg(any(test, feature = "test-support"))]
+    pub(super) fn masters(&self, lane: Lane) -> (Vec<u16>, Vec<Pool>) {
+        let table = self.table.read();
+        let slots = (0..table.masters.len())
+            .filter_map(|m| table.slots.iter().position(|&(_, owner)| owner == m))
+            .filter_map(|slot| u16::try_from(slot).ok())
+            .collect();
+        let pools = table
+            .masters
+            .iter()
+            .filter_map(|m| lanes::pool_in_lane(&m.pools, lane))
+            .collect();
+        (slots, pools)
+    }
+
     /// Every master's pools, taken out to be closed.
     pub(super) fn take_pools(&self) -> impl Iterator<Item = LanePool> {
         std::mem::take(&mut self.table.write().masters)

@@ -16,6 +16,13 @@ use crate::store::{Batch, Decisions, Mode, Routed, StoreError};
 /// The decision script; see its header for KEYS, ARGV, the reply and the state of each algorithm.
 pub const SCRIPT: &str = include_str!("decide.lua");
 
+/// The script flagged to reach keys of several slots of one Cluster node (Redis 7 and later), for
+/// batches that span slots.
+pub(super) const CROSS_SLOT_SCRIPT: &str = concat!(
+    "#!lua flags=allow-cross-slot-keys\n",
+    include_str!("decide.lua")
+);
+
 /// Values per counter in the script's ARGV and in its reply.
 const ARGS_PER_COUNTER: usize = 9;
 const REPLY_PER_COUNTER: usize = 4;
@@ -74,23 +81,28 @@ pub(super) fn encode(run: Batch<'_, '_>, now_us: Option<u64>) -> Encoded {
 }
 
 /// The `EVALSHA` arguments deciding `calls` in one script call, in order: the script's `sha`, the
-/// number of keys, every call's keys, then every call's ARGV.
-pub(super) fn call_args(sha: &str, calls: &[&Encoded]) -> Vec<Value> {
-    let keys: usize = calls.iter().map(|c| c.keys.len()).sum();
+/// number of keys declared (those of the first `declared` calls), those keys, then in ARGV the
+/// number of the other keys, those keys, and every call's values.
+pub(super) fn call_args(sha: &str, calls: &[&Encoded], declared: usize) -> Vec<Value> {
+    let (named, other) = calls.split_at(declared.min(calls.len()));
+    let keys = |calls: &[&Encoded]| calls.iter().map(|c| c.keys.len()).sum::<usize>();
     let argv: usize = calls.iter().map(|c| c.argv.len()).sum();
-    let mut args = Vec::with_capacity(2 + keys + argv);
+    let mut args = Vec::with_capacity(3 + keys(calls) + argv);
     args.push(Value::from(sha));
-    args.push(Value::Integer(int(keys as u64)));
-    args.extend(calls.iter().flat_map(|c| c.keys.iter().cloned()));
+    args.push(Value::Integer(int(keys(named) as u64)));
+    args.extend(named.iter().flat_map(|c| c.keys.iter().cloned()));
+    args.push(Value::Integer(int(keys(other) as u64)));
+    args.extend(other.iter().flat_map(|c| c.keys.iter().cloned()));
     args.extend(calls.iter().flat_map(|c| c.argv.iter().cloned()));
     args
 }
 
-/// Sends the script with `args` (from [`args`]) to `slot` through `client`: `EVALSHA`, or `EVAL`
-/// after `NOSCRIPT`.
+/// Sends `script` with `args` (from [`call_args`], with `script`'s hash) to `slot` through
+/// `client`: `EVALSHA`, or `EVAL` after `NOSCRIPT`.
 pub(super) async fn eval<C: ClientLike>(
     client: &C,
     slot: u16,
+    script: &'static str,
     args: &[Value],
 ) -> Result<Value, fred::error::Error> {
     let command =
@@ -105,7 +117,7 @@ pub(super) async fn eval<C: ClientLike>(
             );
             let mut args = args.to_vec();
             if let Some(sha) = args.first_mut() {
-                *sha = Value::from(SCRIPT);
+                *sha = Value::from(script);
             }
             client.custom::<Value, Value>(command("EVAL"), args).await
         }
