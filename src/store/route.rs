@@ -131,20 +131,10 @@ impl<'b, 'a> Batch<'b, 'a> {
     pub fn retain<'c>(
         self,
         buf: &'c mut SmallVec<[Routed<'a>; 4]>,
-        mut keep: impl FnMut(usize) -> bool,
+        keep: impl FnMut(usize) -> bool,
     ) -> Batch<'c, 'a> {
-        buf.clear();
-        buf.extend(
-            self.hits
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| keep(*i))
-                .map(|(_, r)| *r),
-        );
-        Batch {
-            hits: buf,
-            mode: self.mode,
-        }
+        let mode = self.mode;
+        self.select(buf, keep, |r| r, mode)
     }
 
     /// The hits `keep` selects, in order, each asking for 0 hits (a probe that spends nothing),
@@ -152,7 +142,22 @@ impl<'b, 'a> Batch<'b, 'a> {
     pub(crate) fn probes<'c>(
         self,
         buf: &'c mut SmallVec<[Routed<'a>; 4]>,
+        keep: impl FnMut(usize) -> bool,
+    ) -> Batch<'c, 'a> {
+        let probe = |r: Routed<'a>| Routed {
+            hit: Hit { hits: 0, ..r.hit },
+            ..r
+        };
+        self.select(buf, keep, probe, Mode::Each)
+    }
+
+    /// The hits `keep` selects, each as `map` makes it, copied into `buf`: a batch in `mode`.
+    fn select<'c>(
+        self,
+        buf: &'c mut SmallVec<[Routed<'a>; 4]>,
         mut keep: impl FnMut(usize) -> bool,
+        map: impl Fn(Routed<'a>) -> Routed<'a>,
+        mode: Mode,
     ) -> Batch<'c, 'a> {
         buf.clear();
         buf.extend(
@@ -160,15 +165,9 @@ impl<'b, 'a> Batch<'b, 'a> {
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| keep(*i))
-                .map(|(_, r)| Routed {
-                    hit: Hit { hits: 0, ..r.hit },
-                    route: r.route,
-                }),
+                .map(|(_, r)| map(*r)),
         );
-        Batch {
-            hits: buf,
-            mode: Mode::Each,
-        }
+        Batch { hits: buf, mode }
     }
 }
 
