@@ -271,6 +271,92 @@ async fn a_flushed_script_reloads_transparently() {
     assert!(!allowed(&store, &key, &q, 1).await);
 }
 
+/// The slot ranges and node id of Cluster node `i`, from its own `CLUSTER NODES` line.
+fn own_slots(cluster: &RedisCluster, i: usize) -> (String, Vec<(u16, u16)>) {
+    let nodes = cluster.cli(i, &["CLUSTER", "NODES"]);
+    let line = nodes.lines().find(|l| l.contains("myself")).unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let ranges = fields[8..]
+        .iter()
+        .filter(|f| !f.starts_with('['))
+        .map(|f| match f.split_once('-') {
+            Some((a, b)) => (a.parse().unwrap(), b.parse().unwrap()),
+            None => (f.parse().unwrap(), f.parse().unwrap()),
+        })
+        .collect();
+    (fields[0].to_owned(), ranges)
+}
+
+/// A batch that the routing sends to a master which no longer serves one of its slots is refused
+/// by the script before it writes anything, and sent again decision by decision: every counter is
+/// charged exactly once.
+#[tokio::test]
+async fn a_misrouted_batch_writes_nothing_and_is_sent_again() {
+    let cluster = RedisCluster::start();
+    let store = connect(cluster.cluster_url()).await;
+    let q = quota(Algorithm::FixedWindow, 10, Duration::from_secs(60));
+    let masters = cluster.masters();
+    let owners: Vec<(usize, String, Vec<(u16, u16)>)> = masters
+        .iter()
+        .map(|&i| {
+            let (id, ranges) = own_slots(&cluster, i);
+            (i, id, ranges)
+        })
+        .collect();
+    let owner = |slot: u16| {
+        owners
+            .iter()
+            .position(|(_, _, r)| r.iter().any(|&(a, b)| (a..=b).contains(&slot)))
+            .unwrap()
+    };
+    let slot = |k: &CounterKey| fred::util::redis_keyslot(&k.redis_key());
+    let keys: Vec<CounterKey> = (0..200)
+        .map(|i| CounterKey::new("moved", &q, [("user", i.to_string().as_str())]))
+        .collect();
+    // Two keys of one master, the first in the lower slot (a batch declares its first key's).
+    let (first, second) = keys
+        .iter()
+        .flat_map(|a| keys.iter().map(move |b| (a, b)))
+        .find(|(a, b)| slot(a) < slot(b) && owner(slot(a)) == owner(slot(b)))
+        .unwrap();
+    let (from, to) = (owner(slot(first)), (owner(slot(first)) + 1) % owners.len());
+    let warm = CounterKey::new("warm", &q, [("user", "up")]);
+    store.decide(&one_hit_each(&[warm], &q)).await.unwrap();
+    store.connect_lane().await.unwrap();
+
+    // The second key's (empty) slot moves to another master behind the store's back.
+    let moved = slot(second).to_string();
+    for m in [to, from] {
+        let i = owners[m].0;
+        cluster.cli(i, &["CLUSTER", "SETSLOT", &moved, "NODE", &owners[to].1]);
+    }
+    let pair = [first.clone(), second.clone()];
+    let decided = store.decide(&one_hit_each(&pair, &q)).await.unwrap();
+    assert!(
+        decided.iter().all(|d| d.allowed && d.remaining == 9),
+        "{decided:?}"
+    );
+    let errors = cluster.cli(owners[from].0, &["INFO", "errorstats"]);
+    assert!(
+        errors.contains("TOLLGATE_NOT_LOCAL"),
+        "the batch was refused: {errors}"
+    );
+    let probes: Vec<Hit<'_>> = pair
+        .iter()
+        .map(|key| Hit {
+            key,
+            quota: &q,
+            hits: 0,
+        })
+        .collect();
+    let left = store.decide(&probes).await.unwrap();
+    assert_eq!(
+        (left[0].remaining, left[1].remaining),
+        (9, 9),
+        "each charged once"
+    );
+}
+
 /// Outside a gRPC thread's lane (a multi-threaded runtime), a request takes one call per slot;
 /// see `concurrent_decisions_on_one_thread_share_script_calls` for the lanes' batches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

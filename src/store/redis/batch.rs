@@ -100,10 +100,13 @@ impl Batcher {
     }
 }
 
-fn options() -> Options {
+/// Failing fast: a decision is never written again after its connection failed, since the script
+/// may have run. Beyond the first write, `redirects` more follow `MOVED`/`ASK` answers (after which
+/// the script has not run; fred counts a redirection's resend as more than one write).
+fn options(redirects: u32) -> Options {
     Options {
         fail_fast: true,
-        max_attempts: Some(1),
+        max_attempts: Some(1 + redirects),
         ..Options::default()
     }
 }
@@ -150,7 +153,7 @@ impl Route {
             let calls: SmallVec<[&Encoded; 8]> = batch.iter().map(|q| &q.call).collect();
             script::call_args(sha, &calls, declared)
         };
-        let reply = script::eval(&client.with_options(&options()), slot, script, &args).await;
+        let reply = script::eval(&client.with_options(&options(0)), slot, script, &args).await;
         match reply.and_then(|v| v.convert::<Vec<i64>>()) {
             Ok(values) => {
                 let mut values = values.into_iter();
@@ -174,7 +177,7 @@ impl Route {
     /// Sends each decision of `batch` alone through the store's own pool.
     async fn one_by_one(&self, batch: Vec<Queued>) {
         join_all(batch.into_iter().map(|q| async move {
-            let client = self.shared.next_connected().with_options(&options());
+            let client = self.shared.next_connected().with_options(&options(3));
             let args = script::call_args(&self.sha, &[&q.call], 1);
             let reply = script::eval(&client, q.slot, SCRIPT, &args).await;
             let _ = q.reply.send(reply.and_then(|v| v.convert::<Vec<i64>>()));
