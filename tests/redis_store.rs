@@ -15,7 +15,7 @@ use tollgate::keys::CounterKey;
 use tollgate::store::redis::{RedisOptions, RedisStore};
 use tollgate::store::{Hit, Store, StoreError};
 
-use common::{RedisCluster, RedisServer, wait_until_async};
+use common::{RedisCluster, RedisServer, wait_until, wait_until_async};
 use fred::prelude::Value;
 
 async fn connect(url: String) -> RedisStore {
@@ -271,6 +271,9 @@ async fn a_flushed_script_reloads_transparently() {
     assert!(!allowed(&store, &key, &q, 1).await);
 }
 
+/// A Cluster master: its index in the harness, its node id and the slot ranges it serves.
+type Owner = (usize, String, Vec<(u16, u16)>);
+
 /// The slot ranges and node id of Cluster node `i`, from its own `CLUSTER NODES` line.
 fn own_slots(cluster: &RedisCluster, i: usize) -> (String, Vec<(u16, u16)>) {
     let nodes = cluster.cli(i, &["CLUSTER", "NODES"]);
@@ -296,7 +299,7 @@ async fn a_misrouted_batch_writes_nothing_and_is_sent_again() {
     let store = connect(cluster.cluster_url()).await;
     let q = quota(Algorithm::FixedWindow, 10, Duration::from_secs(60));
     let masters = cluster.masters();
-    let owners: Vec<(usize, String, Vec<(u16, u16)>)> = masters
+    let owners: Vec<Owner> = masters
         .iter()
         .map(|&i| {
             let (id, ranges) = own_slots(&cluster, i);
@@ -326,10 +329,25 @@ async fn a_misrouted_batch_writes_nothing_and_is_sent_again() {
 
     // The second key's (empty) slot moves to another master behind the store's back.
     let moved = slot(second).to_string();
-    for m in [to, from] {
-        let i = owners[m].0;
-        cluster.cli(i, &["CLUSTER", "SETSLOT", &moved, "NODE", &owners[to].1]);
+    let mut order: Vec<usize> = (0..owners.len()).collect();
+    order.sort_by_key(|&m| (m != to, m != from));
+    for m in order {
+        let (i, _, _) = &owners[m];
+        cluster.cli(*i, &["CLUSTER", "SETSLOT", &moved, "NODE", &owners[to].1]);
     }
+    // Every node, replicas too (which learn it by gossip), must agree before the cluster pool
+    // can follow the redirection.
+    let agreed = |i: usize| {
+        let nodes = cluster.cli(i, &["CLUSTER", "NODES"]);
+        nodes.lines().any(|l| {
+            l.starts_with(owners[to].1.as_str())
+                && l.split_whitespace().skip(8).any(|r| {
+                    let (a, b) = r.split_once('-').unwrap_or((r, r));
+                    (a.parse().unwrap_or(u16::MAX)..=b.parse().unwrap_or(0)).contains(&slot(second))
+                })
+        })
+    };
+    assert!(wait_until(Duration::from_secs(10), || (0..cluster.len()).all(agreed)));
     let pair = [first.clone(), second.clone()];
     let decided = store.decide(&one_hit_each(&pair, &q)).await.unwrap();
     assert!(
