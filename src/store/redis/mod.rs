@@ -11,17 +11,18 @@
 //! ([`CounterKey::redis_key`](crate::keys::CounterKey::redis_key)), its Cluster slot (the name's
 //! hash tag) and, in a Cluster, its partition from the slot table of `redis::routing` (every key of
 //! a single server is in [`Partition::WHOLE`]). A batch arrives ordered by slot: each slot's run is
-//! decided atomically by one `EVALSHA` (a run decided all or none is one group of the script),
-//! and all runs concurrently, so a request costs one round trip whatever its descriptors. A single server (or Sentinel's master) takes all of a request's
-//! counters in one `EVALSHA`.
+//! decided atomically by the script (a run decided all or none is one group of it), and all runs
+//! concurrently, so a request costs one round trip whatever its descriptors; the runs for one
+//! master, of this request and of others, share one `EVALSHA` (see below).
 //!
 //! In a Cluster, the scripts go through a pool per master, not through the cluster pool: a fred
 //! cluster client stops serving every slot while it reconnects to any one node (its reconnection
 //! resyncs all nodes, and fails until the dead master's slots have a new owner), so one dead master
 //! would stall the healthy ones too. A master's own pool fails alone (while none of its connections
 //! is up, its slots go through the cluster pool, bounded by the timeout). A `MOVED`/`ASK` answer
-//! (the routing changed under us) is retried once through the cluster pool, which follows
-//! redirections, and triggers a rebuild of the table. The pool also serves while the routing is
+//! (the routing changed under us, or the script found a key of its batch served elsewhere) sends
+//! the batch again decision by decision through the cluster pool, which follows redirections, and
+//! triggers a rebuild of the table. The pool also serves while the routing is
 //! unknown, and keeps the routing current.
 //!
 //! Each master (or the single server, standalone or found through Sentinel) has one pool per lane
@@ -30,8 +31,7 @@
 //! asked: a command is written and its answer read without waking another thread. A lane's
 //! decisions for one master are batched (`redis::batch`): those asked while its previous call is
 //! out go together as its next call, one script call deciding many keys, and a lone decision goes
-//! at once. One pool shared
-//! by all threads put every connection task on whichever thread first built it, and each decision
+//! at once. One pool shared by all threads put every connection task on whichever thread first built it, and each decision
 //! from another thread crossed threads twice. Other runtimes (multi-threaded) share one pool per
 //! master, and use the store's own pool for a single server. A Cluster thus holds threads × masters
 //! × `pool_size` connections, plus `pool_size` per node for the cluster pool; a single server
@@ -241,10 +241,10 @@ impl RedisStore {
     }
 
     /// The batcher of the caller's lane: of the master that serves `slot` if the routing is
-    /// known, or of the single server. The lane's pool and batcher are made here on first use, so
+    /// known, or of the single server (whose callers without a lane use the store's pool). The lane's pool and batcher are made here on first use, so
     /// their tasks run on the caller's runtime.
     fn lane_batcher(&self, slot: u16) -> Option<Arc<Batcher>> {
-        let lane = current_lane()??;
+        let lane = current_lane()?;
         let build =
             |config: Config| client_builder(config, self.backstop).build_pool(self.pool_size);
         let route = |lane: Pool| batch::Route {
@@ -257,16 +257,18 @@ impl RedisStore {
             changed: self.router.changed(),
         };
         if !self.clustered {
-            if let Some(batcher) = in_lane(&self.single.read(), Some(lane)) {
+            // Without a lane of its own, a caller shares the store's pool.
+            lane?;
+            if let Some(batcher) = in_lane(&self.single.read(), lane) {
                 return Some(batcher.clone());
             }
             let config = || build(self.config.clone());
-            return lanes::batcher_among(&mut self.single.write(), Some(lane), config, route);
+            return lanes::batcher_among(&mut self.single.write(), lane, config, route);
         }
         self.router.refresh_if_changed(&self.pool);
         self.router.lane_batcher(
             slot,
-            Some(lane),
+            lane,
             |server| {
                 build(Config {
                     server: ServerConfig::Centralized { server },
