@@ -7,6 +7,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tollgate::algorithm::{Algorithm, Quota};
@@ -14,7 +15,7 @@ use tollgate::keys::CounterKey;
 use tollgate::store::redis::{RedisOptions, RedisStore};
 use tollgate::store::{Hit, Store, StoreError};
 
-use common::{RedisCluster, RedisServer, wait_until_async};
+use common::{RedisCluster, RedisServer, wait_until, wait_until_async};
 use fred::prelude::Value;
 
 async fn connect(url: String) -> RedisStore {
@@ -277,8 +278,114 @@ async fn a_flushed_script_reloads_transparently() {
     assert!(!allowed(&store, &key, &q, 1).await);
 }
 
+/// A Cluster master: its index in the harness, its node id and the slot ranges it serves.
+type Owner = (usize, String, Vec<(u16, u16)>);
+
+/// The slot ranges and node id of Cluster node `i`, from its own `CLUSTER NODES` line.
+fn own_slots(cluster: &RedisCluster, i: usize) -> (String, Vec<(u16, u16)>) {
+    let nodes = cluster.cli(i, &["CLUSTER", "NODES"]);
+    let line = nodes.lines().find(|l| l.contains("myself")).unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let ranges = fields[8..]
+        .iter()
+        .filter(|f| !f.starts_with('['))
+        .map(|f| match f.split_once('-') {
+            Some((a, b)) => (a.parse().unwrap(), b.parse().unwrap()),
+            None => (f.parse().unwrap(), f.parse().unwrap()),
+        })
+        .collect();
+    (fields[0].to_owned(), ranges)
+}
+
+/// A batch that the routing sends to a master which no longer serves one of its slots is refused
+/// by the script before it writes anything, and sent again decision by decision: every counter is
+/// charged exactly once.
 #[tokio::test]
-async fn one_evalsha_per_slot() {
+async fn a_misrouted_batch_writes_nothing_and_is_sent_again() {
+    let cluster = RedisCluster::start();
+    let store = connect(cluster.cluster_url()).await;
+    let q = quota(Algorithm::FixedWindow, 10, Duration::from_secs(60));
+    let masters = cluster.masters();
+    let owners: Vec<Owner> = masters
+        .iter()
+        .map(|&i| {
+            let (id, ranges) = own_slots(&cluster, i);
+            (i, id, ranges)
+        })
+        .collect();
+    let owner = |slot: u16| {
+        owners
+            .iter()
+            .position(|(_, _, r)| r.iter().any(|&(a, b)| (a..=b).contains(&slot)))
+            .unwrap()
+    };
+    let slot = |k: &CounterKey| fred::util::redis_keyslot(&k.redis_key());
+    let keys: Vec<CounterKey> = (0..200)
+        .map(|i| CounterKey::new("moved", &q, [("user", i.to_string().as_str())]))
+        .collect();
+    // Two keys of one master, the first in the lower slot (a batch declares its first key's).
+    let (first, second) = keys
+        .iter()
+        .flat_map(|a| keys.iter().map(move |b| (a, b)))
+        .find(|(a, b)| slot(a) < slot(b) && owner(slot(a)) == owner(slot(b)))
+        .unwrap();
+    let (from, to) = (owner(slot(first)), (owner(slot(first)) + 1) % owners.len());
+    let warm = CounterKey::new("warm", &q, [("user", "up")]);
+    store.decide(&one_hit_each(&[warm], &q)).await.unwrap();
+    store.connect_lane().await.unwrap();
+
+    // The second key's (empty) slot moves to another master behind the store's back.
+    let moved = slot(second).to_string();
+    let mut order: Vec<usize> = (0..owners.len()).collect();
+    order.sort_by_key(|&m| (m != to, m != from));
+    for m in order {
+        let (i, _, _) = &owners[m];
+        cluster.cli(*i, &["CLUSTER", "SETSLOT", &moved, "NODE", &owners[to].1]);
+    }
+    // Every node, replicas too (which learn it by gossip), must agree before the cluster pool
+    // can follow the redirection.
+    let agreed = |i: usize| {
+        let nodes = cluster.cli(i, &["CLUSTER", "NODES"]);
+        nodes.lines().any(|l| {
+            l.starts_with(owners[to].1.as_str())
+                && l.split_whitespace().skip(8).any(|r| {
+                    let (a, b) = r.split_once('-').unwrap_or((r, r));
+                    (a.parse().unwrap_or(u16::MAX)..=b.parse().unwrap_or(0)).contains(&slot(second))
+                })
+        })
+    };
+    assert!(wait_until(Duration::from_secs(10), || (0..cluster.len()).all(agreed)));
+    let pair = [first.clone(), second.clone()];
+    let decided = store.decide(&one_hit_each(&pair, &q)).await.unwrap();
+    assert!(
+        decided.iter().all(|d| d.allowed && d.remaining == 9),
+        "{decided:?}"
+    );
+    let errors = cluster.cli(owners[from].0, &["INFO", "errorstats"]);
+    assert!(
+        errors.contains("TOLLGATE_NOT_LOCAL"),
+        "the batch was refused: {errors}"
+    );
+    let probes: Vec<Hit<'_>> = pair
+        .iter()
+        .map(|key| Hit {
+            key,
+            quota: &q,
+            hits: 0,
+        })
+        .collect();
+    let left = store.decide(&probes).await.unwrap();
+    assert_eq!(
+        (left[0].remaining, left[1].remaining),
+        (9, 9),
+        "each charged once"
+    );
+}
+
+/// A request's counters in many slots take one call per master: its slots' runs are decided
+/// concurrently, and a master's go out as one batch.
+#[tokio::test]
+async fn one_evalsha_per_master() {
     let cluster = RedisCluster::start();
     let store = connect(cluster.cluster_url()).await;
     let q = quota(Algorithm::FixedWindow, 10, Duration::from_secs(60));
@@ -294,7 +401,17 @@ async fn one_evalsha_per_slot() {
     let hits = one_hit_each(&keys, &q);
     // Warm up (the script is loaded at connect; a first call must not count a NOSCRIPT retry).
     store.decide(&hits[..1]).await.unwrap();
+    store.connect_lane().await.unwrap();
     let masters = cluster.masters();
+    let serving = masters
+        .iter()
+        .filter(|&&i| {
+            let (_, ranges) = own_slots(&cluster, i);
+            slots
+                .iter()
+                .any(|s| ranges.iter().any(|&(a, b)| (a..=b).contains(s)))
+        })
+        .count();
     for &i in &masters {
         cluster.cli(i, &["CONFIG", "RESETSTAT"]);
     }
@@ -309,7 +426,7 @@ async fn one_evalsha_per_slot() {
         evalsha += calls(&info, "evalsha");
         eval += calls(&info, "eval");
     }
-    assert_eq!((evalsha, eval), (slots.len() as u64, 0));
+    assert_eq!((evalsha, eval), (serving as u64, 0));
 
     // A single server takes the whole request in one call.
     let server = RedisServer::start();
@@ -319,6 +436,71 @@ async fn one_evalsha_per_slot() {
     store.decide(&hits).await.unwrap();
     let info = server.cli(&["INFO", "commandstats"]);
     assert_eq!(calls(&info, "evalsha"), 1, "{info}");
+}
+
+/// Decisions asked at once on one thread go out in fewer script calls than decisions, each still
+/// decided exactly; fails if every decision makes its own call.
+#[tokio::test]
+async fn concurrent_decisions_on_one_thread_share_script_calls() {
+    const N: usize = 64;
+    let server = RedisServer::start();
+    let store = Arc::new(connect(server.url()).await);
+    store.connect_lane().await.unwrap();
+    let q = quota(Algorithm::SlidingWindow, 10, Duration::from_secs(60));
+    let keys: Arc<Vec<CounterKey>> = Arc::new(
+        (0..N)
+            .map(|i| CounterKey::new("together", &q, [("user", i.to_string().as_str())]))
+            .collect(),
+    );
+    assert!(allowed(&store, &keys[0], &q, 1).await);
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    let mut asked = tokio::task::JoinSet::new();
+    for i in 0..N {
+        let (store, keys) = (store.clone(), keys.clone());
+        asked.spawn(async move {
+            let hit = Hit {
+                key: &keys[i],
+                quota: &q,
+                hits: 2,
+            };
+            store.decide(&[hit]).await.unwrap()[0]
+        });
+    }
+    let decided = asked.join_all().await;
+    let mut remaining: Vec<u64> = decided.iter().map(|d| d.remaining).collect();
+    remaining.sort_unstable();
+    assert_eq!(remaining[0], 7, "the warmed-up key");
+    assert!(remaining[1..].iter().all(|&r| r == 8), "{remaining:?}");
+    let info = server.cli(&["INFO", "commandstats"]);
+    let evalsha = calls(&info, "evalsha");
+    assert!(
+        (1..N as u64).contains(&evalsha),
+        "{evalsha} calls for {N} decisions"
+    );
+
+    // In a Cluster, one call per master takes a request's keys of all its slots.
+    let cluster = RedisCluster::start();
+    let store = connect(cluster.cluster_url()).await;
+    let keys: Vec<CounterKey> = (0..24)
+        .map(|i| CounterKey::new("spread", &q, [("user", i.to_string().as_str())]))
+        .collect();
+    let hits = one_hit_each(&keys, &q);
+    store.decide(&hits).await.unwrap();
+    store.connect_lane().await.unwrap();
+    let masters = cluster.masters();
+    for &i in &masters {
+        cluster.cli(i, &["CONFIG", "RESETSTAT"]);
+    }
+    let decided = store.decide(&hits).await.unwrap();
+    assert!(
+        decided.iter().all(|d| d.allowed && d.remaining == 8),
+        "{decided:?}"
+    );
+    let evalsha: u64 = masters
+        .iter()
+        .map(|&i| calls(&cluster.cli(i, &["INFO", "commandstats"]), "evalsha"))
+        .sum();
+    assert_eq!(evalsha, masters.len() as u64, "one call per master");
 }
 
 #[tokio::test]

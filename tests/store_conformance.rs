@@ -10,6 +10,9 @@
 //! general workloads, and the adversary's bursts at every sub-window edge.
 //! Every step decides two counters (another user besides) in one call, so the script's batching over
 //! one or several slots is exercised too. Times are whole microseconds.
+//!
+//! All or none (stop charging when over): racing requests on two counters of one slot are each
+//! charged whole or not at all, in every store.
 
 mod common;
 
@@ -28,7 +31,7 @@ use tollgate::clock::ManualClock;
 use tollgate::keys::CounterKey;
 use tollgate::store::memory::MemoryStore;
 use tollgate::store::redis::{RedisOptions, RedisStore};
-use tollgate::store::{Hit, Store};
+use tollgate::store::{Hit, Mode, Store};
 
 use common::{RedisCluster, RedisServer};
 
@@ -251,6 +254,108 @@ fn a_window_that_is_not_whole_microseconds_rounds_up() {
         assert!(!d.allowed);
         let at = START.div_ceil(2 * US) * 2 * US + 2 * US;
         assert_eq!(d.reset_after, Duration::from_nanos(at - START));
+    });
+}
+
+/// Two counters of `domain`, of quotas `a` and `b`, whose keys share one slot of `store`.
+fn same_slot(store: &dyn Store, domain: &str, a: &Quota, b: &Quota) -> (CounterKey, CounterKey) {
+    let keys = |q: &Quota, prefix: &str| -> Vec<CounterKey> {
+        (0..400)
+            .map(|i| CounterKey::new(domain, q, [("user", &*format!("{prefix}{i}"))]))
+            .collect()
+    };
+    let (left, right) = (keys(a, "a"), keys(b, "b"));
+    for l in &left {
+        let slot = store.route(l);
+        if let Some(r) = right.iter().find(|r| store.route(r).slot == slot.slot) {
+            return (l.clone(), r.clone());
+        }
+    }
+    panic!("no two keys of one slot among 400 × 400");
+}
+
+/// Concurrent requests, half on counters `a` and `b` of one slot and half on `a` alone, all or
+/// none: `a` runs out while they race, and `b` is charged exactly once per request admitted whole.
+/// On one thread, so that the Redis store batches requests' groups into shared script calls.
+/// Two calls (what is left, then the charges) would let a request that lost `a`'s last hit to
+/// another between its calls still charge `b`.
+#[test]
+fn racing_requests_all_or_none_are_never_partly_charged() {
+    const LOOSE: u64 = 1_000_000;
+    let server = RedisServer::start();
+    let cluster = RedisCluster::start();
+    // One thread: the Redis store's decisions go through its lane, batched with each other.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let clock = ManualClock::new(START);
+        let stores: Vec<(&str, Arc<dyn Store>)> = vec![
+            (
+                "memory",
+                Arc::new(MemoryStore::new(Arc::new(clock.clone()))),
+            ),
+            ("standalone", Arc::new(connect(server.url(), &clock).await)),
+            (
+                "cluster",
+                Arc::new(connect(cluster.cluster_url(), &clock).await),
+            ),
+        ];
+        let tight = Quota::new(Algorithm::FixedWindow, 4, Duration::from_secs(3600), None).unwrap();
+        let loose = Quota::new(
+            Algorithm::TokenBucket,
+            LOOSE,
+            Duration::from_secs(3600),
+            None,
+        )
+        .unwrap();
+        for (name, store) in &stores {
+            for _ in 0..30 {
+                let domain = format!("race{}", CASE.fetch_add(1, Ordering::Relaxed));
+                let (a, b) = same_slot(&**store, &domain, &tight, &loose);
+                let mut tasks = tokio::task::JoinSet::new();
+                for t in 0..32 {
+                    let (store, a, b) = (store.clone(), a.clone(), b.clone());
+                    tasks.spawn(async move {
+                        let mut hits = vec![Hit {
+                            key: &a,
+                            quota: &tight,
+                            hits: 1,
+                        }];
+                        if t % 2 == 0 {
+                            hits.push(Hit {
+                                key: &b,
+                                quota: &loose,
+                                hits: 1,
+                            });
+                        }
+                        let d = store.decide_as(&hits, Mode::AllOrNone).await.unwrap();
+                        t % 2 == 0 && d.iter().all(|d| d.allowed)
+                    });
+                }
+                let whole = tasks.join_all().await.into_iter().filter(|&w| w).count();
+                let probes = [
+                    Hit {
+                        key: &a,
+                        quota: &tight,
+                        hits: 0,
+                    },
+                    Hit {
+                        key: &b,
+                        quota: &loose,
+                        hits: 0,
+                    },
+                ];
+                let left = store.decide(&probes).await.unwrap();
+                assert_eq!(left[0].remaining, 0, "{name}: `a` ran out");
+                assert_eq!(
+                    LOOSE - left[1].remaining,
+                    whole as u64,
+                    "{name}: `b` is charged once per request admitted whole"
+                );
+            }
+        }
     });
 }
 

@@ -9,11 +9,14 @@
 //!    is within, unless [`Settings::stop_charging_when_over`] asks otherwise;
 //! 3. `conclude`: statuses, the overall code (shadow and quota modes), metrics, metadata.
 //!
-//! With `stop_charging_when_over` the decide step first asks the store what is left (hits of 0
-//! spend nothing) and charges the request only if every descriptor fits. Between the two calls
-//! another request may spend, so the bound is one round trip: a request that raced with another
-//! for the last hits can still have some descriptors charged and one refused. envoyproxy/ratelimit
-//! has the same bound (a GET pipeline, then an INCRBY pipeline).
+//! With `stop_charging_when_over` the decide step asks the store to decide the request's hits all
+//! or none ([`store::all_or_none`](crate::store::all_or_none)): every descriptor is charged if every
+//! one fits, else none is, and each is reported as it stands. That is one atomic step in the memory
+//! store and, in Redis, whenever the request's counters share one slot (always on a single server
+//! or Sentinel). A Cluster request whose counters fall in several slots takes two calls, what is
+//! left then the charges: another request may spend between them, so two requests racing for the
+//! last hits of one limit can still leave some of the loser's other descriptors charged, for one
+//! round trip. envoyproxy/ratelimit has that bound everywhere (a GET pipeline, then an INCRBY one).
 
 mod conclude;
 mod plan;
@@ -27,7 +30,7 @@ use crate::algorithm::{Algorithm, Decision};
 use crate::config::Unit;
 use crate::metrics::{self as m, HitCounters};
 use crate::rules::LiveRules;
-use crate::store::{Hit, Store, StoreError};
+use crate::store::{Hit, Mode, Store, StoreError, all_or_none};
 use plan::Plan;
 
 /// The most descriptors one request may carry; Envoy sends a handful, so more is a broken client.
@@ -282,30 +285,21 @@ impl Limiter {
             .any(|p| matches!(p, Plan::Limited(e) if e.counter.is_none()));
         let decisions = if hits.is_empty() {
             Vec::new()
-        } else if self.settings.stop_charging_when_over {
+        } else if self.settings.stop_charging_when_over && banned {
+            // A banned descriptor is over: nothing is charged, each is read as it stands.
             let probes: SmallVec<[Hit<'_>; 4]> =
                 hits.iter().map(|h| Hit { hits: 0, ..*h }).collect();
-            let left = self.store_decide(&probes).await?;
-            let fits = |(hit, d): (&Hit<'_>, &Decision)| {
-                if hit.hits == 0 {
-                    d.allowed
-                } else {
-                    hit.hits <= d.remaining
-                }
-            };
-            if !banned && hits.iter().zip(&left).all(fits) {
-                self.store_decide(&hits).await?
-            } else {
-                hits.iter()
-                    .zip(left)
-                    .map(|(hit, d)| Decision {
-                        allowed: fits((hit, &d)),
-                        ..d
-                    })
-                    .collect()
-            }
+            let standings = self.store_decide(&probes, Mode::Each).await?;
+            let fit = all_or_none::fits(&hits, &standings);
+            hits.iter()
+                .zip(&standings)
+                .zip(fit)
+                .map(|((hit, standing), fit)| all_or_none::as_it_stands(hit, standing, fit))
+                .collect()
+        } else if self.settings.stop_charging_when_over {
+            self.store_decide(&hits, Mode::AllOrNone).await?
         } else {
-            self.store_decide(&hits).await?
+            self.store_decide(&hits, Mode::Each).await?
         };
         let mut decisions = decisions.into_iter();
         Ok(plans
@@ -318,9 +312,13 @@ impl Limiter {
     }
 
     /// One store call, timed; exactly one decision per hit (the store's `Decisions` guarantee it).
-    async fn store_decide(&self, hits: &[Hit<'_>]) -> Result<Vec<Decision>, LimitError> {
+    async fn store_decide(
+        &self,
+        hits: &[Hit<'_>],
+        mode: Mode,
+    ) -> Result<Vec<Decision>, LimitError> {
         let started = std::time::Instant::now();
-        let result = self.store.decide(hits).await;
+        let result = self.store.decide_as(hits, mode).await;
         self.store_latency
             .get_or_init(|| metrics::histogram!(m::STORE_DURATION, "store" => self.store.kind()))
             .record(started.elapsed().as_secs_f64());

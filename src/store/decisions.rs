@@ -21,6 +21,24 @@ impl Decisions {
         Self(batch.hits().iter().map(decide).collect())
     }
 
+    /// Decides each hit of `batch` with `decide`, given `other`: an answer to a batch of the same
+    /// hits (e.g. their probes), so of the same length.
+    pub(crate) fn each_with(
+        batch: Batch<'_, '_>,
+        other: &Decisions,
+        mut decide: impl FnMut(&Routed<'_>, &Decision) -> Decision,
+    ) -> Self {
+        debug_assert_eq!(batch.len(), other.len());
+        Self(
+            batch
+                .hits()
+                .iter()
+                .zip(&other.0)
+                .map(|(r, d)| decide(r, d))
+                .collect(),
+        )
+    }
+
     /// The answer to `batch` from `items`, one per hit in batch order (as read off a wire),
     /// each turned into its hit's decision by `decode`. The one place the count is checked.
     pub fn checked<T>(

@@ -29,6 +29,7 @@
 //! while a shard is full of exhausted counters; size the capacity for the keys alive in a window.
 //! A counter's own growth (a sliding log's runs) is charged, never refused.
 
+mod all_or_none;
 #[cfg(test)]
 mod capacity_tests;
 mod shard;
@@ -37,10 +38,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
 use super::sharded::{self, Sharded};
-use super::{Batch, Decisions, Hit, Store, StoreError};
+use super::{Batch, Decisions, Hit, Mode, Store, StoreError};
 use crate::algorithm::{Decision, State};
 use crate::clock::{Clock, Nanos};
 use crate::metrics as m;
@@ -126,8 +128,11 @@ impl MemoryStore {
     /// Decides one hit at `now`.
     pub fn decide_at(&self, hit: &Hit<'_>, now: Nanos) -> Decision {
         let hash = self.shards.hash(hit.key);
-        let mut shard = self.shards.shard(hash).lock();
-        let shard = &mut *shard;
+        self.decide_locked(&mut self.shards.shard(hash).lock(), hash, hit, now)
+    }
+
+    /// Decides one hit of hash `hash` at `now` in `shard`, its shard, locked by the caller.
+    fn decide_locked(&self, shard: &mut Shard, hash: u64, hit: &Hit<'_>, now: Nanos) -> Decision {
         let found = shard.table.find_entry(hash, |e| {
             e.hash == hash && e.key.as_slice() == hit.key.as_bytes()
         });
@@ -290,7 +295,14 @@ impl Store for MemoryStore {
     /// Completes without awaiting: every decision is made under a shard lock, never across an await.
     async fn decide_routed(&self, batch: Batch<'_, '_>) -> Result<Decisions, StoreError> {
         let now = self.clock.now();
-        Ok(Decisions::each(batch, |r| self.decide_at(&r.hit, now)))
+        Ok(match batch.mode() {
+            Mode::Each => Decisions::each(batch, |r| self.decide_at(&r.hit, now)),
+            Mode::AllOrNone => {
+                let hits: SmallVec<[Hit<'_>; 4]> = batch.hits().iter().map(|r| r.hit).collect();
+                let decided = self.decide_all_or_none_at(&hits, now);
+                Decisions::checked(batch, decided.into_vec(), |_, d| Ok(d))?
+            }
+        })
     }
 
     fn kind(&self) -> &'static str {

@@ -27,6 +27,7 @@
 //! A store owns time as well as state: the memory store reads an injected [`Clock`](crate::clock::Clock),
 //! the Redis store reads Redis' own `TIME`, so instances with skewed clocks still agree.
 
+pub mod all_or_none;
 mod decisions;
 pub mod memory;
 pub mod overlimit;
@@ -38,7 +39,7 @@ mod sharded;
 use async_trait::async_trait;
 
 pub use decisions::Decisions;
-pub use route::{Batch, Route, Routed};
+pub use route::{Batch, Mode, Route, Routed};
 
 use crate::algorithm::{Decision, Quota};
 use crate::keys::CounterKey;
@@ -83,7 +84,8 @@ impl std::fmt::Display for Partition {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Decides every hit of `batch`, each independently: one decision per hit, in batch order.
+    /// Decides every hit of `batch` by its [`Mode`]: each independently, or all or none (a batch
+    /// of one slot, decided atomically; see [`all_or_none`]). One decision per hit, in batch order.
     async fn decide_routed(&self, batch: Batch<'_, '_>) -> Result<Decisions, StoreError>;
 
     /// A short name for logs and metrics (`memory`, `redis`).
@@ -101,8 +103,16 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
-    /// Routes every hit once and decides them: one decision per hit, in the order of `hits`.
+    /// Routes every hit once and decides each on its own: one decision per hit, in the order of
+    /// `hits`.
     async fn decide(&self, hits: &[Hit<'_>]) -> Result<Decisions, StoreError> {
+        self.decide_as(hits, Mode::Each).await
+    }
+
+    /// Routes every hit once and decides them by `mode`: one decision per hit, in the order of
+    /// `hits`. All or none is atomic when the hits share one slot, and two calls otherwise (see
+    /// [`all_or_none`]).
+    async fn decide_as(&self, hits: &[Hit<'_>], mode: Mode) -> Result<Decisions, StoreError> {
         let routes: smallvec::SmallVec<[Route; 4]> =
             hits.iter().map(|h| self.route(h.key)).collect();
         let mut routed: smallvec::SmallVec<[Routed<'_>; 4]> = hits
@@ -111,7 +121,12 @@ pub trait Store: Send + Sync + 'static {
             .map(|(&hit, route)| Routed { hit, route })
             .collect();
         let (batch, order) = Batch::sort(&mut routed);
-        Ok(self.decide_routed(batch).await?.restore(&order))
+        let decided = match mode {
+            Mode::Each => self.decide_routed(batch).await?,
+            Mode::AllOrNone if batch.spans_slots() => all_or_none::two_step(self, batch).await?,
+            Mode::AllOrNone => self.decide_routed(batch.all_or_none()).await?,
+        };
+        Ok(decided.restore(&order))
     }
 }
 

@@ -37,7 +37,7 @@ use hashbrown::HashTable;
 use smallvec::SmallVec;
 
 use super::sharded::{self, Sharded};
-use super::{Batch, Decisions, Hit, Route, Routed, Store, StoreError};
+use super::{Batch, Decisions, Hit, Route, Routed, Store, StoreError, all_or_none};
 use crate::algorithm::{Charge, Decision};
 use crate::clock::{Clock, Nanos};
 use crate::keys::CounterKey;
@@ -222,8 +222,11 @@ impl Store for OverLimitCache {
             .iter()
             .map(|r| self.cached(&r.hit, sent))
             .collect();
+        // In an all-or-none batch, a key known over means none is charged: the others are only
+        // read as they stand.
+        let refused = all_or_none::refusing(batch, &known);
         let mut buf = SmallVec::new();
-        let rest = batch.retain(&mut buf, |i| known[i].is_none());
+        let rest = all_or_none::rest(batch, &mut buf, refused, |i| known[i].is_none());
         let decided = if rest.is_empty() {
             Decisions::concat([])
         } else {
@@ -240,7 +243,7 @@ impl Store for OverLimitCache {
                 self.insert(r.hit.key, sent.saturating_add(wait), d.limit, sent);
             }
         }
-        Ok(Decisions::fill(known, decided))
+        Ok(all_or_none::answer(batch, refused, known, decided))
     }
 
     fn kind(&self) -> &'static str {
@@ -342,6 +345,30 @@ mod tests {
         assert!(!cache.decide(&[hit(&k, &q, 0)]).await.unwrap()[0].allowed);
         clock.advance(Duration::from_nanos(1));
         assert!(cache.decide(&[hit(&k, &q, 1)]).await.unwrap()[0].allowed);
+    }
+
+    #[tokio::test]
+    async fn a_key_known_over_leaves_an_all_or_none_request_uncharged() {
+        let clock = ManualClock::new(START);
+        let inner = Counting::new(&clock);
+        let cache = cache(inner.clone(), &clock, 100);
+        let (tight, loose) = (
+            quota(Algorithm::FixedWindow, 1, Duration::from_secs(10)),
+            quota(Algorithm::FixedWindow, 10, Duration::from_secs(10)),
+        );
+        let (a, b) = (key(&tight, "a"), key(&loose, "b"));
+        cache.decide(&[hit(&a, &tight, 1)]).await.unwrap();
+        assert!(!cache.decide(&[hit(&a, &tight, 1)]).await.unwrap()[0].allowed);
+        assert_eq!(cache.len(), 1);
+        let request = [hit(&a, &tight, 1), hit(&b, &loose, 3)];
+        let d = cache
+            .decide_as(&request, crate::store::Mode::AllOrNone)
+            .await
+            .unwrap();
+        assert!(!d[0].allowed && d[1].allowed, "b fits, as it stands: {d:?}");
+        assert_eq!(d[1].remaining, 10);
+        let left = inner.store.decide_one(&hit(&b, &loose, 0));
+        assert_eq!(left.remaining, 10, "b was not charged");
     }
 
     #[tokio::test]

@@ -11,10 +11,25 @@
 //! ([`Batch::runs`]) and answers by concatenation; only [`Store::decide`](super::Store::decide)
 //! restores the request order, once. A `Batch` can only be made sorted, so no layer can receive
 //! hits of one slot split in two runs (which would decide them concurrently, out of order).
+//!
+//! A batch also carries its [`Mode`]: each hit on its own, or all of them or none
+//! ([`all_or_none`](super::all_or_none)). An all-or-none batch is made only of hits in one slot (one
+//! partition), so every layer passes it down whole.
 
 use smallvec::SmallVec;
 
 use super::{Hit, Partition};
+
+/// How a batch's hits are charged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Each hit is decided on its own.
+    #[default]
+    Each,
+    /// Every hit is charged if every one fits, else none is, and each is reported as it stands
+    /// (see [`all_or_none`](super::all_or_none)). Only for hits in one slot.
+    AllOrNone,
+}
 
 /// Where one key lives in a store; see the module docs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -44,6 +59,7 @@ impl Routed<'_> {
 #[derive(Debug, Clone, Copy)]
 pub struct Batch<'b, 'a> {
     hits: &'b [Routed<'a>],
+    mode: Mode,
 }
 
 impl<'b, 'a> Batch<'b, 'a> {
@@ -60,7 +76,32 @@ impl<'b, 'a> Batch<'b, 'a> {
                 order.push(i);
             }
         }
-        (Self { hits }, order)
+        (
+            Self {
+                hits,
+                mode: Mode::Each,
+            },
+            order,
+        )
+    }
+
+    /// This batch, decided all or none. The caller makes sure its hits share one slot.
+    pub(crate) fn all_or_none(self) -> Self {
+        Self {
+            mode: Mode::AllOrNone,
+            ..self
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Whether the batch holds hits of more than one `(partition, slot)`.
+    pub(crate) fn spans_slots(&self) -> bool {
+        self.hits
+            .first()
+            .is_some_and(|first| self.hits.iter().any(|r| r.order() != first.order()))
     }
 
     pub fn hits(&self) -> &'b [Routed<'a>] {
@@ -80,16 +121,43 @@ impl<'b, 'a> Batch<'b, 'a> {
         self,
         key: impl Fn(&Route) -> K,
     ) -> impl Iterator<Item = Batch<'b, 'a>> {
+        let mode = self.mode;
         self.hits
             .chunk_by(move |a, b| key(a.route) == key(b.route))
-            .map(|hits| Batch { hits })
+            .map(move |hits| Batch { hits, mode })
     }
 
     /// The hits `keep` selects, in order, copied into `buf`: a batch itself.
     pub fn retain<'c>(
         self,
         buf: &'c mut SmallVec<[Routed<'a>; 4]>,
+        keep: impl FnMut(usize) -> bool,
+    ) -> Batch<'c, 'a> {
+        let mode = self.mode;
+        self.select(buf, keep, |r| r, mode)
+    }
+
+    /// The hits `keep` selects, in order, each asking for 0 hits (a probe that spends nothing),
+    /// copied into `buf`: a batch decided each on its own.
+    pub(crate) fn probes<'c>(
+        self,
+        buf: &'c mut SmallVec<[Routed<'a>; 4]>,
+        keep: impl FnMut(usize) -> bool,
+    ) -> Batch<'c, 'a> {
+        let probe = |r: Routed<'a>| Routed {
+            hit: Hit { hits: 0, ..r.hit },
+            ..r
+        };
+        self.select(buf, keep, probe, Mode::Each)
+    }
+
+    /// The hits `keep` selects, each as `map` makes it, copied into `buf`: a batch in `mode`.
+    fn select<'c>(
+        self,
+        buf: &'c mut SmallVec<[Routed<'a>; 4]>,
         mut keep: impl FnMut(usize) -> bool,
+        map: impl Fn(Routed<'a>) -> Routed<'a>,
+        mode: Mode,
     ) -> Batch<'c, 'a> {
         buf.clear();
         buf.extend(
@@ -97,9 +165,9 @@ impl<'b, 'a> Batch<'b, 'a> {
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| keep(*i))
-                .map(|(_, r)| *r),
+                .map(|(_, r)| map(*r)),
         );
-        Batch { hits: buf }
+        Batch { hits: buf, mode }
     }
 }
 

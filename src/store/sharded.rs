@@ -60,7 +60,12 @@ impl<T> Sharded<T> {
     /// The table of the shard `hash` falls in.
     pub(crate) fn shard(&self, hash: u64) -> &Mutex<T> {
         // The mask keeps the index below `shards.len()`, which is `mask + 1`.
-        &self.shards[((hash >> SHARD_SHIFT) & self.mask) as usize].table
+        &self.shards[self.index(hash)].table
+    }
+
+    /// The index of the shard `hash` falls in, for [`get`](Self::get).
+    pub(crate) fn index(&self, hash: u64) -> usize {
+        ((hash >> SHARD_SHIFT) & self.mask) as usize
     }
 
     /// Shard `index`'s table, if there is one.

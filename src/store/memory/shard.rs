@@ -161,6 +161,17 @@ impl Shard {
         (evicted, Ok(()))
     }
 
+    /// Removes the entry of `key` (of hash `hash`), if there is one.
+    pub(super) fn remove(&mut self, hash: u64, key: &[u8]) {
+        if let Ok(found) = self
+            .table
+            .find_entry(hash, |e| e.hash == hash && e.key.as_slice() == key)
+        {
+            let (entry, _) = found.remove();
+            self.account((entry.heap_bytes(), entry.exhausted()), (0, false));
+        }
+    }
+
     fn refusal(&self) -> Refused {
         Refused {
             retry_at: self.rescan_at,

@@ -1,13 +1,17 @@
--- tollgate: decides every counter in KEYS in one atomic step. All KEYS share one cluster slot.
+-- tollgate: decides every counter in one atomic step. All KEYS share one cluster slot.
 --
 -- KEYS[i]  counter i (`tg:{hash}key`, see src/keys.rs).
--- ARGV     eight per counter, in KEYS order:
+-- ARGV     m, then m more counters' names (counters #KEYS + 1 ..; in a Cluster, keys of other slots
+--          of this node, which the script is flagged to reach: `allow-cross-slot-keys`), then nine
+--          values per counter, in counter order:
 --            algorithm, by its code in src/algorithm/mod.rs (0 sliding_window_estimate,
 --              1 fixed_window, 2 sliding_log, 3 token_bucket, 4 leaky_bucket, 5 sliding_window),
 --            limit L, window W in microseconds, burst B, sub-windows k (sliding_window; else 0),
 --            hits n (at most capacity + 1, or capacity + MAX_DEBT when charging always), charge (1
 --            always: denied hits are charged too, for fixed_window and the buckets; else 0), time in
---            microseconds since the epoch, or "" to read Redis' TIME.
+--            microseconds since the epoch, or "" to read Redis' TIME, and group g: a counter with
+--            g > 0 begins a group of g counters decided all or none (all charged if every one fits,
+--            else none, each reported as it stands; `all_or_none` below), g = 0 decides it alone.
 -- Reply    four integers per counter: allowed (0/1), remaining, and reset_after in microseconds as
 --          hi, lo (hi * 2^32 + lo), saturated at 2^64 - 1.
 --
@@ -540,15 +544,22 @@ local function now_of(arg)
   return clock, 0
 end
 
-local out = {}
-for i = 1, #KEYS do
-  local j = (i - 1) * 8
+local extra = tonumber(ARGV[1])
+local base = 1 + extra
+local counters = #KEYS + extra
+local function key_of(i)
+  if i <= #KEYS then return KEYS[i] end
+  return ARGV[1 + i - #KEYS]
+end
+
+-- Runs counter i's algorithm with n hits: allowed, remaining, and the time of reset_after.
+local function decide(i, n)
+  local j = base + (i - 1) * 9
   local algorithm = tonumber(ARGV[j + 1])
   local L, W, B, k = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4]), tonumber(ARGV[j + 5])
-  local n = tonumber(ARGV[j + 6])
   local always = ARGV[j + 7] == '1'
   local now, grace = now_of(ARGV[j + 8])
-  local key = KEYS[i]
+  local key = key_of(i)
   local allowed, remaining, at
   if algorithm == 5 then
     allowed, remaining, at = sliding_window(key, L, W, k, n, now, grace)
@@ -561,8 +572,17 @@ for i = 1, #KEYS do
   elseif algorithm == 3 or algorithm == 4 then
     allowed, remaining, at = meter(key, L, W, B, n, always, now, grace)
   else
-    return redis.error_reply('tollgate: unknown algorithm ' .. tostring(ARGV[j + 1]))
+    return nil, 'tollgate: unknown algorithm ' .. tostring(ARGV[j + 1])
   end
+  return allowed, remaining, at, now
+end
+
+local function hits_of(i)
+  return tonumber(ARGV[base + (i - 1) * 9 + 6])
+end
+
+local out = {}
+local function reply(allowed, remaining, at, now)
   local hi, lo
   if type(at) == 'number' and at - now < PLAIN then
     local d = math.max(at - now, 0)
@@ -575,5 +595,54 @@ for i = 1, #KEYS do
   out[#out + 1] = remaining
   out[#out + 1] = hi
   out[#out + 1] = lo
+end
+
+-- Counters first..last all or none: each one's standing (its decision at 0 hits, which writes
+-- nothing), then either every charge or none (src/store/all_or_none.rs: hits on one key, in order,
+-- fit iff each one's max(n, 1) plus the hits before it on that key is at most the key's remaining).
+local function all_or_none(first, last)
+  local standing, fit, all, spent = {}, {}, true, {}
+  for i = first, last do
+    local allowed, remaining, at, now = decide(i, 0)
+    if allowed == nil then return remaining end
+    standing[i] = {allowed, remaining, at, now}
+    local n, before = hits_of(i), spent[key_of(i)] or 0
+    fit[i] = before + math.max(n, 1) <= remaining
+    spent[key_of(i)] = before + n
+    all = all and fit[i]
+  end
+  for i = first, last do
+    if all then
+      local allowed, remaining, at, now = decide(i, hits_of(i))
+      reply(allowed, remaining, at, now)
+    else
+      local s = standing[i]
+      reply(fit[i] and 1 or 0, s[2], s[3], s[4])
+    end
+  end
+end
+
+-- Keys beyond KEYS must be this node's: each is read first (pcall returns the refusal of a key
+-- served elsewhere instead of raising it), so a batch that the routing misplaced writes nothing.
+for i = #KEYS + 1, counters do
+  local read = redis.pcall('EXISTS', key_of(i))
+  if type(read) == 'table' and read.err then
+    return redis.error_reply('TOLLGATE_NOT_LOCAL ' .. read.err)
+  end
+end
+
+local i = 1
+while i <= counters do
+  local group = tonumber(ARGV[base + (i - 1) * 9 + 9])
+  if group > 0 then
+    local failed = all_or_none(i, i + group - 1)
+    if failed then return redis.error_reply(failed) end
+    i = i + group
+  else
+    local allowed, remaining, at, now = decide(i, hits_of(i))
+    if allowed == nil then return redis.error_reply(remaining) end
+    reply(allowed, remaining, at, now)
+    i = i + 1
+  end
 end
 return out

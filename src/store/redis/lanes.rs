@@ -1,22 +1,30 @@
 //! Per-thread lanes: each thread that runs a single-threaded runtime (the server's gRPC threads)
 //! has its own pool per master, made on that thread's first use, so fred's reader and writer tasks
 //! run where the decision was asked: a command is written and its answer read without waking
-//! another thread. Other runtimes (multi-threaded) share one pool.
+//! another thread. Each lane pool sends through its [`Batcher`], whose task runs there too. Other
+//! runtimes (multi-threaded) share one pool.
+
+use std::sync::Arc;
 
 use fred::prelude::{Client, ClientLike, Pool};
 
-/// A pool made in one lane, and the runtime its connection tasks run on.
+use super::batch::{self, Batcher};
+
+/// A pool made in one lane, its batcher, and the runtime their tasks run on.
 pub(super) struct LanePool {
     pub(super) lane: Lane,
-    pub(super) pool: Pool,
-    pub(super) runtime: tokio::runtime::Handle,
+    pub(super) batcher: Arc<Batcher>,
+    sender: tokio::task::JoinHandle<()>,
+    pool: Pool,
+    runtime: tokio::runtime::Handle,
 }
 
 impl LanePool {
-    /// Closes the pool's connections from its own runtime, where its tasks run. A runtime that
-    /// has ended (a gRPC thread at shutdown) took its tasks and connections with it; the spawned
-    /// task is then dropped unrun.
+    /// Stops the batcher and closes the pool's connections from its own runtime, where its tasks
+    /// run. A runtime that has ended (a gRPC thread at shutdown) took its tasks and connections
+    /// with it; the spawned task is then dropped unrun.
     pub(super) fn quit(self) {
+        self.sender.abort();
         quit_on(&self.runtime, self.pool);
     }
 }
@@ -47,25 +55,36 @@ pub(super) fn current_lane() -> Option<Lane> {
 }
 
 /// The pool of `lane` among `pools`.
-pub(super) fn in_lane(pools: &[LanePool], lane: Lane) -> Option<&Pool> {
-    pools.iter().find(|p| p.lane == lane).map(|p| &p.pool)
+#[cfg(any(test, feature = "test-support"))]
+pub(super) fn pool_in_lane(pools: &[LanePool], lane: Lane) -> Option<Pool> {
+    pools
+        .iter()
+        .find(|p| p.lane == lane)
+        .map(|p| p.pool.clone())
 }
 
-/// A client of `pool` if one is connected (while it connects, or reconnects, the cluster pool serves).
+/// The batcher of `lane`'s pool among `pools`.
+pub(super) fn in_lane(pools: &[LanePool], lane: Lane) -> Option<&Arc<Batcher>> {
+    pools.iter().find(|p| p.lane == lane).map(|p| &p.batcher)
+}
+
+/// A client of `pool` if one is connected.
 pub(super) fn connected(pool: &Pool) -> Option<Client> {
     let client = pool.next_connected();
     client.is_connected().then(|| client.clone())
 }
 
-/// A client of `lane`'s pool among `pools`, if it is connected; the pool is made by `build` on
-/// first use, connecting in the background, its tasks on the caller's runtime.
-pub(super) fn client_among(
+/// The batcher of `lane`'s pool among `pools`; the pool is made by `build` on first use,
+/// connecting in the background, and its batcher sends through `route` (given the pool), its
+/// tasks on the caller's runtime.
+pub(super) fn batcher_among(
     pools: &mut Vec<LanePool>,
     lane: Lane,
     build: impl FnOnce() -> Result<Pool, fred::error::Error>,
-) -> Option<Client> {
-    if let Some(pool) = in_lane(pools, lane) {
-        return connected(pool);
+    route: impl FnOnce(Pool) -> batch::Route,
+) -> Option<Arc<Batcher>> {
+    if let Some(batcher) = in_lane(pools, lane) {
+        return Some(batcher.clone());
     }
     let runtime = tokio::runtime::Handle::try_current().ok()?;
     let pool = match build() {
@@ -76,13 +95,20 @@ pub(super) fn client_among(
         }
     };
     drop(pool.connect_pool());
-    let client = connected(&pool);
+    let batcher = Arc::new(Batcher::default());
+    let route = Arc::new(route(pool.clone()));
+    let sender = runtime.spawn(batcher.clone().run(move |batch| {
+        let route = route.clone();
+        async move { route.send_all(batch).await }
+    }));
     pools.push(LanePool {
         lane,
+        batcher: batcher.clone(),
+        sender,
         pool,
         runtime,
     });
-    client
+    Some(batcher)
 }
 
 #[cfg(test)]

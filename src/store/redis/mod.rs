@@ -11,24 +11,27 @@
 //! ([`CounterKey::redis_key`](crate::keys::CounterKey::redis_key)), its Cluster slot (the name's
 //! hash tag) and, in a Cluster, its partition from the slot table of `redis::routing` (every key of
 //! a single server is in [`Partition::WHOLE`]). A batch arrives ordered by slot: each slot's run is
-//! decided atomically by one `EVALSHA`, and all runs concurrently, so a request costs one round
-//! trip whatever its descriptors. A single server (or Sentinel's master) takes all of a request's
-//! counters in one `EVALSHA`.
+//! decided atomically by the script (a run decided all or none is one group of it), and all runs
+//! concurrently, so a request costs one round trip whatever its descriptors; the runs for one
+//! master, of this request and of others, share one `EVALSHA` (see below).
 //!
 //! In a Cluster, the scripts go through a pool per master, not through the cluster pool: a fred
 //! cluster client stops serving every slot while it reconnects to any one node (its reconnection
 //! resyncs all nodes, and fails until the dead master's slots have a new owner), so one dead master
 //! would stall the healthy ones too. A master's own pool fails alone (while none of its connections
 //! is up, its slots go through the cluster pool, bounded by the timeout). A `MOVED`/`ASK` answer
-//! (the routing changed under us) is retried once through the cluster pool, which follows
-//! redirections, and triggers a rebuild of the table. The pool also serves while the routing is
+//! (the routing changed under us, or the script found a key of its batch served elsewhere) sends
+//! the batch again decision by decision through the cluster pool, which follows redirections, and
+//! triggers a rebuild of the table. The pool also serves while the routing is
 //! unknown, and keeps the routing current.
 //!
 //! Each master (or the single server, standalone or found through Sentinel) has one pool per lane
 //! (`redis::lanes`): per thread that runs a single-threaded runtime (the server's gRPC threads),
 //! made on that thread's first use, so fred's reader and writer tasks run where the decision was
-//! asked: a command is written and its answer read without waking another thread. One pool shared
-//! by all threads put every connection task on whichever thread first built it, and each decision
+//! asked: a command is written and its answer read without waking another thread. A lane's
+//! decisions for one master are batched (`redis::batch`): those asked while its previous call is
+//! out go together as its next call, one script call deciding many keys, and a lone decision goes
+//! at once. One pool shared by all threads put every connection task on whichever thread first built it, and each decision
 //! from another thread crossed threads twice. Other runtimes (multi-threaded) share one pool per
 //! master, and use the store's own pool for a single server. A Cluster thus holds threads × masters
 //! × `pool_size` connections, plus `pool_size` per node for the cluster pool; a single server
@@ -43,6 +46,7 @@
 //! script may already have run. Redis being down at start is not an error: the store answers errors
 //! until it is up.
 
+mod batch;
 mod cause;
 mod client;
 mod error;
@@ -53,7 +57,7 @@ mod tls;
 mod url;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -65,12 +69,14 @@ use smallvec::SmallVec;
 use super::{Batch, Decisions, Partition, Route, Store, StoreError, join_all};
 use crate::clock::Clock;
 use crate::keys::CounterKey;
+use batch::Batcher;
 use cause::Condition;
 pub use cause::{Cause, store_conditions};
 use client::{client_builder, log_state_changes};
-use error::{redirected, store_error};
-use lanes::{LanePool, connected, current_lane, in_lane, quit_on};
+use error::store_error;
+use lanes::{LanePool, current_lane, in_lane, quit_on};
 use routing::Router;
+use script::CROSS_SLOT_SCRIPT;
 pub use script::SCRIPT;
 pub use tls::RedisCredentials;
 pub use url::RedisOptions;
@@ -85,6 +91,9 @@ pub struct RedisStore {
     /// A Cluster needs one script call per slot; a single server takes all counters in one.
     clustered: bool,
     sha: String,
+    /// Whether every Cluster node took the flagged script (`script::CROSS_SLOT_SCRIPT`) at start,
+    /// so a lane's batch for one master is one call whatever its slots.
+    cross_slot: Arc<AtomicBool>,
     /// fred's backstop command timeout, reported by its timeout errors.
     backstop: Duration,
     clock: Option<Arc<dyn Clock>>,
@@ -140,6 +149,7 @@ impl RedisStore {
 
         let store = RedisStore {
             sha: fred::util::sha1_hash(SCRIPT),
+            cross_slot: Arc::new(AtomicBool::new(false)),
             pool,
             clustered,
             backstop: options.timeout,
@@ -160,6 +170,18 @@ impl RedisStore {
                 };
                 if let Err(e) = loaded {
                     tracing::warn!(error = %e, "could not preload the Redis script; it loads on first use");
+                }
+                if clustered {
+                    match client
+                        .script_load_cluster::<String, _>(CROSS_SLOT_SCRIPT)
+                        .await
+                    {
+                        Ok(_) => store.cross_slot.store(true, Ordering::Relaxed),
+                        Err(e) => tracing::info!(
+                            error = %e,
+                            "the Cluster does not take scripts reaching several slots (Redis 7); batches go one call per slot"
+                        ),
+                    }
                 }
             }
             Ok(Err(e)) => store.condition.failed(&e, "startup"),
@@ -182,58 +204,103 @@ impl RedisStore {
         self
     }
 
-    /// A client in the caller's lane, if it is connected (while it connects, or reconnects, the
-    /// store's own pool serves): of the master that serves `slot` if the routing is known, or of
-    /// the single server. The lane's pool is made here on first use, so its tasks run on the
-    /// caller's runtime.
-    fn lane_client(&self, slot: u16) -> Option<fred::prelude::Client> {
+    /// Makes the caller's lane pools (of the single server, or of every Cluster master) and waits
+    /// (up to [`STARTUP_WAIT`] each) until they are connected, so that the decisions that follow
+    /// go through their batchers. For tests.
+    #[cfg(any(test, feature = "test-support"))]
+    pub async fn connect_lane(&self) -> Result<(), StoreError> {
+        let unavailable = |why: &str| StoreError::Unavailable(format!("no lane: {why}"));
+        let lane = current_lane().flatten();
+        let pools = if self.clustered {
+            self.router.refresh_if_changed(&self.pool);
+            let (slots, _) = self.router.masters(lane);
+            if slots.is_empty() {
+                return Err(unavailable("the Cluster's routing is not known yet"));
+            }
+            for slot in slots {
+                self.lane_batcher(slot);
+            }
+            self.router.masters(lane).1
+        } else {
+            self.lane_batcher(0);
+            lanes::pool_in_lane(&self.single.read(), lane)
+                .into_iter()
+                .collect()
+        };
+        if pools.is_empty() {
+            return Err(unavailable("not in a single-threaded runtime"));
+        }
+        for pool in pools {
+            match tokio::time::timeout(STARTUP_WAIT, pool.wait_for_connect()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(store_error(&e, self.backstop, None)),
+                Err(_) => return Err(unavailable("not connected in time")),
+            }
+        }
+        Ok(())
+    }
+
+    /// The batcher of the caller's lane: of the master that serves `slot` if the routing is
+    /// known, or of the single server (whose callers without a lane use the store's pool). The lane's pool and batcher are made here on first use, so
+    /// their tasks run on the caller's runtime.
+    fn lane_batcher(&self, slot: u16) -> Option<Arc<Batcher>> {
         let lane = current_lane()?;
         let build =
             |config: Config| client_builder(config, self.backstop).build_pool(self.pool_size);
+        let route = |lane: Pool| batch::Route {
+            lane,
+            shared: self.pool.clone(),
+            sha: self.sha.clone(),
+            clustered: self.clustered,
+            cross_slot: self.cross_slot.clone(),
+            cross_sha: fred::util::sha1_hash(CROSS_SLOT_SCRIPT),
+            changed: self.router.changed(),
+        };
         if !self.clustered {
             // Without a lane of its own, a caller shares the store's pool.
             lane?;
-            if let Some(pool) = in_lane(&self.single.read(), lane) {
-                return connected(pool);
+            if let Some(batcher) = in_lane(&self.single.read(), lane) {
+                return Some(batcher.clone());
             }
             let config = || build(self.config.clone());
-            return lanes::client_among(&mut self.single.write(), lane, config);
+            return lanes::batcher_among(&mut self.single.write(), lane, config, route);
         }
         self.router.refresh_if_changed(&self.pool);
-        self.router.lane_client(slot, lane, |server| {
-            build(Config {
-                server: ServerConfig::Centralized { server },
-                ..self.config.clone()
-            })
-        })
+        self.router.lane_batcher(
+            slot,
+            lane,
+            |server| {
+                build(Config {
+                    server: ServerConfig::Centralized { server },
+                    ..self.config.clone()
+                })
+            },
+            route,
+        )
     }
 
-    /// Decides `run`, the hits of one slot, in one script call.
+    /// Decides `run`, the hits of one slot, in one script call: its lane's next batch, or alone
+    /// through the store's pool outside a lane.
     async fn decide_slot(&self, run: Batch<'_, '_>) -> Result<Decisions, StoreError> {
         let slot = run.hits().first().map_or(0, |r| r.route.slot);
-        let args = script::args(&self.sha, run, self.clock.as_ref().map(|c| c.now() / 1_000));
-        let options = Options {
-            fail_fast: true,
-            max_attempts: Some(1),
-            ..Options::default()
+        let call = script::encode(run, self.clock.as_ref().map(|c| c.now() / 1_000));
+        let reply = match self.lane_batcher(slot) {
+            Some(batcher) => batcher.decide(slot, call).await,
+            None => {
+                let options = Options {
+                    fail_fast: true,
+                    max_attempts: Some(1),
+                    ..Options::default()
+                };
+                let client = self.pool.next_connected().with_options(&options);
+                let args = script::call_args(&self.sha, &[&call], 1);
+                script::eval(&client, slot, SCRIPT, &args)
+                    .await
+                    .and_then(|v| v.convert::<Vec<i64>>())
+            }
         };
-        let through_pool = || {
-            let client = self.pool.next_connected().with_options(&options);
-            let args = &args;
-            async move { script::eval(&client, slot, args).await }
-        };
-        let reply = match self.lane_client(slot) {
-            Some(master) => match script::eval(&master.with_options(&options), slot, &args).await {
-                Err(e) if redirected(&e) => {
-                    self.router.invalidate();
-                    through_pool().await
-                }
-                other => other,
-            },
-            None => through_pool().await,
-        }
-        .map_err(|e| store_error(&e, self.backstop, self.condition.cause()))?;
-        script::decode(run, reply)
+        let values = reply.map_err(|e| store_error(&e, self.backstop, self.condition.cause()))?;
+        script::decode(run, &values)
     }
 }
 

@@ -10,11 +10,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use fred::prelude::{Client, ClusterInterface, Pool};
+use fred::prelude::{ClusterInterface, Pool};
 use fred::types::config::Server;
 use parking_lot::RwLock;
 
-use super::lanes::{self, Lane, LanePool, connected, in_lane};
+use super::batch::{self, Batcher};
+use super::lanes::{self, Lane, LanePool, in_lane};
 use crate::store::Partition;
 
 /// Hash slots in a Redis Cluster.
@@ -77,28 +78,45 @@ impl Router {
         )
     }
 
-    /// A connected client of `lane`'s pool of the master serving `slot`; the pool is made by
-    /// `build` (given the master) on first use.
-    pub(super) fn lane_client(
+    /// The batcher of `lane`'s pool of the master serving `slot`; the pool is made by `build`
+    /// (given the master) on first use, and its batcher sends through `route` (given the pool).
+    pub(super) fn lane_batcher(
         &self,
         slot: u16,
         lane: Lane,
         build: impl FnOnce(Server) -> Result<Pool, fred::error::Error>,
-    ) -> Option<Client> {
+        route: impl FnOnce(Pool) -> batch::Route,
+    ) -> Option<Arc<Batcher>> {
         let slot = usize::from(slot);
         {
             let table = self.table.read();
             let &(_, master) = table.slots.get(slot)?;
             let master = table.masters.get(master)?;
-            if let Some(pool) = in_lane(&master.pools, lane) {
-                return connected(pool);
+            if let Some(batcher) = in_lane(&master.pools, lane) {
+                return Some(batcher.clone());
             }
         }
         let mut table = self.table.write();
         let &(_, master) = table.slots.get(slot)?;
         let master = table.masters.get_mut(master)?;
         let server = master.server.clone();
-        lanes::client_among(&mut master.pools, lane, || build(server))
+        lanes::batcher_among(&mut master.pools, lane, || build(server), route)
+    }
+
+    /// One slot of each master, and each master's pool of `lane` (made so far).
+    #[cfg(any(test, feature = "test-support"))]
+    pub(super) fn masters(&self, lane: Lane) -> (Vec<u16>, Vec<Pool>) {
+        let table = self.table.read();
+        let slots = (0..table.masters.len())
+            .filter_map(|m| table.slots.iter().position(|&(_, owner)| owner == m))
+            .filter_map(|slot| u16::try_from(slot).ok())
+            .collect();
+        let pools = table
+            .masters
+            .iter()
+            .filter_map(|m| lanes::pool_in_lane(&m.pools, lane))
+            .collect();
+        (slots, pools)
     }
 
     /// Every master's pools, taken out to be closed.

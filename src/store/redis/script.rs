@@ -11,27 +11,50 @@ use fred::prelude::{ClientLike, Value};
 use fred::types::{ClusterHash, CustomCommand};
 
 use crate::algorithm::{Charge, Decision};
-use crate::store::{Batch, Decisions, Routed, StoreError};
+use crate::store::{Batch, Decisions, Mode, Routed, StoreError};
 
 /// The decision script; see its header for KEYS, ARGV, the reply and the state of each algorithm.
 pub const SCRIPT: &str = include_str!("decide.lua");
 
+/// The script flagged to reach keys of several slots of one Cluster node (Redis 7 and later), for
+/// batches that span slots.
+pub(super) const CROSS_SLOT_SCRIPT: &str = concat!(
+    "#!lua flags=allow-cross-slot-keys\n",
+    include_str!("decide.lua")
+);
+
 /// Values per counter in the script's ARGV and in its reply.
-const ARGS_PER_COUNTER: usize = 8;
+const ARGS_PER_COUNTER: usize = 9;
 const REPLY_PER_COUNTER: usize = 4;
 
-/// The `EVALSHA` arguments deciding `run` (hits of one slot): the script's `sha`, the number of
-/// keys, the keys, then eight ARGV values per counter. `now_us` overrides Redis' `TIME`.
-pub(super) fn args(sha: &str, run: Batch<'_, '_>, now_us: Option<u64>) -> Vec<Value> {
+/// One decision's counters, encoded: their keys and their ARGV values (nine per counter).
+#[derive(Debug, Default)]
+pub(super) struct Encoded {
+    keys: Vec<Value>,
+    argv: Vec<Value>,
+}
+
+impl Encoded {
+    /// The number of values the script answers for these counters.
+    pub(super) fn reply_len(&self) -> usize {
+        self.keys.len() * REPLY_PER_COUNTER
+    }
+}
+
+/// `run` (hits of one slot, by its mode) encoded for the script. `now_us` overrides Redis' `TIME`.
+pub(super) fn encode(run: Batch<'_, '_>, now_us: Option<u64>) -> Encoded {
     let hits = run.hits();
-    let mut args = Vec::with_capacity(2 + hits.len() * (1 + ARGS_PER_COUNTER));
-    args.push(Value::from(sha));
-    args.push(Value::Integer(int(hits.len() as u64)));
-    args.extend(
-        hits.iter()
-            .map(|r| Value::Bytes(r.route.name.to_vec().into())),
-    );
-    for r in hits {
+    let keys = hits
+        .iter()
+        .map(|r| Value::Bytes(r.route.name.to_vec().into()))
+        .collect();
+    let mut argv = Vec::with_capacity(hits.len() * ARGS_PER_COUNTER);
+    // An all-or-none run is one group, marked on its first counter.
+    let group = match run.mode() {
+        Mode::Each => 0,
+        Mode::AllOrNone => hits.len(),
+    };
+    for (i, r) in hits.iter().enumerate() {
         let q = r.hit.quota;
         // More than the capacity never fits: capacity + 1 decides the same and stays small. A rule
         // charging always charges up to its ceiling, so more than that decides the same.
@@ -39,7 +62,7 @@ pub(super) fn args(sha: &str, run: Batch<'_, '_>, now_us: Option<u64>) -> Vec<Va
             Charge::WhenAllowed => r.hit.hits.min(q.burst() + 1),
             Charge::Always => r.hit.hits.min(q.ceiling()),
         };
-        args.extend([
+        argv.extend([
             Value::Integer(i64::from(q.algorithm().code())),
             Value::Integer(int(q.limit())),
             Value::Integer(int(q.window_ns().div_ceil(1_000))),
@@ -51,16 +74,35 @@ pub(super) fn args(sha: &str, run: Batch<'_, '_>, now_us: Option<u64>) -> Vec<Va
                 Some(t) => Value::Integer(int(t)),
                 None => Value::from(""),
             },
+            Value::Integer(if i == 0 { int(group as u64) } else { 0 }),
         ]);
     }
+    Encoded { keys, argv }
+}
+
+/// The `EVALSHA` arguments deciding `calls` in one script call, in order: the script's `sha`, the
+/// number of keys declared (those of the first `declared` calls), those keys, then in ARGV the
+/// number of the other keys, those keys, and every call's values.
+pub(super) fn call_args(sha: &str, calls: &[&Encoded], declared: usize) -> Vec<Value> {
+    let (named, other) = calls.split_at(declared.min(calls.len()));
+    let keys = |calls: &[&Encoded]| calls.iter().map(|c| c.keys.len()).sum::<usize>();
+    let argv: usize = calls.iter().map(|c| c.argv.len()).sum();
+    let mut args = Vec::with_capacity(3 + keys(calls) + argv);
+    args.push(Value::from(sha));
+    args.push(Value::Integer(int(keys(named) as u64)));
+    args.extend(named.iter().flat_map(|c| c.keys.iter().cloned()));
+    args.push(Value::Integer(int(keys(other) as u64)));
+    args.extend(other.iter().flat_map(|c| c.keys.iter().cloned()));
+    args.extend(calls.iter().flat_map(|c| c.argv.iter().cloned()));
     args
 }
 
-/// Sends the script with `args` (from [`args`]) to `slot` through `client`: `EVALSHA`, or `EVAL`
-/// after `NOSCRIPT`.
+/// Sends `script` with `args` (from [`call_args`], with `script`'s hash) to `slot` through
+/// `client`: `EVALSHA`, or `EVAL` after `NOSCRIPT`.
 pub(super) async fn eval<C: ClientLike>(
     client: &C,
     slot: u16,
+    script: &'static str,
     args: &[Value],
 ) -> Result<Value, fred::error::Error> {
     let command =
@@ -75,7 +117,7 @@ pub(super) async fn eval<C: ClientLike>(
             );
             let mut args = args.to_vec();
             if let Some(sha) = args.first_mut() {
-                *sha = Value::from(SCRIPT);
+                *sha = Value::from(script);
             }
             client.custom::<Value, Value>(command("EVAL"), args).await
         }
@@ -83,11 +125,8 @@ pub(super) async fn eval<C: ClientLike>(
     }
 }
 
-/// The script's `reply` to `run`: four integers per counter, in order.
-pub(super) fn decode(run: Batch<'_, '_>, reply: Value) -> Result<Decisions, StoreError> {
-    let values: Vec<i64> = reply
-        .convert()
-        .map_err(|e| StoreError::Protocol(format!("unexpected script reply: {e}")))?;
+/// The script's reply to `run`: four integers per counter, in order.
+pub(super) fn decode(run: Batch<'_, '_>, values: &[i64]) -> Result<Decisions, StoreError> {
     let counters: Vec<&[i64]> = values.chunks(REPLY_PER_COUNTER).collect();
     Decisions::checked(run, counters, decision)
 }

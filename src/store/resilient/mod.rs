@@ -41,7 +41,7 @@ use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
 use super::overlimit::{self, OverLimitCache};
-use super::{Batch, Decisions, Partition, Route, Routed, Store, StoreError, join_all};
+use super::{Batch, Decisions, Partition, Route, Routed, Store, StoreError, all_or_none, join_all};
 use crate::algorithm::Decision;
 use crate::clock::{Clock, MonotonicClock};
 use breaker::{Attempt, Breaker, Pass};
@@ -226,10 +226,16 @@ impl ResilientStore {
     ) -> Result<Decisions, StoreError> {
         let known: SmallVec<[Option<Decision>; 4]> =
             batch.hits().iter().map(|r| self.primary.known(r)).collect();
+        let refused = all_or_none::refusing(batch, &known);
         let mut buf = SmallVec::new();
-        let rest = batch.retain(&mut buf, |i| known[i].is_none());
+        let rest = all_or_none::rest(batch, &mut buf, refused, |i| known[i].is_none());
         if rest.is_empty() {
-            return Ok(Decisions::fill(known, Decisions::concat([])));
+            return Ok(all_or_none::answer(
+                batch,
+                refused,
+                known,
+                Decisions::concat([]),
+            ));
         }
         let retry = breaker.retry_after(self.clock.now());
         let decided = self.fallback.decide(rest, retry, || {
@@ -245,7 +251,7 @@ impl ResilientStore {
                 ))
             })
         })?;
-        Ok(Decisions::fill(known, decided))
+        Ok(all_or_none::answer(batch, refused, known, decided))
     }
 
     /// Decides `batch`, all of `partition`, through that partition's breaker, within the deadline.

@@ -18,6 +18,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
 use crate::algorithm::{Decision, Quota};
@@ -25,7 +26,7 @@ use crate::clock::Clock;
 use crate::metrics as m;
 use crate::store::memory::MemoryStore;
 use crate::store::overlimit::MAX_ENTRY_BYTES;
-use crate::store::{Batch, Decisions, Hit, StoreError};
+use crate::store::{Batch, Decisions, Hit, Mode, StoreError};
 
 use super::ResilienceOptions;
 
@@ -111,6 +112,21 @@ impl Fallback {
             .increment(batch.len() as u64);
         let now = self.clock.now();
         Ok(match self.policy {
+            OnStoreError::Local if batch.mode() == Mode::AllOrNone => {
+                let quotas: SmallVec<[Quota; 4]> = batch
+                    .hits()
+                    .iter()
+                    .map(|r| scaled_quota(r.hit.quota, self.instances))
+                    .collect();
+                let hits: SmallVec<[Hit<'_>; 4]> = batch
+                    .hits()
+                    .iter()
+                    .zip(&quotas)
+                    .map(|(r, quota)| Hit { quota, ..r.hit })
+                    .collect();
+                let decided = self.local.decide_all_or_none_at(&hits, now);
+                Decisions::checked(batch, decided.into_vec(), |_, d| Ok(d))?
+            }
             OnStoreError::Local => Decisions::each(batch, |r| {
                 let quota = scaled_quota(r.hit.quota, self.instances);
                 let hit = Hit {

@@ -873,3 +873,39 @@ fn policies_have_their_flag_names() {
     assert!("Local".parse::<OnStoreError>().is_err());
     assert_eq!(OnStoreError::default(), OnStoreError::Local);
 }
+
+/// All or none holds in the fallback too: with the store down, the local policy charges a request
+/// whole or not at all.
+#[tokio::test]
+async fn the_local_policy_decides_all_or_none() {
+    let primary = Scripted::new(Script::Unavailable);
+    let clock = ManualClock::new(START);
+    let store = resilient(&primary, options(OnStoreError::Local), &clock);
+    let (tight, loose) = (quota(2), quota(100));
+    let (a, b) = (key(&tight, "a"), key(&loose, "b"));
+    let request = |hits| {
+        [
+            Hit {
+                key: &a,
+                quota: &tight,
+                hits,
+            },
+            Hit {
+                key: &b,
+                quota: &loose,
+                hits,
+            },
+        ]
+    };
+    let mut whole = 0;
+    for _ in 0..5 {
+        let d = store
+            .decide_as(&request(1), crate::store::Mode::AllOrNone)
+            .await
+            .unwrap();
+        whole += usize::from(d.iter().all(|d| d.allowed));
+    }
+    assert_eq!(whole, 2);
+    let left = store.decide(&request(0)).await.unwrap();
+    assert_eq!((left[0].remaining, left[1].remaining), (0, 98));
+}
