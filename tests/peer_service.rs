@@ -188,6 +188,17 @@ async fn hits_beyond_what_is_left_are_over_with_zero_remaining_and_spend_nothing
         // The refused 2 were not charged: 1 hit is left.
         let resp = ask(&mut c, one(&[("user", "carol")])).await;
         assert_eq!(grpc::overall(&resp), Code::Ok, "{store:?}");
+        // A first request larger than the limit: over, and the reset is still the window's end.
+        let five = RlsRequest::new("peer")
+            .hits_addend(5)
+            .entries(&[("user", "dave")]);
+        let resp = ask(&mut c, five).await;
+        assert_eq!(grpc::overall(&resp), Code::OverLimit, "{store:?}");
+        let reset = reset_secs(&resp.statuses[0]);
+        match store {
+            Store::Memory => assert_eq!(reset, 3580),
+            Store::Redis => assert!((1..=3600).contains(&reset), "{reset}"),
+        }
     }
 }
 

@@ -4,7 +4,8 @@
 //! State: the start of the window last written and its count (16 bytes). A request in a later window
 //! starts from zero. Cheap and predictable, but up to `2L` hits can pass within `W` across a window
 //! boundary (`L` at the end of one window, `L` at the start of the next); `sliding_window` bounds that.
-//! `reset_after` is the time to the next window start whenever the counter is not zero.
+//! `reset_after` is always the time to the next window start, even for a counter that holds
+//! nothing yet (a probe, or a first request larger than `L`): envoyproxy/ratelimit reports it so.
 //!
 //! Charging always ([`Charge::Always`]), a denied request's hits are counted too: the count may rise
 //! above `L` (to at most `L + MAX_DEBT`) and the key stays denied until the window ends. The next
@@ -27,7 +28,6 @@ pub(crate) fn decide(quota: &Quota, state: &mut State, now: Nanos, hits: u64) ->
     let start = window_start(now.max(state.start), window);
     let used = if start == state.start { state.count } else { 0 };
     let end = u128::from(start) + u128::from(window);
-    let restored_at = |count: u64| if count == 0 { 0 } else { end };
     // Saturating: a state written under a larger limit (before a reload) must not underflow.
     let free = limit.saturating_sub(used);
 
@@ -43,14 +43,14 @@ pub(crate) fn decide(quota: &Quota, state: &mut State, now: Nanos, hits: u64) ->
     if hits > limit {
         let used = if always { charge() } else { used };
         let free = limit.saturating_sub(used);
-        return exceeds_capacity(limit, free, until(restored_at(used), now));
+        return exceeds_capacity(limit, free, until(end, now));
     }
     if hits == 0 {
         return Decision {
             allowed: free > 0,
             limit,
             remaining: free,
-            reset_after: until(if free > 0 { restored_at(used) } else { end }, now),
+            reset_after: until(end, now),
             exceeds_capacity: false,
         };
     }

@@ -259,6 +259,12 @@ pub fn check_step(q: &Quota, before: &State, now: Nanos, hits: u64, d: &Decision
                 "retry at {r}-1 {d:?}"
             );
         }
+    } else if exact
+        && q.algorithm() == Algorithm::FixedWindow
+        && decide_on(q, after, now, 0).remaining == capacity
+    {
+        // A fixed window that holds nothing reports its aligned end, as envoyproxy/ratelimit does.
+        assert!(r > 0 && (now + r) % q.window_ns() == 0, "window end {d:?}");
     } else if exact {
         // The quota is fully restored exactly `reset_after` from now.
         assert_eq!(

@@ -230,10 +230,6 @@ local function fixed_window(key, L, W, n, always, now, grace)
   local used = 0
   if start == s_start then used = s_count end
   local stop = start + W
-  local function restored(count)
-    if count == 0 then return 0 end
-    return stop
-  end
   local free = math.max(L - used, 0)
   -- Charging always, denied hits are counted too, up to L + MAX_DEBT, until the window ends.
   local function charge()
@@ -243,11 +239,10 @@ local function fixed_window(key, L, W, n, always, now, grace)
   end
   if n > L then
     if always then used = charge() end
-    return 0, math.max(L - used, 0), restored(used)
+    return 0, math.max(L - used, 0), stop
   end
   if n == 0 then
-    if free > 0 then return 1, free, restored(used) end
-    return 0, free, stop
+    return free > 0 and 1 or 0, free, stop
   end
   if n > free then
     if always then used = charge() end
