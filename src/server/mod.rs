@@ -41,6 +41,7 @@ use tonic_health::ServingStatus;
 use crate::limiter::Limiter;
 use connections::{Bounded, ConnectionLimits, accept_bounded};
 use grpc::RlsService;
+use grpc::serve::Serving;
 use http::{AdminState, Health};
 
 /// How the service behaves around its listeners.
@@ -82,8 +83,6 @@ impl Default for ServeOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("gRPC server failed: {0}")]
-    Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server failed: {0}")]
     Http(#[from] std::io::Error),
     #[error("server task failed: {0}")]
@@ -102,20 +101,15 @@ pub async fn run(
     let health = Arc::new(Health::new(options.healthy_only_with_rules));
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let limits = &options.connections;
-    let rls = RlsService::new(limiter.clone(), options.response_headers.clone())
-        .into_server()
-        .max_decoding_message_size(limits.grpc_max_message_bytes);
+    let rls = RlsService::new(limiter.clone(), options.response_headers.clone());
     let (grpc_cap, admin_cap) = limits.fitted_to(connections::open_files_limit());
     tracing::info!(grpc_cap, admin_cap, "connection caps");
     let grpc_cap = Arc::new(Semaphore::new(grpc_cap));
-    let grpc_router = || {
-        grpc_builder(limits)
-            .add_service(health_service.clone())
-            .add_service(tonic::service::interceptor::InterceptedService::new(
-                rls.clone(),
-                connections::mark_call,
-            ))
-    };
+    let grpc_serving = Arc::new(Serving::new(
+        rls,
+        tonic::service::Routes::new(health_service),
+        limits,
+    ));
     let serving = health.is_serving(&limiter);
     set_health(&reporter, serving).await;
     let rules_health = options.healthy_only_with_rules.then(|| {
@@ -168,7 +162,7 @@ pub async fn run(
     for index in 0..threads {
         let (lane, incoming) = mpsc::unbounded_channel();
         let (done, finished_rx) = oneshot::channel();
-        let server = grpc_router();
+        let server = grpc_serving.clone();
         let (stop, abandon) = (stop_accepting.clone(), abandon.clone());
         let tls = options.grpc_tls.clone();
         let idle = limits.grpc_max_connection_idle;
@@ -191,7 +185,7 @@ pub async fn run(
             tracing::info!(path = %path.display(), "gRPC on a Unix socket");
             Some(tokio::spawn(listen::serve_uds(
                 listener,
-                grpc_router(),
+                grpc_serving.clone(),
                 grpc_cap.clone(),
                 limits.grpc_max_connection_idle,
                 stop_accepting.clone(),
@@ -274,21 +268,6 @@ pub async fn run(
     Ok(())
 }
 
-/// The gRPC server's per-connection settings: keepalive, streams, connection age.
-fn grpc_builder(limits: &ConnectionLimits) -> tonic::transport::Server {
-    let mut builder = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(limits.grpc_keepalive_interval))
-        .http2_keepalive_timeout(Some(limits.grpc_keepalive_timeout))
-        .max_concurrent_streams(limits.grpc_max_concurrent_streams);
-    if let Some(age) = limits.grpc_max_connection_age {
-        builder = builder.max_connection_age(age);
-        if let Some(grace) = limits.grpc_max_connection_age_grace {
-            builder = builder.max_connection_age_grace(grace);
-        }
-    }
-    builder
-}
-
 /// A connection handed to a gRPC thread, with its place under the cap.
 type Handed = (std::net::TcpStream, OwnedSemaphorePermit);
 
@@ -342,7 +321,7 @@ async fn accept(
 /// One gRPC thread: a single-threaded runtime serving the connections it is handed until they
 /// stop coming and the open ones have closed (or `abandon`).
 fn serve_grpc_thread(
-    server: tonic::transport::server::Router,
+    server: Arc<Serving>,
     incoming: mpsc::UnboundedReceiver<Handed>,
     tls: Option<tls::Acceptor>,
     idle: Option<Duration>,
@@ -356,11 +335,10 @@ fn serve_grpc_thread(
         let incoming = tls::incoming(incoming, tls)
             .map(move |r| r.map(|(io, permit)| Bounded::new(io, permit, idle)));
         tokio::select! {
-            served = server.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()) => {
-                served.map_err(ServeError::from)
-            }
-            () = abandon.cancelled() => Ok(()),
+            () = server.connections(incoming, stop) => {}
+            () = abandon.cancelled() => {}
         }
+        Ok(())
     })
 }
 
