@@ -6,13 +6,16 @@
 //! balancers notice), then stop accepting, and in-flight calls finish within `drain_timeout`.
 //!
 //! gRPC connections are served by one single-threaded runtime per core, handed out round robin by
-//! an acceptor on the caller's runtime. On one multi-threaded runtime, tokio runs a task woken by
-//! the task before it next (its LIFO slot), so each answer woke the connection's task at once and
-//! went out in its own `writev`: under load, one system call and one wake-up per answer. On a
-//! single-threaded runtime the connection's task runs after every call it has read, and writes
-//! their answers together: a fifth less server CPU per call, and cheaper reads for the client. The
-//! cost: a connection stays on its thread, so a single busy connection uses one core (Envoy opens
-//! one per worker thread, and the round robin spreads them).
+//! an acceptor on the caller's runtime; each connection is one task that decides its calls in
+//! place and flushes their answers together ([`grpc::serve`]). That design first answered tokio's
+//! LIFO slot: under hyper, each call was a task whose answer woke the connection's task at once,
+//! one `writev` per answer; now no call wakes another task, and a single-threaded runtime keeps
+//! every wake-up on its thread without atomics or stealing. The cost: a connection stays on its
+//! thread, so a single busy connection uses one core (Envoy opens one per worker thread, and the
+//! round robin spreads them), and a thread the kernel has descheduled delays its connections'
+//! calls until it runs again. The same connection tasks on one work-stealing runtime measured the
+//! same CPU per call and no steadier tail on a 2-core box shared with a CPU hog (see
+//! docs/performance.md), so the simpler design stays.
 //!
 //! The parts: [`grpc`] (Envoy's `RateLimitService` v3 onto the limiter), [`http`] (the admin
 //! port), [`watch`] (rule files and SIGHUP to [`LiveRules::reload`](crate::rules::LiveRules::reload))
