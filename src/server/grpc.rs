@@ -4,7 +4,7 @@
 //! protobuf out. Errors map to gRPC statuses in one place ([`status_of`]): invalid requests are
 //! `INVALID_ARGUMENT`; store failures are `UNAVAILABLE`, so that Envoy's `failure_mode_deny` decides.
 //! The rate-limit headers a response may carry are in [`headers`]; how the port's connections are
-//! served is in [`serve`] (with gRPC's framing in [`wire`] and every other method in [`fallback`]).
+//! served is in [`serve`] (with gRPC's framing in `wire` and every other method in `fallback`).
 
 mod fallback;
 pub mod headers;

@@ -8,7 +8,7 @@
 //! task for each answer: about a third of the server's CPU per call went there.
 //!
 //! Everything else (the health service; unknown methods, answered `UNIMPLEMENTED`) goes to
-//! tonic's router on a task of its own ([`super::fallback`]). The connection keeps what tonic's
+//! tonic's router on a task of its own (module `fallback`). The connection keeps what tonic's
 //! server did: HTTP/2 keepalive pings (closed when one goes unanswered), the maximum age (GOAWAY
 //! then; with a grace, closed at age + grace, as tonic did), GOAWAY on drain with the calls in
 //! flight finishing, `grpc-timeout`, the message size cap, and the same statuses and texts.
