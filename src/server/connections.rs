@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
-use tonic::transport::server::{Connected, TlsConnectInfo};
+use tonic::transport::server::Connected;
 
 /// Descriptors kept out of the connection caps for everything else the process opens.
 pub const FD_RESERVE: usize = 32;
@@ -116,25 +116,17 @@ impl Activity {
     }
 }
 
-/// What a [`Bounded`] connection tells the services: its [`Activity`], for [`mark_call`].
+/// What a [`Bounded`] connection tells its server: its [`Activity`], touched as calls start.
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo {
     activity: Arc<Activity>,
 }
 
-/// A gRPC interceptor that records a call's start on its connection, deferring its idle close.
-#[allow(clippy::result_large_err)]
-pub fn mark_call(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-    let extensions = request.extensions();
-    let info = extensions.get::<ConnectionInfo>().or_else(|| {
-        extensions
-            .get::<TlsConnectInfo<ConnectionInfo>>()
-            .map(TlsConnectInfo::get_ref)
-    });
-    if let Some(info) = info {
-        info.activity.touch();
+impl ConnectionInfo {
+    /// Records that a call started, deferring the connection's idle close.
+    pub fn touch(&self) {
+        self.activity.touch();
     }
-    Ok(request)
 }
 
 /// A connection holding its port's permit (released when it closes), ending itself with EOF

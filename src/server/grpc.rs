@@ -3,9 +3,13 @@
 //! Only translation lives here: protobuf in, [`limiter::Request`] out; [`limiter::Response`] in,
 //! protobuf out. Errors map to gRPC statuses in one place ([`status_of`]): invalid requests are
 //! `INVALID_ARGUMENT`; store failures are `UNAVAILABLE`, so that Envoy's `failure_mode_deny` decides.
-//! The rate-limit headers a response may carry are in [`headers`].
+//! The rate-limit headers a response may carry are in [`headers`]; how the port's connections are
+//! served is in [`serve`] (with gRPC's framing in `wire` and every other method in `fallback`).
 
+mod fallback;
 pub mod headers;
+pub mod serve;
+mod wire;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -61,24 +65,27 @@ impl RateLimitService for RlsService {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
+        self.answer(request.into_inner()).await.map(Response::new)
+    }
+}
+
+impl RlsService {
+    /// Decides one request, recording its latency under the status it is answered with.
+    pub async fn answer(&self, request: RateLimitRequest) -> Result<RateLimitResponse, Status> {
         let started = Instant::now();
-        let result = match from_proto(request.into_inner()) {
+        let result = match from_proto(request) {
             Ok(req) => self.limiter.should_rate_limit(&req).await,
             Err(e) => Err(e),
         };
-        let (latency, reply) = match result {
+        let reply = match result {
             Ok(resp) => {
                 let (cell, label) = match resp.overall_code {
                     Code::Ok => (&self.latency_ok, "OK"),
                     Code::OverLimit => (&self.latency_over_limit, "OVER_LIMIT"),
                 };
-                let latency = cell
-                    .get_or_init(|| metrics::histogram!(m::GRPC_REQUEST_DURATION, "code" => label))
-                    .clone();
-                (
-                    latency,
-                    Ok(Response::new(to_proto(&resp, &self.response_headers))),
-                )
+                cell.get_or_init(|| metrics::histogram!(m::GRPC_REQUEST_DURATION, "code" => label))
+                    .record(started.elapsed().as_secs_f64());
+                Ok(to_proto(&resp, &self.response_headers))
             }
             Err(e) => {
                 if self.limiter.settings().envoy_ratelimit_metrics {
@@ -92,13 +99,12 @@ impl RateLimitService for RlsService {
                 }
                 let status = status_of(&e);
                 let label = code_name(status.code());
-                let latency = metrics::histogram!(m::GRPC_REQUEST_DURATION, "code" => label);
-                (latency, Err(status))
+                metrics::histogram!(m::GRPC_REQUEST_DURATION, "code" => label)
+                    .record(started.elapsed().as_secs_f64());
+                Err(status)
             }
         };
-        let elapsed = started.elapsed();
-        latency.record(elapsed.as_secs_f64());
-        self.peer_calls.record(elapsed);
+        self.peer_calls.record(started.elapsed());
         reply
     }
 }

@@ -120,11 +120,11 @@ pub fn bind_uds(path: &Path) -> io::Result<UnixListener> {
 /// Serves gRPC on a Unix socket with `server` until `stop`, its connections counted in `cap`.
 pub async fn serve_uds(
     listener: UnixListener,
-    server: tonic::transport::server::Router,
+    server: Arc<crate::server::grpc::serve::Serving>,
     cap: Arc<Semaphore>,
     idle: Option<std::time::Duration>,
     stop: CancellationToken,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), super::ServeError> {
     let (handed, incoming) = mpsc::unbounded_channel::<io::Result<Bounded<UnixStream>>>();
     let acceptor = {
         let stop = stop.clone();
@@ -141,12 +141,9 @@ pub async fn serve_uds(
             }
         })
     };
-    let served = server
-        .serve_with_incoming_shutdown(
-            UnboundedReceiverStream::new(incoming),
-            stop.cancelled_owned(),
-        )
+    server
+        .connections(UnboundedReceiverStream::new(incoming), stop)
         .await;
     acceptor.abort();
-    served
+    Ok(())
 }

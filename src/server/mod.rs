@@ -6,13 +6,16 @@
 //! balancers notice), then stop accepting, and in-flight calls finish within `drain_timeout`.
 //!
 //! gRPC connections are served by one single-threaded runtime per core, handed out round robin by
-//! an acceptor on the caller's runtime. On one multi-threaded runtime, tokio runs a task woken by
-//! the task before it next (its LIFO slot), so each answer woke the connection's task at once and
-//! went out in its own `writev`: under load, one system call and one wake-up per answer. On a
-//! single-threaded runtime the connection's task runs after every call it has read, and writes
-//! their answers together: a fifth less server CPU per call, and cheaper reads for the client. The
-//! cost: a connection stays on its thread, so a single busy connection uses one core (Envoy opens
-//! one per worker thread, and the round robin spreads them).
+//! an acceptor on the caller's runtime; each connection is one task that decides its calls in
+//! place and flushes their answers together ([`grpc::serve`]). That design first answered tokio's
+//! LIFO slot: under hyper, each call was a task whose answer woke the connection's task at once,
+//! one `writev` per answer; now no call wakes another task, and a single-threaded runtime keeps
+//! every wake-up on its thread without atomics or stealing. The cost: a connection stays on its
+//! thread, so a single busy connection uses one core (Envoy opens one per worker thread, and the
+//! round robin spreads them), and a thread the kernel has descheduled delays its connections'
+//! calls until it runs again. The same connection tasks on one work-stealing runtime measured the
+//! same CPU per call and no steadier tail on a 2-core box shared with a CPU hog (see
+//! docs/performance.md), so the simpler design stays.
 //!
 //! The parts: [`grpc`] (Envoy's `RateLimitService` v3 onto the limiter), [`http`] (the admin
 //! port), [`watch`] (rule files and SIGHUP to [`LiveRules::reload`](crate::rules::LiveRules::reload))
@@ -41,6 +44,7 @@ use tonic_health::ServingStatus;
 use crate::limiter::Limiter;
 use connections::{Bounded, ConnectionLimits, accept_bounded};
 use grpc::RlsService;
+use grpc::serve::Serving;
 use http::{AdminState, Health};
 
 /// How the service behaves around its listeners.
@@ -85,8 +89,6 @@ impl Default for ServeOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("gRPC server failed: {0}")]
-    Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server failed: {0}")]
     Http(#[from] std::io::Error),
     #[error("server task failed: {0}")]
@@ -105,20 +107,15 @@ pub async fn run(
     let health = Arc::new(Health::new(options.healthy_only_with_rules));
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let limits = &options.connections;
-    let rls = RlsService::new(limiter.clone(), options.response_headers.clone())
-        .into_server()
-        .max_decoding_message_size(limits.grpc_max_message_bytes);
+    let rls = RlsService::new(limiter.clone(), options.response_headers.clone());
     let (grpc_cap, admin_cap) = limits.fitted_to(connections::open_files_limit());
     tracing::info!(grpc_cap, admin_cap, "connection caps");
     let grpc_cap = Arc::new(Semaphore::new(grpc_cap));
-    let grpc_router = || {
-        grpc_builder(limits)
-            .add_service(health_service.clone())
-            .add_service(tonic::service::interceptor::InterceptedService::new(
-                rls.clone(),
-                connections::mark_call,
-            ))
-    };
+    let grpc_serving = Arc::new(Serving::new(
+        rls,
+        tonic::service::Routes::new(health_service),
+        limits,
+    ));
     let serving = health.is_serving(&limiter);
     set_health(&reporter, serving).await;
     let rules_health = options.healthy_only_with_rules.then(|| {
@@ -171,7 +168,7 @@ pub async fn run(
     for index in 0..threads {
         let (lane, incoming) = mpsc::unbounded_channel();
         let (done, finished_rx) = oneshot::channel();
-        let server = grpc_router();
+        let server = grpc_serving.clone();
         let (stop, abandon) = (stop_accepting.clone(), abandon.clone());
         let tls = options.grpc_tls.clone();
         let idle = limits.grpc_max_connection_idle;
@@ -194,7 +191,7 @@ pub async fn run(
             tracing::info!(path = %path.display(), "gRPC on a Unix socket");
             Some(tokio::spawn(listen::serve_uds(
                 listener,
-                grpc_router(),
+                grpc_serving.clone(),
                 grpc_cap.clone(),
                 limits.grpc_max_connection_idle,
                 stop_accepting.clone(),
@@ -277,21 +274,6 @@ pub async fn run(
     Ok(())
 }
 
-/// The gRPC server's per-connection settings: keepalive, streams, connection age.
-fn grpc_builder(limits: &ConnectionLimits) -> tonic::transport::Server {
-    let mut builder = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(limits.grpc_keepalive_interval))
-        .http2_keepalive_timeout(Some(limits.grpc_keepalive_timeout))
-        .max_concurrent_streams(limits.grpc_max_concurrent_streams);
-    if let Some(age) = limits.grpc_max_connection_age {
-        builder = builder.max_connection_age(age);
-        if let Some(grace) = limits.grpc_max_connection_age_grace {
-            builder = builder.max_connection_age_grace(grace);
-        }
-    }
-    builder
-}
-
 /// A connection handed to a gRPC thread, with its place under the cap.
 type Handed = (std::net::TcpStream, OwnedSemaphorePermit);
 
@@ -345,7 +327,7 @@ async fn accept(
 /// One gRPC thread: a single-threaded runtime serving the connections it is handed until they
 /// stop coming and the open ones have closed (or `abandon`).
 fn serve_grpc_thread(
-    server: tonic::transport::server::Router,
+    server: Arc<Serving>,
     incoming: mpsc::UnboundedReceiver<Handed>,
     tls: Option<tls::Acceptor>,
     idle: Option<Duration>,
@@ -359,11 +341,10 @@ fn serve_grpc_thread(
         let incoming = tls::incoming(incoming, tls)
             .map(move |r| r.map(|(io, permit)| Bounded::new(io, permit, idle)));
         tokio::select! {
-            served = server.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()) => {
-                served.map_err(ServeError::from)
-            }
-            () = abandon.cancelled() => Ok(()),
+            () = server.connections(incoming, stop) => {}
+            () = abandon.cancelled() => {}
         }
+        Ok(())
     })
 }
 
