@@ -264,7 +264,10 @@ pub fn check_step(q: &Quota, before: &State, now: Nanos, hits: u64, d: &Decision
         && decide_on(q, after, now, 0).remaining == capacity
     {
         // A fixed window that holds nothing reports its aligned end, as envoyproxy/ratelimit does.
-        assert!(r > 0 && (now + r) % q.window_ns() == 0, "window end {d:?}");
+        assert!(
+            r > 0 && (now + r).is_multiple_of(q.window_ns()),
+            "window end {d:?}"
+        );
     } else if exact {
         // The quota is fully restored exactly `reset_after` from now.
         assert_eq!(
