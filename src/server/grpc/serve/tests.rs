@@ -116,6 +116,102 @@ async fn concurrent_calls_on_one_connection_are_each_answered_in_order_of_their_
     );
 }
 
+/// A call is answered once its request stream has ended. Answered earlier, h2 resets the stream,
+/// and a client's end that was already on its way arrives on a stream h2 no longer knows: it
+/// counts that as the client's error and, past 1,024, closes the connection with GOAWAY (seen
+/// under load as failed calls). The client here writes raw frames, so its ends always come late.
+#[tokio::test(start_paused = true)]
+async fn request_ends_that_arrive_after_the_message_never_close_the_connection() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let (client_io, server_io) = tokio::io::duplex(1 << 20);
+    let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+    let served = tokio::spawn(serving(&ConnectionLimits::default()).connection(
+        Bounded::new(server_io, permit, None),
+        CancellationToken::new(),
+    ));
+    let (mut reader, mut writer) = tokio::io::split(client_io);
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend([kind, flags]);
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        f
+    };
+    let (settings, data, headers) = (4, 0, 1);
+    let (ack, end_stream, end_headers) = (1, 1, 4);
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(settings, 0, 0, &[]));
+    writer.write_all(&hello).await.unwrap();
+    // The server's SETTINGS, acknowledged; from then on its frames are read and GOAWAY looked for.
+    let mut head = [0u8; 9];
+    reader.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[3], settings);
+    let mut payload = vec![0u8; usize::from(head[2])];
+    reader.read_exact(&mut payload).await.unwrap();
+    writer
+        .write_all(&frame(settings, ack, 0, &[]))
+        .await
+        .unwrap();
+    let goaway = tokio::spawn(async move {
+        let mut head = [0u8; 9];
+        while reader.read_exact(&mut head).await.is_ok() {
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            if reader.read_exact(&mut payload).await.is_err() || head[3] == 7 {
+                return true;
+            }
+        }
+        true
+    });
+
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", SHOULD_RATE_LIMIT),
+        (":authority", "localhost"),
+        ("content-type", "application/grpc"),
+    ] {
+        block.push(0);
+        block.push(name.len() as u8);
+        block.extend(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend(value.as_bytes());
+    }
+    let message = RateLimitRequest {
+        domain: "other".into(),
+        ..Default::default()
+    };
+    let body = wire::frame(&message, &mut BytesMut::new());
+    let mut stream = 1;
+    for _ in 0..12 {
+        let first = stream;
+        let mut calls = Vec::new();
+        for _ in 0..100 {
+            calls.extend(frame(headers, end_headers, stream, &block));
+            calls.extend(frame(data, 0, stream, &body));
+            stream += 2;
+        }
+        writer
+            .write_all(&calls)
+            .await
+            .expect("the server closed the connection");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let ends: Vec<u8> = (first..stream)
+            .step_by(2)
+            .flat_map(|id| frame(data, end_stream, id, &[]))
+            .collect();
+        writer
+            .write_all(&ends)
+            .await
+            .expect("the server closed the connection");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!goaway.is_finished(), "the server sent GOAWAY or closed");
+    assert!(!served.is_finished());
+}
+
 #[tokio::test(start_paused = true)]
 async fn answered_keepalive_pings_keep_the_connection_and_an_unanswered_one_closes_it() {
     let limits = ConnectionLimits {
