@@ -242,8 +242,12 @@ async fn at_the_open_files_limit_health_and_a_fresh_client_answer() {
     );
     let grpc: SocketAddr = format!("127.0.0.1:{grpc_port}").parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
+    // Twice the limit is plenty: what the server cannot accept waits in the listen backlog (128
+    // here), and SYNs beyond it are retried only after a second, so how many of the 300 connect
+    // within the wait depends on the machine's pace.
     let idle = idle_connections(grpc, 300, Duration::from_secs(2)).await;
-    assert!(idle.len() >= 200, "only {} connections opened", idle.len());
+    println!("{} of 300 connected", idle.len());
+    assert!(idle.len() >= 128, "only {} connections opened", idle.len());
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         open_fds(proc.pid()) <= 64,
