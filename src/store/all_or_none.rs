@@ -9,15 +9,15 @@
 //! before it on that key is at most the key's standing `remaining`; different keys are independent.
 //! Every store checks this on standings read at one instant, then charges every hit in order (all
 //! admitted, by the same rule) or none, reporting each hit as its standing with `allowed` set by the
-//! rule ([`as_they_stand`]).
+//! rule ([`as_it_stands`]).
 //!
 //! # Where it is atomic
 //! A batch in [`Mode::AllOrNone`] is decided atomically: the memory store holds the shard locks of
 //! all its keys (taken in shard order, so two requests never wait on each other), the Redis script
 //! reads every standing and charges in one call. Redis can do that only for keys of one slot, so
-//! [`Store::decide_as`](super::Store::decide_as) sends an all-or-none batch only when the request's
+//! [`Store::decide_as`] sends an all-or-none batch only when the request's
 //! hits share one slot (always, for memory and for a single Redis server). Otherwise (a Cluster
-//! request spanning slots) it takes two calls, standings then charges ([`two_step`]): another
+//! request spanning slots) it takes two calls, standings then charges (`two_step`): another
 //! request may spend between them, so a request that races for a key's last hits can still have
 //! its other keys charged and that one refused, for one round trip.
 
