@@ -267,38 +267,26 @@ impl Serving {
     }
 }
 
-/// The one request message of a unary call, read from its body.
+/// The one request message of a unary call, read from its body to its end: a stream answered
+/// while its client may still send its end is reset by h2, which then counts the client's late
+/// frame as the client's error (and closes the connection past a limit).
 async fn read_message(body: &mut RecvStream, limit: usize) -> Result<Bytes, Status> {
     let mut incoming = wire::Incoming::default();
+    let mut message = None;
     loop {
         match body.data().await {
             Some(Ok(chunk)) => {
                 let _ = body.flow_control().release_capacity(chunk.len());
-                if let Some(message) = incoming.push(chunk, limit)? {
-                    return ended(body, message).await;
+                if message.is_none() {
+                    message = incoming.push(chunk, limit)?;
+                } else if !chunk.is_empty() {
+                    return Err(Status::unimplemented(
+                        "a unary call carried more than one message",
+                    ));
                 }
             }
             Some(Err(e)) => return Err(Status::cancelled(e.to_string())),
-            None => return Err(incoming.ended()),
-        }
-    }
-}
-
-/// `message` once the request stream has ended: a unary call carries one message, and a stream
-/// answered while its client may still send its end is reset by h2, which then counts the
-/// client's late frame as the client's error (and closes the connection past a limit).
-async fn ended(body: &mut RecvStream, message: Bytes) -> Result<Bytes, Status> {
-    loop {
-        match body.data().await {
-            None => return Ok(message),
-            Some(Ok(chunk)) if chunk.is_empty() => {}
-            Some(Ok(chunk)) => {
-                let _ = body.flow_control().release_capacity(chunk.len());
-                return Err(Status::unimplemented(
-                    "a unary call carried more than one message",
-                ));
-            }
-            Some(Err(e)) => return Err(Status::cancelled(e.to_string())),
+            None => return message.ok_or_else(|| incoming.ended()),
         }
     }
 }
