@@ -1,7 +1,8 @@
 //! The embedded store: every counter of one instance in this process' memory, within a capacity.
 //!
-//! Layout: the shared sharded table (`store::sharded`) (by default at least 4 × the cores shards),
-//! each shard a `hashbrown::HashTable` of entries. The hash is kept in the entry, so a table that grows or shrinks
+//! Layout: the shared sharded table (`store::sharded`), each shard a `hashbrown::HashTable` of
+//! entries; by default at least 4 × the cores shards, and enough that none holds over 256 KiB,
+//! which bounds what one lock hold may cost (an eviction scan, a table doubling) to ~0.1 ms. The hash is kept in the entry, so a table that grows or shrinks
 //! never hashes a key again, and so are the key's bytes (up to 64 of them, enough for a domain and one
 //! short descriptor entry): a lookup in a big, cold table then costs the cache misses on the
 //! table's control bytes and on one two-line entry, not a third on a separately allocated key.
@@ -62,6 +63,12 @@ pub const DEFAULT_CAPACITY: usize = 512 << 20;
 /// The default shard count is lowered until every shard may hold at least this many bytes.
 const MIN_SHARD_BYTES: usize = 16 << 10;
 
+/// The default shard count is raised until no shard may hold more than about this many bytes: what a
+/// shard does under its lock in one go (an eviction scan, its table growing) is linear in its size,
+/// and every call touching that shard meanwhile waits. At 256 KiB (some 2,000 entries) that is
+/// ~0.1 ms; at 64 shards of a 4 GiB store it was tens of milliseconds.
+const MAX_SHARD_BYTES: usize = 256 << 10;
+
 /// Counters kept in this process. See the module docs for the design.
 pub struct MemoryStore {
     clock: Arc<dyn Clock>,
@@ -80,17 +87,20 @@ impl std::fmt::Debug for MemoryStore {
 }
 
 impl MemoryStore {
-    /// A store of [`DEFAULT_CAPACITY`] with the default shard count: 4 × the cores, rounded up to a
-    /// power of two, at least 64.
+    /// A store of [`DEFAULT_CAPACITY`] with the default shard count (see
+    /// [`with_capacity`](Self::with_capacity)).
     pub fn new(clock: Arc<dyn Clock>) -> Self {
         Self::with_capacity(clock, DEFAULT_CAPACITY)
     }
 
-    /// A store holding at most `capacity` bytes, with the default shard count (fewer if each shard
-    /// would get under 16 KiB).
+    /// A store holding at most `capacity` bytes, with the default shard count: 4 × the cores, at
+    /// least 64, and more until each shard holds at most 256 KiB (fewer if each would get under
+    /// 16 KiB), a power of two.
     pub fn with_capacity(clock: Arc<dyn Clock>, capacity: usize) -> Self {
         let most = (capacity / MIN_SHARD_BYTES).max(1);
-        let mut shards = sharded::default_count(MIN_DEFAULT_SHARDS);
+        let mut shards = sharded::default_count(MIN_DEFAULT_SHARDS)
+            .max(capacity.div_ceil(MAX_SHARD_BYTES).next_power_of_two())
+            .min(sharded::MAX_SHARDS);
         while shards > most {
             shards /= 2;
         }
@@ -517,6 +527,28 @@ mod tests {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let default = MemoryStore::new(clock).shard_count();
         assert!(default.is_power_of_two() && default >= 4 * cores);
+    }
+
+    #[test]
+    fn no_default_shard_holds_more_than_a_short_lock_can_scan() {
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(START));
+        for capacity in [
+            16 << 20,
+            DEFAULT_CAPACITY,
+            4 << 30,
+            MAX_SHARDS * MAX_SHARD_BYTES,
+        ] {
+            let store = MemoryStore::with_capacity(clock.clone(), capacity);
+            assert!(
+                store.shard_budget <= MAX_SHARD_BYTES,
+                "{capacity}: {store:?}"
+            );
+            assert!(store.shard_count().is_power_of_two());
+        }
+        let small = MemoryStore::with_capacity(clock.clone(), 64 << 10);
+        assert_eq!(small.shard_count(), 4, "every shard keeps at least 16 KiB");
+        let huge = MemoryStore::with_capacity(clock, 64 << 30);
+        assert_eq!(huge.shard_count(), MAX_SHARDS);
     }
 
     #[tokio::test]
