@@ -77,6 +77,7 @@ impl RlsService {
             Ok(req) => self.limiter.should_rate_limit(&req).await,
             Err(e) => Err(e),
         };
+        let elapsed = started.elapsed();
         let reply = match result {
             Ok(resp) => {
                 let (cell, label) = match resp.overall_code {
@@ -84,7 +85,7 @@ impl RlsService {
                     Code::OverLimit => (&self.latency_over_limit, "OVER_LIMIT"),
                 };
                 cell.get_or_init(|| metrics::histogram!(m::GRPC_REQUEST_DURATION, "code" => label))
-                    .record(started.elapsed().as_secs_f64());
+                    .record(elapsed.as_secs_f64());
                 Ok(to_proto(&resp, &self.response_headers))
             }
             Err(e) => {
@@ -100,11 +101,11 @@ impl RlsService {
                 let status = status_of(&e);
                 let label = code_name(status.code());
                 metrics::histogram!(m::GRPC_REQUEST_DURATION, "code" => label)
-                    .record(started.elapsed().as_secs_f64());
+                    .record(elapsed.as_secs_f64());
                 Err(status)
             }
         };
-        self.peer_calls.record(started.elapsed());
+        self.peer_calls.record(elapsed);
         reply
     }
 }

@@ -213,11 +213,15 @@ impl Serving {
     where
         T: AsyncRead + AsyncWrite + Unpin,
     {
+        let mut touched = false;
         loop {
             loop {
                 match conn.poll_accept(cx) {
                     Poll::Ready(Some(Ok((request, respond)))) => {
-                        info.touch();
+                        if !touched {
+                            info.touch();
+                            touched = true;
+                        }
                         if request.uri().path() == SHOULD_RATE_LIMIT {
                             calls.push(Box::pin(self.call(request, respond)));
                         } else {
