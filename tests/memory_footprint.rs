@@ -198,7 +198,7 @@ fn run(case: &Case) -> Measured {
     assert_eq!(store.sweep(clock.now()), case.users, "{}", case.name);
     assert_eq!(store.len(), 0);
     assert_eq!(
-        store.capacity(),
+        store.bytes(),
         0,
         "{}: every emptied table frees its allocation",
         case.name

@@ -219,7 +219,9 @@ impl MemoryStore {
         // halves at least twice over, so a table at a steady size never oscillates. An emptied table
         // of any size frees its allocation (up to 8 KiB per shard otherwise), which costs one small
         // allocation when its next key arrives.
-        let empty = len == 0 && table.capacity() > 0;
+        // `capacity()` leaves out tombstones: a table emptied by `retain` may report 0 and still
+        // hold its allocation.
+        let empty = len == 0 && table.allocation_size() > 0;
         if empty || (table.capacity() > MIN_SHRINK_CAPACITY && len < table.capacity() / 4) {
             table.shrink_to(len * 2, |e| e.hash);
         }
