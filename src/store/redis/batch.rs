@@ -20,8 +20,10 @@
 //! takes its own fallback, through its partition's breaker); a call the master redirects
 //! (`MOVED`/`ASK`) is sent again decision by decision through the cluster pool, which follows
 //! redirections, as is every decision while the lane's pool has no connection. The store deadline
-//! stays with the caller: a caller that gives up leaves its decision in the call (the script may
-//! run anyway, as with a command timed out today) and its answer is dropped.
+//! stays with the caller: a caller that gives up while its decision is queued takes it out of the
+//! next call, so a stall's backlog costs Redis nothing once its callers have moved on; one that
+//! gives up during its call leaves its decision there (the script may run anyway, as with a
+//! command timed out today) and its answer is dropped.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -161,6 +163,7 @@ impl<S: Sends> Batcher<S> {
     /// What is queued, or `None` (and the lane idle) if nothing is.
     fn next(&self) -> Option<Vec<Queued>> {
         let mut lane = self.lane.lock();
+        lane.queue.retain(|q| !q.reply.is_closed());
         lane.out = !lane.queue.is_empty();
         lane.out.then(|| std::mem::take(&mut lane.queue))
     }
@@ -403,5 +406,39 @@ mod tests {
             assert!(reply.expect("not stranded").unwrap().is_ok());
         }
         assert_eq!(*sizes.lock(), [1, 2]);
+    }
+
+    /// A decision whose caller gave up while it was queued is left out of the next call; fails if
+    /// a stall's backlog of abandoned decisions is still sent.
+    #[tokio::test(start_paused = true)]
+    async fn a_decision_abandoned_in_the_queue_is_not_sent() {
+        let gate = Arc::new(Semaphore::new(0));
+        let (batcher, sizes) = gated(&gate);
+        tokio::spawn(batcher.clone().run());
+        let first = ask_from_tasks(&batcher, 1);
+        tokio::task::yield_now().await;
+        let impatient = {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { timeout(Duration::from_millis(50), ask(&batcher)).await })
+        };
+        let patient = ask_from_tasks(&batcher, 2);
+        assert!(impatient.await.unwrap().is_err(), "gave up at its deadline");
+        gate.add_permits(2);
+        for answer in first.into_iter().chain(patient) {
+            assert!(answer.await.unwrap().is_ok());
+        }
+        assert_eq!(*sizes.lock(), [1, 2], "the abandoned one stayed out");
+        // A backlog of only abandoned decisions leaves the lane idle.
+        let held = ask_from_tasks(&batcher, 1);
+        tokio::task::yield_now().await;
+        let gone = {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { timeout(Duration::from_millis(50), ask(&batcher)).await })
+        };
+        assert!(gone.await.unwrap().is_err());
+        gate.add_permits(2);
+        assert!(held.into_iter().next().unwrap().await.unwrap().is_ok());
+        assert!(ask(&batcher).await.is_ok());
+        assert_eq!(*sizes.lock(), [1, 2, 1, 1]);
     }
 }
