@@ -154,6 +154,40 @@ async fn every_key_has_a_ttl_and_vanishes_after_its_window() {
     assert!(gone, "keys left behind: {:?}", raw_keys(&raw).await);
 }
 
+/// A fixed window's keys all end at its edge; Redis expiring a crowd of them at once stalls every
+/// caller for one expire cycle (25 ms). Each key lives on past the edge by up to an eighth of a
+/// window instead, by the time of its last write; fails if they all expire at the edge.
+#[tokio::test]
+async fn fixed_window_keys_do_not_all_expire_at_the_edge() {
+    let server = RedisServer::start();
+    let store = connect(server.url()).await;
+    let raw = raw_client(&server.url()).await;
+    let window_us = 1_000_000;
+    let q = quota(Algorithm::FixedWindow, 3, Duration::from_micros(window_us));
+    let into_window = redis_time_us(&raw).await % window_us;
+    tokio::time::sleep(Duration::from_micros(window_us - into_window + 5_000)).await;
+    let edge_ms = (redis_time_us(&raw).await / window_us + 1) * window_us / 1_000;
+    let mut expiries = Vec::new();
+    for user in 0..8 {
+        let key = CounterKey::new("edge", &q, [("user", user.to_string().as_str())]);
+        assert!(allowed(&store, &key, &q, 1).await);
+        expiries.push(raw_int(&raw, "PEXPIRETIME", &key.redis_key()).await);
+        tokio::time::sleep(Duration::from_millis(7)).await;
+    }
+    let now_ms = redis_time_us(&raw).await / 1_000;
+    assert!(now_ms < edge_ms, "the writes took a whole window");
+    let edge = i64::try_from(edge_ms).unwrap();
+    let eighth = i64::try_from(window_us / 8_000).unwrap();
+    assert!(
+        expiries
+            .iter()
+            .all(|&e| (edge..=edge + eighth + 1).contains(&e)),
+        "edge {edge}: {expiries:?}"
+    );
+    let spread = expiries.iter().max().unwrap() - expiries.iter().min().unwrap();
+    assert!(spread >= 7, "edge {edge}: {expiries:?}");
+}
+
 #[test]
 fn names_spread_evenly_over_the_slots() {
     let q = quota(Algorithm::FixedWindow, 1, Duration::from_secs(1));

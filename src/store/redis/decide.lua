@@ -214,6 +214,13 @@ local function ttl_ms(at, now, grace)
   return num(math.max(1, math.min(ms, MAX_TTL_MS)) + grace)
 end
 
+-- Every fixed-window key ends at its window's edge, so Redis would expire them all at once, one
+-- expire cycle stalling every caller for up to 25 ms; each lives on instead by up to an eighth of
+-- a window past its edge, by the time of its last write. A key met past its window starts afresh.
+local function spread(stop, now, W)
+  return stop + fmod(now, math.floor(W / 8) + 1)
+end
+
 local function fixed_window(key, L, W, n, always, now, grace)
   local s_start, s_count = 0, 0
   local v = redis.call('GET', key)
@@ -234,7 +241,7 @@ local function fixed_window(key, L, W, n, always, now, grace)
   -- Charging always, denied hits are counted too, up to L + MAX_DEBT, until the window ends.
   local function charge()
     local count = math.min(used + n, L + MAX_DEBT)
-    redis.call('SET', key, num(start) .. ' ' .. num(count), 'PX', ttl_ms(stop, now, grace))
+    redis.call('SET', key, num(start) .. ' ' .. num(count), 'PX', ttl_ms(spread(stop, now, W), now, grace))
     return count
   end
   if n > L then
@@ -248,7 +255,7 @@ local function fixed_window(key, L, W, n, always, now, grace)
     if always then used = charge() end
     return 0, math.max(L - used, 0), stop
   end
-  redis.call('SET', key, num(start) .. ' ' .. num(used + n), 'PX', ttl_ms(stop, now, grace))
+  redis.call('SET', key, num(start) .. ' ' .. num(used + n), 'PX', ttl_ms(spread(stop, now, W), now, grace))
   return 1, free - n, stop
 end
 

@@ -95,12 +95,8 @@ pub(super) fn batcher_among(
         }
     };
     drop(pool.connect_pool());
-    let batcher = Arc::new(Batcher::default());
-    let route = Arc::new(route(pool.clone()));
-    let sender = runtime.spawn(batcher.clone().run(move |batch| {
-        let route = route.clone();
-        async move { route.send_all(batch).await }
-    }));
+    let batcher = Arc::new(Batcher::new(route(pool.clone())));
+    let sender = runtime.spawn(batcher.clone().run());
     pools.push(LanePool {
         lane,
         batcher: batcher.clone(),

@@ -69,7 +69,7 @@ use smallvec::SmallVec;
 use super::{Batch, Decisions, Partition, Route, Store, StoreError, join_all};
 use crate::clock::Clock;
 use crate::keys::CounterKey;
-use batch::Batcher;
+use batch::{Batcher, Reply};
 use cause::Condition;
 pub use cause::{Cause, store_conditions};
 use client::{client_builder, log_state_changes};
@@ -279,14 +279,16 @@ impl RedisStore {
         )
     }
 
-    /// Decides `run`, the hits of one slot, in one script call: its lane's next batch, or alone
-    /// through the store's pool outside a lane.
-    async fn decide_slot(&self, run: Batch<'_, '_>) -> Result<Decisions, StoreError> {
-        let slot = run.hits().first().map_or(0, |r| r.route.slot);
-        let call = script::encode(run, self.clock.as_ref().map(|c| c.now() / 1_000));
-        let reply = match self.lane_batcher(slot) {
-            Some(batcher) => batcher.decide(slot, call).await,
-            None => {
+    /// Decides `calls` (encoded runs: their index in the request, their slot) through `batcher`,
+    /// queued together so that they share one call, or each alone through the store's pool
+    /// outside a lane.
+    async fn ask(
+        &self,
+        batcher: Option<Arc<Batcher>>,
+        calls: Calls,
+    ) -> SmallVec<[(usize, Reply); 4]> {
+        let Some(batcher) = batcher else {
+            return join_all(calls.into_iter().map(|(i, slot, call)| async move {
                 let options = Options {
                     fail_fast: true,
                     max_attempts: Some(1),
@@ -294,27 +296,67 @@ impl RedisStore {
                 };
                 let client = self.pool.next_connected().with_options(&options);
                 let args = script::call_args(&self.sha, &[&call], 1);
-                script::eval(&client, slot, SCRIPT, &args)
+                let reply = script::eval(&client, slot, SCRIPT, &args)
                     .await
-                    .and_then(|v| v.convert::<Vec<i64>>())
-            }
+                    .and_then(|v| v.convert::<Vec<i64>>());
+                (i, reply)
+            }))
+            .await
+            .into_iter()
+            .collect();
         };
-        let values = reply.map_err(|e| store_error(&e, self.backstop, self.condition.cause()))?;
-        script::decode(run, &values)
+        let order: SmallVec<[usize; 4]> = calls.iter().map(|&(i, _, _)| i).collect();
+        let replies = batcher
+            .decide(calls.into_iter().map(|(_, slot, call)| (slot, call)))
+            .await;
+        order.into_iter().zip(replies).collect()
     }
 }
+
+/// A request's encoded runs for one lane: each with its index among the request's runs and its
+/// slot.
+type Calls = SmallVec<[(usize, u16, script::Encoded); 4]>;
 
 #[async_trait]
 impl Store for RedisStore {
     async fn decide_routed(&self, batch: Batch<'_, '_>) -> Result<Decisions, StoreError> {
         let runs: SmallVec<[Batch<'_, '_>; 4]> = batch.runs(|r| r.slot).collect();
-        if let [one] = runs[..] {
-            return self.decide_slot(one).await;
+        let now_us = self.clock.as_ref().map(|c| c.now() / 1_000);
+        // The runs for one lane's master are queued together, so that they go out as one call.
+        let mut lanes: SmallVec<[(Option<Arc<Batcher>>, Calls); 2]> = SmallVec::new();
+        for (i, run) in runs.iter().enumerate() {
+            let slot = run.hits().first().map_or(0, |r| r.route.slot);
+            let call = (i, slot, script::encode(*run, now_us));
+            let batcher = self.lane_batcher(slot);
+            let same = |(b, _): &&mut (Option<Arc<Batcher>>, Calls)| {
+                b.as_ref()
+                    .zip(batcher.as_ref())
+                    .is_some_and(|(b, mine)| Arc::ptr_eq(b, mine))
+            };
+            match lanes.iter_mut().find(same) {
+                Some((_, calls)) => calls.push(call),
+                None => lanes.push((batcher, smallvec::smallvec![call])),
+            }
         }
-        let answers = join_all(runs.iter().map(|run| self.decide_slot(*run))).await;
-        Ok(Decisions::concat(
-            answers.into_iter().collect::<Result<Vec<_>, _>>()?,
-        ))
+        let mut replies = match lanes.pop() {
+            Some((batcher, calls)) if lanes.is_empty() => self.ask(batcher, calls).await,
+            last => join_all(lanes.into_iter().chain(last).map(|(b, c)| self.ask(b, c)))
+                .await
+                .into_iter()
+                .flatten()
+                .collect(),
+        };
+        replies.sort_unstable_by_key(|&(i, _)| i);
+        let mut decided: SmallVec<[Decisions; 4]> = SmallVec::new();
+        for ((_, reply), run) in replies.into_iter().zip(runs) {
+            let values =
+                reply.map_err(|e| store_error(&e, self.backstop, self.condition.cause()))?;
+            decided.push(script::decode(run, &values)?);
+        }
+        match decided.len() {
+            1 => Ok(decided.remove(0)),
+            _ => Ok(Decisions::concat(decided)),
+        }
     }
 
     fn kind(&self) -> &'static str {
