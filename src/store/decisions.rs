@@ -61,9 +61,11 @@ impl Decisions {
         Ok(Self(decided.collect::<Result<_, _>>()?))
     }
 
-    /// The answers to consecutive runs of one batch, as the answer to the whole batch.
+    /// The answers to consecutive runs of one batch, as the answer to the whole batch; a single
+    /// run is passed on as it is, without a copy.
     pub(crate) fn concat(runs: impl IntoIterator<Item = Decisions>) -> Self {
-        let mut all = Vec::new();
+        let mut runs = runs.into_iter();
+        let mut all = runs.next().map(|first| first.0).unwrap_or_default();
         for run in runs {
             all.extend(run.0);
         }

@@ -353,10 +353,7 @@ impl Store for RedisStore {
                 reply.map_err(|e| store_error(&e, self.backstop, self.condition.cause()))?;
             decided.push(script::decode(run, &values)?);
         }
-        match decided.len() {
-            1 => Ok(decided.remove(0)),
-            _ => Ok(Decisions::concat(decided)),
-        }
+        Ok(Decisions::concat(decided))
     }
 
     fn kind(&self) -> &'static str {
