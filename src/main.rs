@@ -19,9 +19,8 @@ mod redis_args;
 // _int_malloc, _int_free, malloc_consolidate); mimalloc's thread-local free lists cost far less.
 // Built without transparent huge pages (`no_thp`): under a flood of fresh keys the memory store
 // keeps freeing and taking fresh memory, and a first touch of a 2 MiB page zeroes all of it at once
-// (7 ms seen in perf on a VM), stalling every call on that thread; with 4 KiB pages a good client's
-// p99 beside the flood fell from 6–9 ms to 2.6–3 ms, and the closed-loop CPU per decision did not
-// move measurably (docs/limits.md).
+// (7 ms seen in perf on a VM), stalling every call on that thread. 4 KiB pages cost no measurable
+// CPU per decision (docs/limits.md, "Memory").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -2,10 +2,11 @@
 //!
 //! Layout: the shared sharded table (`store::sharded`), each shard a `hashbrown::HashTable` of
 //! entries; by default at least 4 × the cores shards, and enough that none holds over 256 KiB,
-//! which bounds what one lock hold may cost (an eviction scan, a table doubling) to ~0.1 ms. The hash is kept in the entry, so a table that grows or shrinks
-//! never hashes a key again, and so are the key's bytes (up to 64 of them, enough for a domain and one
-//! short descriptor entry): a lookup in a big, cold table then costs the cache misses on the
-//! table's control bytes and on one two-line entry, not a third on a separately allocated key.
+//! which bounds what one lock hold may cost (an eviction scan, a table doubling) to ~0.1 ms. The
+//! hash is kept in the entry, so a table that grows or shrinks never hashes a key again, and so
+//! are the key's bytes (up to 64 of them, enough for a domain and one short descriptor entry): a
+//! lookup in a big, cold table then costs the cache misses on the table's control bytes and on one
+//! two-line entry, not a third on a separately allocated key.
 //!
 //! Exactness: a decision is read-decide-write under its shard's lock, so all hits on one key are
 //! serialised and `k` threads hammering one key admit exactly `L`. Different keys contend only when
