@@ -167,7 +167,9 @@ async fn idle_grpc_connections_stay_under_the_cap_and_a_fresh_client_is_answered
     drop(idle);
 }
 
-/// 2,000 idle gRPC connections take some 25 MiB (debug build, about 13 KiB each); once they close,
+/// 2,000 idle gRPC connections take some 17–27 MiB (debug build, 9–13 KiB each, less when the
+/// machine is busy as they open); the test needs only a growth well above the RSS's noise of a
+/// few MiB for "back within half of it" to mean something. Once they close,
 /// the resident memory must fall back to within half of that growth of where it started: nothing
 /// a connection leaves behind stays, and the allocator gives the pages back (docs/limits.md,
 /// "Memory after connections close"). The release build needed tollgate's periodic purge for the
@@ -185,7 +187,7 @@ async fn memory_returns_once_a_storm_of_idle_connections_closes() {
         "only {} connections opened",
         idle.len()
     );
-    let grown = common::wait_until(Duration::from_secs(15), || rss_mib(pid) >= baseline + 20);
+    let grown = common::wait_until(Duration::from_secs(15), || rss_mib(pid) >= baseline + 12);
     // The last connections of the backlog are taken in the meantime.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let peak = rss_mib(pid);
