@@ -130,6 +130,21 @@ impl Shard {
         self.table.allocation_size() + self.heap
     }
 
+    /// Entries the table's allocation is sized for, slots of erased entries included.
+    /// `HashTable::capacity` counts only the free slots, and an erased slot may stay a tombstone
+    /// (not free), so after `retain` it can read far below what the allocation holds. The buckets
+    /// are read back from `allocation_size` (each an entry and a control byte, plus one group of
+    /// control bytes, fewer than an entry's); hashbrown fills at most 7/8 of them (below 8
+    /// buckets, all but one).
+    pub(super) fn slots(&self) -> usize {
+        let buckets = self.table.allocation_size() / (size_of::<Entry>() + 1);
+        if buckets < 8 {
+            buckets.saturating_sub(1)
+        } else {
+            buckets / 8 * 7
+        }
+    }
+
     /// Accounts for an entry changing from `before` (heap bytes, exhausted) to `after`.
     pub(super) fn account(&mut self, before: (usize, bool), after: (usize, bool)) {
         self.heap = self.heap - before.0 + after.0;
@@ -256,6 +271,21 @@ mod tests {
     #[test]
     fn an_entry_is_two_cache_lines() {
         assert_eq!(size_of::<Entry>(), 128);
+    }
+
+    #[test]
+    fn slots_read_the_capacity_of_the_allocation_through_tombstones() {
+        let mut shard = Shard::default();
+        assert_eq!(shard.slots(), 0);
+        for i in 0..5000u64 {
+            let hash = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let entry = Entry::new(hash, b"k", State::Empty, i);
+            shard.table.insert_unique(hash, entry, |e| e.hash);
+            assert_eq!(shard.slots(), shard.table.capacity(), "{i}");
+        }
+        let slots = shard.slots();
+        shard.table.retain(|e| e.expires_at % 64 == 0);
+        assert_eq!(shard.slots(), slots, "erasing frees no allocation");
     }
 
     #[test]
