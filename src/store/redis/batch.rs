@@ -248,13 +248,26 @@ impl Route {
     /// Sends each decision of `batch` alone through the store's own pool.
     async fn one_by_one(&self, batch: Vec<Queued>) {
         join_all(batch.into_iter().map(|q| async move {
-            let client = self.shared.next_connected().with_options(&options(3));
-            let args = script::call_args(&self.sha, &[&q.call], 1);
-            let reply = script::eval(&client, q.slot, SCRIPT, &args).await;
-            let _ = q.reply.send(reply.and_then(|v| v.convert::<Vec<i64>>()));
+            let reply = alone(&self.shared, &self.sha, q.slot, &q.call, 3).await;
+            let _ = q.reply.send(reply);
         }))
         .await;
     }
+}
+
+/// Decides `call` (the counters of `slot`) in a script call of its own through `pool`, following
+/// up to `redirects` `MOVED`/`ASK` answers (see [`options`]).
+pub(super) async fn alone(
+    pool: &Pool,
+    sha: &str,
+    slot: u16,
+    call: &Encoded,
+    redirects: u32,
+) -> Reply {
+    let client = pool.next_connected().with_options(&options(redirects));
+    let args = script::call_args(sha, &[call], 1);
+    let reply = script::eval(&client, slot, SCRIPT, &args).await;
+    reply.and_then(|v| v.convert::<Vec<i64>>())
 }
 
 #[cfg(test)]

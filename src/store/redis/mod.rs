@@ -61,7 +61,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fred::prelude::{ClientLike, Config, EventInterface, LuaInterface, Options, Pool};
+use fred::prelude::{ClientLike, Config, EventInterface, LuaInterface, Pool};
 use fred::types::config::ServerConfig;
 use parking_lot::RwLock;
 use smallvec::SmallVec;
@@ -289,17 +289,7 @@ impl RedisStore {
     ) -> SmallVec<[(usize, Reply); 4]> {
         let Some(batcher) = batcher else {
             return join_all(calls.into_iter().map(|(i, slot, call)| async move {
-                let options = Options {
-                    fail_fast: true,
-                    max_attempts: Some(1),
-                    ..Options::default()
-                };
-                let client = self.pool.next_connected().with_options(&options);
-                let args = script::call_args(&self.sha, &[&call], 1);
-                let reply = script::eval(&client, slot, SCRIPT, &args)
-                    .await
-                    .and_then(|v| v.convert::<Vec<i64>>());
-                (i, reply)
+                (i, batch::alone(&self.pool, &self.sha, slot, &call, 0).await)
             }))
             .await
             .into_iter()
