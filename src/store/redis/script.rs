@@ -107,10 +107,9 @@ pub(super) async fn eval<C: ClientLike>(
 ) -> Result<Value, fred::error::Error> {
     let command =
         |name: &'static str| CustomCommand::new_static(name, ClusterHash::Custom(slot), false);
-    match client
-        .custom::<Value, Value>(command("EVALSHA"), args.to_vec())
-        .await
-    {
+    // fred's command future is about 7 KB; boxed here, the futures awaiting it stay small, and
+    // are not copied whole each time one is moved or boxed.
+    match Box::pin(client.custom::<Value, Value>(command("EVALSHA"), args.to_vec())).await {
         Err(e) if e.details().starts_with("NOSCRIPT") => {
             tracing::debug!(
                 "Redis lost the script (restart, failover or SCRIPT FLUSH); sending it again"
@@ -119,7 +118,7 @@ pub(super) async fn eval<C: ClientLike>(
             if let Some(sha) = args.first_mut() {
                 *sha = Value::from(script);
             }
-            client.custom::<Value, Value>(command("EVAL"), args).await
+            Box::pin(client.custom::<Value, Value>(command("EVAL"), args)).await
         }
         other => other,
     }
