@@ -2,16 +2,18 @@
 --
 -- KEYS[i]  counter i (`tg:{hash}key`, see src/keys.rs).
 -- ARGV     m, then m more counters' names (counters #KEYS + 1 ..; in a Cluster, keys of other slots
---          of this node, which the script is flagged to reach: `allow-cross-slot-keys`), then nine
---          values per counter, in counter order:
+--          of this node, which the script is flagged to reach: `allow-cross-slot-keys`), then q and
+--          q quotas of six values each, then four values per counter, in counter order. A quota:
 --            algorithm, by its code in src/algorithm/mod.rs (0 sliding_window_estimate,
 --              1 fixed_window, 2 sliding_log, 3 token_bucket, 4 leaky_bucket, 5 sliding_window),
 --            limit L, window W in microseconds, burst B, sub-windows k (sliding_window; else 0),
---            hits n (at most capacity + 1, or capacity + MAX_DEBT when charging always), charge (1
---            always: denied hits are charged too, for fixed_window and the buckets; else 0), time in
---            microseconds since the epoch, or "" to read Redis' TIME, and group g: a counter with
---            g > 0 begins a group of g counters decided all or none (all charged if every one fits,
---            else none, each reported as it stands; `all_or_none` below), g = 0 decides it alone.
+--            and charge (1 always: denied hits are charged too, for fixed_window and the buckets;
+--            else 0). A counter: its quota's number (1 .. q), hits n (at most capacity + 1, or
+--            capacity + MAX_DEBT when charging always), time in microseconds since the epoch, or ""
+--            to read Redis' TIME, and group g: a counter with g > 0 begins a group of g counters
+--            decided all or none (all charged if every one fits, else none, each reported as it
+--            stands; `all_or_none` below), g = 0 decides it alone. A batch's counters mostly share
+--            a few quotas, so each is sent and parsed once.
 -- Reply    four integers per counter: allowed (0/1), remaining, and reset_after in microseconds as
 --          hi, lo (hi * 2^32 + lo), saturated at 2^64 - 1.
 --
@@ -46,8 +48,10 @@ local GRACE_MS = 60000
 local REBASE_AT = 1125899906842624 -- 2^50
 local PLAIN = 4503599627370496 -- 2^52: below it a double quotient's error is fixed by one step
 local MAX_DEBT = 4294967295 -- src/algorithm/mod.rs MAX_DEBT: hits of debt a state may carry
-local fmod = math.fmod
-local floor = math.floor
+local fmod, floor, max, min = math.fmod, math.floor, math.max, math.min
+local format, match = string.format, string.match
+local tonumber, type = tonumber, type
+local call = redis.call
 
 local function wide(x)
   local a = fmod(x, R)
@@ -196,14 +200,14 @@ local function to_hl(a)
 end
 
 local function num(x)
-  return string.format('%.0f', x)
+  return format('%.0f', x)
 end
 
 -- Milliseconds from now until `at` (rounded up, at least 1), plus the grace of an overridden time.
 local function ttl_ms(at, now, grace)
   local ms
   if type(at) == 'number' and at - now < PLAIN then
-    local q, r = plain_divmod(math.max(at - now, 0), 1000)
+    local q, r = plain_divmod(max(at - now, 0), 1000)
     ms = q
     if r > 0 then ms = ms + 1 end
   else
@@ -211,59 +215,58 @@ local function ttl_ms(at, now, grace)
     ms = plain(q) or MAX_TTL_MS
     if r > 0 then ms = ms + 1 end
   end
-  return num(math.max(1, math.min(ms, MAX_TTL_MS)) + grace)
+  return num(max(1, min(ms, MAX_TTL_MS)) + grace)
 end
 
 -- Every fixed-window key ends at its window's edge, so Redis would expire them all at once, one
 -- expire cycle stalling every caller for up to 25 ms; each lives on instead by up to an eighth of
 -- a window past its edge, by the time of its last write. A key met past its window starts afresh.
 local function spread(stop, now, W)
-  return stop + fmod(now, math.floor(W / 8) + 1)
+  return stop + fmod(now, floor(W / 8) + 1)
+end
+
+-- Writes a fixed window's state: `count` hits in the window from `start` to `stop`.
+local function put_window(key, start, count, stop, now, W, grace)
+  call('SET', key, format('%.0f %.0f', start, count), 'PX', ttl_ms(spread(stop, now, W), now, grace))
 end
 
 local function fixed_window(key, L, W, n, always, now, grace)
   local s_start, s_count = 0, 0
-  local v = redis.call('GET', key)
+  local v = call('GET', key)
   if v then
-    local a, b = string.match(v, '^(%d+) (%d+)$')
+    local a, b = match(v, '^(%d+) (%d+)$')
     if a then s_start, s_count = tonumber(a), tonumber(b) end
     if s_count == 0 or s_start + W <= now then
-      redis.call('DEL', key)
+      call('DEL', key)
       s_start, s_count = 0, 0
     end
   end
-  local t = math.max(now, s_start)
+  local t = max(now, s_start)
   local start = t - fmod(t, W)
   local used = 0
   if start == s_start then used = s_count end
   local stop = start + W
-  local free = math.max(L - used, 0)
-  -- Charging always, denied hits are counted too, up to L + MAX_DEBT, until the window ends.
-  local function charge()
-    local count = math.min(used + n, L + MAX_DEBT)
-    redis.call('SET', key, num(start) .. ' ' .. num(count), 'PX', ttl_ms(spread(stop, now, W), now, grace))
-    return count
-  end
-  if n > L then
-    if always then used = charge() end
-    return 0, math.max(L - used, 0), stop
-  end
+  local free = max(L - used, 0)
   if n == 0 then
     return free > 0 and 1 or 0, free, stop
   end
-  if n > free then
-    if always then used = charge() end
-    return 0, math.max(L - used, 0), stop
+  if n > L or n > free then
+    -- Charging always, denied hits are counted too, up to L + MAX_DEBT, until the window ends.
+    if always then
+      used = min(used + n, L + MAX_DEBT)
+      put_window(key, start, used, stop, now, W, grace)
+    end
+    return 0, max(L - used, 0), stop
   end
-  redis.call('SET', key, num(start) .. ' ' .. num(used + n), 'PX', ttl_ms(spread(stop, now, W), now, grace))
+  put_window(key, start, used + n, stop, now, W, grace)
   return 1, free - n, stop
 end
 
 local function sliding_window_estimate(key, L, W, n, now, grace)
   local last, s_prev, s_cur = 0, 0, 0
-  local v = redis.call('GET', key)
+  local v = call('GET', key)
   if v then
-    local a, b, c = string.match(v, '^(%d+) (%d+) (%d+)$')
+    local a, b, c = match(v, '^(%d+) (%d+) (%d+)$')
     if a then last, s_prev, s_cur = tonumber(a), tonumber(b), tonumber(c) end
     local ls = last - fmod(last, W)
     local expires = 0
@@ -273,11 +276,11 @@ local function sliding_window_estimate(key, L, W, n, now, grace)
       expires = ls + W
     end
     if expires <= now then
-      redis.call('DEL', key)
+      call('DEL', key)
       last, s_prev, s_cur = 0, 0, 0
     end
   end
-  local t = math.max(now, last)
+  local t = max(now, last)
   local start = t - fmod(t, W)
   local last_start = last - fmod(last, W)
   local prev, cur = 0, 0
@@ -294,7 +297,7 @@ local function sliding_window_estimate(key, L, W, n, now, grace)
     weight = plain(q)
     if r > 0 then weight = weight + 1 end
   end
-  local function free(c) return math.max(L - c - weight, 0) end
+  local function free(c) return max(L - c - weight, 0) end
   local function restored(c)
     if c > 0 then return start + 2 * W end
     if prev > 0 then return start + W end
@@ -305,7 +308,7 @@ local function sliding_window_estimate(key, L, W, n, now, grace)
   local function fits_at(k)
     if prev > 0 and cur + k <= L and L - cur - k < prev then
       local slack = plain((divmod(mul(L - cur - k, W), prev)))
-      return start + math.max(W - slack, e)
+      return start + max(W - slack, e)
     end
     local slack = W
     if cur > 0 and L - k < cur then slack = plain((divmod(mul(L - k, W), cur))) end
@@ -319,7 +322,7 @@ local function sliding_window_estimate(key, L, W, n, now, grace)
   if n > free(cur) then return 0, free(cur), fits_at(n) end
   cur = cur + n
   local value = num(t) .. ' ' .. num(prev) .. ' ' .. num(cur)
-  redis.call('SET', key, value, 'PX', ttl_ms(restored(cur), now, grace))
+  call('SET', key, value, 'PX', ttl_ms(restored(cur), now, grace))
   return 1, free(cur), restored(cur)
 end
 
@@ -339,7 +342,7 @@ local function sliding_window(key, L, W, k, n, now, grace)
     return (q + 1) * W + c
   end
   local last, counts = 0, {}
-  local v = redis.call('GET', key)
+  local v = call('GET', key)
   if v then
     local i = 0
     for x in string.gmatch(v, '%d+') do
@@ -347,26 +350,26 @@ local function sliding_window(key, L, W, k, n, now, grace)
       i = i + 1
     end
     if #counts == 0 or expiry(slot(last)) <= now then
-      redis.call('DEL', key)
+      call('DEL', key)
       last, counts = 0, {}
     end
   end
-  local t = math.max(now, last)
+  local t = max(now, last)
   local cq, cs = slot(t)
   local lq, ls = slot(last)
   local shift = k + 1
   if cq == lq then
     shift = cs - ls
   elseif cq - lq == 1 then
-    shift = math.min(k + cs - ls, k + 1)
+    shift = min(k + cs - ls, k + 1)
   end
   -- live[j]: the hits of the sub-window shift + j - 1 before t's, newest first.
   local live, used = {}, 0
-  for j = 1, math.min(k + 1 - shift, #counts) do
+  for j = 1, min(k + 1 - shift, #counts) do
     live[j] = counts[j]
     used = used + counts[j]
   end
-  local free = math.max(L - used, 0)
+  local free = max(L - used, 0)
   local function expiry_back(i)
     local q, s = cq, cs - i
     if s < 0 then q, s = q - 1, s + k end
@@ -400,7 +403,7 @@ local function sliding_window(key, L, W, k, n, now, grace)
     if c > 0 then top = j + 1 end
   end
   local at = expiry(cq, cs)
-  redis.call('SET', key, table.concat(parts, ' ', 1, top), 'PX', ttl_ms(at, now, grace))
+  call('SET', key, table.concat(parts, ' ', 1, top), 'PX', ttl_ms(at, now, grace))
   return 1, free - n, at
 end
 
@@ -408,17 +411,17 @@ end
 -- n hits fit iff level + n * W <= B * W.
 local function meter(key, L, W, B, n, always, now, grace)
   local last, level = 0, wide(0)
-  local v = redis.call('GET', key)
+  local v = call('GET', key)
   if v then
-    local a, hi, lo = string.match(v, '^(%d+) (%d+) (%d+)$')
+    local a, hi, lo = match(v, '^(%d+) (%d+) (%d+)$')
     if a then last, level = tonumber(a), from_hl(tonumber(hi), tonumber(lo)) end
     if cmp(add(wide(last), ceil_div(level, L)), wide(now)) <= 0 then
-      redis.call('DEL', key)
+      call('DEL', key)
       last, level = 0, wide(0)
     end
   end
   local capacity = mul(B, W)
-  local t = math.max(now, last)
+  local t = max(now, last)
   level = sat_sub(level, mul(L, t - last))
   local function empty_at(lv)
     if is_zero(lv) then return 0 end
@@ -428,7 +431,7 @@ local function meter(key, L, W, B, n, always, now, grace)
   local function free(lv) return plain((divmod(sat_sub(capacity, lv), W))) end
   local function store(lv)
     local hi, lo = to_hl(lv)
-    redis.call('SET', key, num(t) .. ' ' .. num(hi) .. ' ' .. num(lo), 'PX', ttl_ms(empty_at(lv), now, grace))
+    call('SET', key, num(t) .. ' ' .. num(hi) .. ' ' .. num(lo), 'PX', ttl_ms(empty_at(lv), now, grace))
     return lv
   end
   -- Charging always: the level after n is charged whatever the decision, capped at (B + MAX_DEBT) W.
@@ -456,45 +459,45 @@ local function meter(key, L, W, B, n, always, now, grace)
 end
 
 local function run_of(member)
-  local c, k = string.match(member, '^(%d+):(%d+)$')
+  local c, k = match(member, '^(%d+):(%d+)$')
   return tonumber(c), tonumber(k)
 end
 
 -- Keeps cumulative counts small: rewrites every run relative to the hits before the first one.
 local function rebase(key)
-  local all = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+  local all = call('ZRANGE', key, 0, -1, 'WITHSCORES')
   local c0, k0 = run_of(all[1])
   local base = c0 - k0
-  redis.call('DEL', key)
+  call('DEL', key)
   for i = 1, #all, 2 do
     local c, k = run_of(all[i])
-    redis.call('ZADD', key, all[i + 1], num(c - base) .. ':' .. num(k))
+    call('ZADD', key, all[i + 1], num(c - base) .. ':' .. num(k))
   end
 end
 
 local function sliding_log(key, L, W, n, now, grace)
-  local count = redis.call('ZCARD', key)
+  local count = call('ZCARD', key)
   local newest, total, last_member = nil, 0, nil
   if count > 0 then
-    local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+    local last = call('ZRANGE', key, -1, -1, 'WITHSCORES')
     last_member, newest = last[1], tonumber(last[2])
     total = run_of(last_member)
     if newest + W <= now then
-      redis.call('DEL', key)
+      call('DEL', key)
       count, newest, total, last_member = 0, nil, 0, nil
     end
   end
-  local t = math.max(now, newest or 0)
+  local t = max(now, newest or 0)
   local first, before = 0, total
   if count > 0 then
-    first = redis.call('ZCOUNT', key, '-inf', num(t - W))
+    first = call('ZCOUNT', key, '-inf', num(t - W))
     if first < count then
-      local c, k = run_of(redis.call('ZRANGE', key, first, first)[1])
+      local c, k = run_of(call('ZRANGE', key, first, first)[1])
       before = c - k
     end
   end
   local live = total - before
-  local free = math.max(L - live, 0)
+  local free = max(L - live, 0)
   local function restored(lv, at)
     if lv == 0 then return 0 end
     return at + W
@@ -505,34 +508,34 @@ local function sliding_log(key, L, W, n, now, grace)
     local lo, hi = first, count - 1
     while lo < hi do
       local mid = floor((lo + hi) / 2)
-      if run_of(redis.call('ZRANGE', key, mid, mid)[1]) < target then
+      if run_of(call('ZRANGE', key, mid, mid)[1]) < target then
         lo = mid + 1
       else
         hi = mid
       end
     end
-    return tonumber(redis.call('ZRANGE', key, lo, lo, 'WITHSCORES')[2]) + W
+    return tonumber(call('ZRANGE', key, lo, lo, 'WITHSCORES')[2]) + W
   end
   if n > L then return 0, free, restored(live, newest or 0) end
   if n == 0 and free > 0 then return 1, free, restored(live, newest or 0) end
   if n == 0 then return 0, free, fits_at(1) end
   if n > free then return 0, free, fits_at(n) end
   if count > 0 and first >= count then
-    redis.call('DEL', key)
+    call('DEL', key)
     total, last_member = 0, nil
   elseif first > 0 then
-    redis.call('ZREMRANGEBYRANK', key, 0, first - 1)
+    call('ZREMRANGEBYRANK', key, 0, first - 1)
   end
   total = total + n
   if last_member and newest == t then
     local _, k = run_of(last_member)
-    redis.call('ZREM', key, last_member)
-    redis.call('ZADD', key, num(t), num(total) .. ':' .. num(k + n))
+    call('ZREM', key, last_member)
+    call('ZADD', key, num(t), num(total) .. ':' .. num(k + n))
   else
-    redis.call('ZADD', key, num(t), num(total) .. ':' .. num(n))
+    call('ZADD', key, num(t), num(total) .. ':' .. num(n))
   end
   if total > REBASE_AT then rebase(key) end
-  redis.call('PEXPIRE', key, ttl_ms(t + W, now, grace))
+  call('PEXPIRE', key, ttl_ms(t + W, now, grace))
   return 1, free - n, t + W
 end
 
@@ -540,27 +543,39 @@ local clock
 local function now_of(arg)
   if arg ~= '' then return tonumber(arg), GRACE_MS end
   if not clock then
-    local time = redis.call('TIME')
+    local time = call('TIME')
     clock = tonumber(time[1]) * 1000000 + tonumber(time[2])
   end
   return clock, 0
 end
 
 local extra = tonumber(ARGV[1])
-local base = 1 + extra
 local counters = #KEYS + extra
 local function key_of(i)
   if i <= #KEYS then return KEYS[i] end
   return ARGV[1 + i - #KEYS]
 end
 
+local quotas = {}
+local at = 2 + extra
+for q = 1, tonumber(ARGV[at]) do
+  local j = at + (q - 1) * 6
+  quotas[q] = {
+    tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3]),
+    tonumber(ARGV[j + 4]), tonumber(ARGV[j + 5]), ARGV[j + 6] == '1',
+  }
+end
+local base = at + #quotas * 6
+
 -- Runs counter i's algorithm with n hits: allowed, remaining, and the time of reset_after.
 local function decide(i, n)
-  local j = base + (i - 1) * 9
-  local algorithm = tonumber(ARGV[j + 1])
-  local L, W, B, k = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4]), tonumber(ARGV[j + 5])
-  local always = ARGV[j + 7] == '1'
-  local now, grace = now_of(ARGV[j + 8])
+  local j = base + (i - 1) * 4
+  local quota = quotas[tonumber(ARGV[j + 1])]
+  if not quota then
+    return nil, 'tollgate: unknown quota ' .. tostring(ARGV[j + 1])
+  end
+  local algorithm, L, W, B, k, always = quota[1], quota[2], quota[3], quota[4], quota[5], quota[6]
+  local now, grace = now_of(ARGV[j + 3])
   local key = key_of(i)
   local allowed, remaining, at
   if algorithm == 5 then
@@ -574,29 +589,30 @@ local function decide(i, n)
   elseif algorithm == 3 or algorithm == 4 then
     allowed, remaining, at = meter(key, L, W, B, n, always, now, grace)
   else
-    return nil, 'tollgate: unknown algorithm ' .. tostring(ARGV[j + 1])
+    return nil, 'tollgate: unknown algorithm ' .. tostring(algorithm)
   end
   return allowed, remaining, at, now
 end
 
 local function hits_of(i)
-  return tonumber(ARGV[base + (i - 1) * 9 + 6])
+  return tonumber(ARGV[base + (i - 1) * 4 + 2])
 end
 
-local out = {}
+local out, replied = {}, 0
 local function reply(allowed, remaining, at, now)
   local hi, lo
   if type(at) == 'number' and at - now < PLAIN then
-    local d = math.max(at - now, 0)
+    local d = max(at - now, 0)
     hi = floor(d / TWO32)
     lo = d - hi * TWO32
   else
     hi, lo = split64(sat_sub(as_wide(at), wide(now)))
   end
-  out[#out + 1] = allowed
-  out[#out + 1] = remaining
-  out[#out + 1] = hi
-  out[#out + 1] = lo
+  out[replied + 1] = allowed
+  out[replied + 2] = remaining
+  out[replied + 3] = hi
+  out[replied + 4] = lo
+  replied = replied + 4
 end
 
 -- Counters first..last all or none: each one's standing (its decision at 0 hits, which writes
@@ -609,7 +625,7 @@ local function all_or_none(first, last)
     if allowed == nil then return remaining end
     standing[i] = {allowed, remaining, at, now}
     local n, before = hits_of(i), spent[key_of(i)] or 0
-    fit[i] = before + math.max(n, 1) <= remaining
+    fit[i] = before + max(n, 1) <= remaining
     spent[key_of(i)] = before + n
     all = all and fit[i]
   end
@@ -635,7 +651,7 @@ end
 
 local i = 1
 while i <= counters do
-  local group = tonumber(ARGV[base + (i - 1) * 9 + 9])
+  local group = tonumber(ARGV[base + (i - 1) * 4 + 4])
   if group > 0 then
     local failed = all_or_none(i, i + group - 1)
     if failed then return redis.error_reply(failed) end

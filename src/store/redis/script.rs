@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use fred::prelude::{ClientLike, Value};
 use fred::types::{ClusterHash, CustomCommand};
+use smallvec::SmallVec;
 
 use crate::algorithm::{Charge, Decision};
 use crate::store::{Batch, Decisions, Mode, Routed, StoreError};
@@ -23,15 +24,26 @@ pub(super) const CROSS_SLOT_SCRIPT: &str = concat!(
     include_str!("decide.lua")
 );
 
-/// Values per counter in the script's ARGV and in its reply.
-const ARGS_PER_COUNTER: usize = 9;
+/// Values per quota and per counter in the script's ARGV, and per counter in its reply.
+const QUOTA_ARGS: usize = 6;
+const COUNTER_ARGS: usize = 4;
 const REPLY_PER_COUNTER: usize = 4;
 
-/// One decision's counters, encoded: their keys and their ARGV values (nine per counter).
+/// One decision's counters, encoded: their keys, and each one's quota and own values.
 #[derive(Debug, Default)]
 pub(super) struct Encoded {
     keys: Vec<Value>,
-    argv: Vec<Value>,
+    counters: Vec<Counter>,
+}
+
+/// A counter's values in the script's ARGV besides its key (see the script's header).
+#[derive(Debug, Clone, Copy)]
+struct Counter {
+    quota: [i64; QUOTA_ARGS],
+    hits: i64,
+    /// `None`: the script reads Redis' `TIME`.
+    now_us: Option<i64>,
+    group: i64,
 }
 
 impl Encoded {
@@ -48,52 +60,77 @@ pub(super) fn encode(run: Batch<'_, '_>, now_us: Option<u64>) -> Encoded {
         .iter()
         .map(|r| Value::Bytes(r.route.name.to_vec().into()))
         .collect();
-    let mut argv = Vec::with_capacity(hits.len() * ARGS_PER_COUNTER);
     // An all-or-none run is one group, marked on its first counter.
     let group = match run.mode() {
         Mode::Each => 0,
         Mode::AllOrNone => hits.len(),
     };
-    for (i, r) in hits.iter().enumerate() {
-        let q = r.hit.quota;
-        // More than the capacity never fits: capacity + 1 decides the same and stays small. A rule
-        // charging always charges up to its ceiling, so more than that decides the same.
-        let sent = match q.charge() {
-            Charge::WhenAllowed => r.hit.hits.min(q.burst() + 1),
-            Charge::Always => r.hit.hits.min(q.ceiling()),
-        };
-        argv.extend([
-            Value::Integer(i64::from(q.algorithm().code())),
-            Value::Integer(int(q.limit())),
-            Value::Integer(int(q.window_ns().div_ceil(1_000))),
-            Value::Integer(int(q.burst())),
-            Value::Integer(int(q.sub_windows().map_or(0, u64::from))),
-            Value::Integer(int(sent)),
-            Value::Integer(i64::from(q.charge() == Charge::Always)),
-            match now_us {
-                Some(t) => Value::Integer(int(t)),
-                None => Value::from(""),
-            },
-            Value::Integer(if i == 0 { int(group as u64) } else { 0 }),
-        ]);
-    }
-    Encoded { keys, argv }
+    let counters = hits
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let q = r.hit.quota;
+            // More than the capacity never fits: capacity + 1 decides the same and stays small. A
+            // rule charging always charges up to its ceiling, so more than that decides the same.
+            let sent = match q.charge() {
+                Charge::WhenAllowed => r.hit.hits.min(q.burst() + 1),
+                Charge::Always => r.hit.hits.min(q.ceiling()),
+            };
+            Counter {
+                quota: [
+                    i64::from(q.algorithm().code()),
+                    int(q.limit()),
+                    int(q.window_ns().div_ceil(1_000)),
+                    int(q.burst()),
+                    int(q.sub_windows().map_or(0, u64::from)),
+                    i64::from(q.charge() == Charge::Always),
+                ],
+                hits: int(sent),
+                now_us: now_us.map(int),
+                group: if i == 0 { int(group as u64) } else { 0 },
+            }
+        })
+        .collect();
+    Encoded { keys, counters }
 }
 
 /// The `EVALSHA` arguments deciding `calls` in one script call, in order: the script's `sha`, the
 /// number of keys declared (those of the first `declared` calls), those keys, then in ARGV the
-/// number of the other keys, those keys, and every call's values.
+/// number of the other keys, those keys, the distinct quotas of every call's counters, and each
+/// counter's own values.
 pub(super) fn call_args(sha: &str, calls: &[&Encoded], declared: usize) -> Vec<Value> {
     let (named, other) = calls.split_at(declared.min(calls.len()));
     let keys = |calls: &[&Encoded]| calls.iter().map(|c| c.keys.len()).sum::<usize>();
-    let argv: usize = calls.iter().map(|c| c.argv.len()).sum();
-    let mut args = Vec::with_capacity(3 + keys(calls) + argv);
+    let counters = || calls.iter().flat_map(|c| &c.counters);
+    let mut quotas: SmallVec<[[i64; QUOTA_ARGS]; 4]> = SmallVec::new();
+    let mut numbered: SmallVec<[i64; 16]> = SmallVec::new();
+    for c in counters() {
+        let at = match quotas.iter().position(|q| *q == c.quota) {
+            Some(at) => at,
+            None => {
+                quotas.push(c.quota);
+                quotas.len() - 1
+            }
+        };
+        numbered.push(int(at as u64 + 1));
+    }
+    let count = keys(calls);
+    let mut args = Vec::with_capacity(4 + count + quotas.len() * QUOTA_ARGS + count * COUNTER_ARGS);
     args.push(Value::from(sha));
     args.push(Value::Integer(int(keys(named) as u64)));
     args.extend(named.iter().flat_map(|c| c.keys.iter().cloned()));
     args.push(Value::Integer(int(keys(other) as u64)));
     args.extend(other.iter().flat_map(|c| c.keys.iter().cloned()));
-    args.extend(calls.iter().flat_map(|c| c.argv.iter().cloned()));
+    args.push(Value::Integer(int(quotas.len() as u64)));
+    args.extend(quotas.iter().flatten().map(|&v| Value::Integer(v)));
+    for (c, quota) in counters().zip(numbered) {
+        args.extend([
+            Value::Integer(quota),
+            Value::Integer(c.hits),
+            c.now_us.map_or_else(|| Value::from(""), Value::Integer),
+            Value::Integer(c.group),
+        ]);
+    }
     args
 }
 
@@ -152,4 +189,59 @@ fn decision(routed: &Routed<'_>, reply: &[i64]) -> Result<Decision, StoreError> 
 /// Quota values are at most `u32::MAX` (and times below 2^63 µs), so they fit an `i64`.
 fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counter(quota: i64, hits: i64, group: i64) -> Counter {
+        Counter {
+            quota: [1, quota, 60_000_000, quota, 0, 0],
+            hits,
+            now_us: None,
+            group,
+        }
+    }
+
+    fn encoded(keys: &[&str], counters: Vec<Counter>) -> Encoded {
+        Encoded {
+            keys: keys.iter().map(|&k| Value::from(k)).collect(),
+            counters,
+        }
+    }
+
+    fn ints(values: &[i64]) -> Vec<Value> {
+        values.iter().map(|&v| Value::Integer(v)).collect()
+    }
+
+    #[test]
+    fn each_quota_is_sent_once_and_counters_name_theirs_by_number() {
+        let first = encoded(&["a", "b"], vec![counter(5, 1, 2), counter(9, 3, 0)]);
+        let second = encoded(&["c"], vec![counter(5, 2, 0)]);
+        let mut expected = vec![Value::from("sha"), Value::Integer(2)];
+        expected.extend([Value::from("a"), Value::from("b"), Value::Integer(1)]);
+        expected.push(Value::from("c"));
+        expected.push(Value::Integer(2));
+        expected.extend(ints(&[
+            1, 5, 60_000_000, 5, 0, 0, 1, 9, 60_000_000, 9, 0, 0,
+        ]));
+        for (quota, hits, group) in [(1, 1, 2), (2, 3, 0), (1, 2, 0)] {
+            expected.extend([
+                Value::Integer(quota),
+                Value::Integer(hits),
+                Value::from(""),
+                Value::Integer(group),
+            ]);
+        }
+        assert_eq!(call_args("sha", &[&first, &second], 1), expected);
+    }
+
+    #[test]
+    fn a_time_given_is_sent_for_its_counter() {
+        let mut c = counter(5, 1, 0);
+        c.now_us = Some(1_700_000_000_000_000);
+        let args = call_args("sha", &[&encoded(&["a"], vec![c])], 1);
+        assert_eq!(args[args.len() - 2], Value::Integer(1_700_000_000_000_000));
+    }
 }
