@@ -1,8 +1,8 @@
 //! `tollgate bench`: a load generator for any Envoy RLS server (tollgate or a peer).
 //!
-//! It sends standard `ShouldRateLimit` requests over a few shared HTTP/2 connections (tonic
-//! channels multiplex many streams on one connection) and records each latency in microseconds in
-//! an HDR histogram per worker, merged at the end.
+//! It sends standard `ShouldRateLimit` requests over a few shared HTTP/2 connections (module
+//! `client`: many streams on one connection) and records each latency in microseconds in
+//! an HDR histogram per load thread, merged at the end.
 //!
 //! It usually shares the machine with the server it measures, so its own cost per request counts
 //! against the figure. Workers and connections are split over one single-threaded runtime per
@@ -44,6 +44,7 @@ use schedule::Shared;
 use tally::Tally;
 use worker::load_thread;
 
+mod client;
 mod descriptor;
 mod pacer;
 mod plan;
@@ -58,11 +59,8 @@ pub enum LoadgenError {
     InvalidDescriptor { text: String, reason: String },
     #[error("invalid setting: {0}")]
     InvalidConfig(String),
-    #[error("invalid target `{target}`: {source}")]
-    InvalidTarget {
-        target: String,
-        source: tonic::transport::Error,
-    },
+    #[error("invalid target `{target}`: {reason}")]
+    InvalidTarget { target: String, reason: String },
     #[error("cannot connect to `{target}`: {reason}")]
     Connect { target: String, reason: String },
     #[error("cannot build a latency histogram: {0}")]

@@ -3,67 +3,41 @@
 //! the answer (or its timeout) and counts it, paced by the thread's pacer in an open loop.
 
 use std::cell::RefCell;
-use std::fmt::Write as _;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
-use tokio::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tokio::time::Instant;
 
+use bytes::BytesMut;
+
+use super::client::{self, Client};
 use super::pacer::{self, Pacer};
 use super::plan::share;
 use super::schedule::Shared;
 use super::tally::Tally;
 use super::{Config, LoadgenError};
 
-async fn connect(config: &Config) -> Result<Vec<Channel>, LoadgenError> {
-    let endpoint = Endpoint::from_shared(config.target.clone()).map_err(|source| {
-        LoadgenError::InvalidTarget {
-            target: config.target.clone(),
-            source,
-        }
-    })?;
-    let endpoint = endpoint
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
-    let mut channels = Vec::with_capacity(config.connections);
+async fn connect(config: &Config) -> Result<Vec<Client>, LoadgenError> {
+    let uri = client::method_uri(&config.target)?;
+    let mut clients = Vec::with_capacity(config.connections);
     for _ in 0..config.connections {
-        let channel = endpoint
-            .connect()
+        let client = Client::connect(&uri)
             .await
-            .map_err(|e| LoadgenError::Connect {
+            .map_err(|reason| LoadgenError::Connect {
                 target: config.target.clone(),
-                reason: error_chain(&e),
+                reason,
             })?;
-        channels.push(channel);
+        clients.push(client);
     }
-    Ok(channels)
-}
-
-/// `e: cause: cause`, since tonic's transport error alone says only "transport error"; a cause
-/// that repeats the one before it is shown once.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut last = text.clone();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let cause = s.to_string();
-        if cause != last {
-            let _ = write!(text, ": {cause}");
-            last = cause;
-        }
-        source = s.source();
-    }
-    text
+    Ok(clients)
 }
 
 /// Sends requests until the run is over, recording into its thread's `tally` (a borrow never
 /// spans an await).
 async fn worker(
     shared: Arc<Shared>,
-    mut client: RateLimitServiceClient<Channel>,
+    mut client: Client,
     pacer: Rc<Pacer>,
     tally: Rc<RefCell<Tally>>,
 ) {
@@ -73,6 +47,7 @@ async fn worker(
     // an entry every time.
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
+    let mut buf = BytesMut::new();
     while let Some((i, due)) = shared.claim() {
         if shared.config.rate.is_some() {
             pacer.until_released(i).await;
@@ -81,13 +56,13 @@ async fn worker(
         deadline.as_mut().reset(Instant::now() + timeout);
         let answer = tokio::select! {
             biased;
-            answer = client.should_rate_limit(request) => Some(answer),
+            answer = client.call(&request, &mut buf) => Some(answer),
             () = &mut deadline => None,
         };
         let mut tally = tally.borrow_mut();
         match answer {
             Some(Ok(response)) => {
-                let code = response.get_ref().overall_code;
+                let code = response.overall_code;
                 if code == Code::Ok as i32 {
                     tally.allowed += 1;
                 } else if code == Code::OverLimit as i32 {
@@ -99,9 +74,7 @@ async fn worker(
                 let micros = u64::try_from(due.elapsed().as_micros()).unwrap_or(u64::MAX);
                 tally.latency.saturating_record(micros.max(1));
             }
-            Some(Err(status)) => {
-                tally.error(format!("gRPC {:?}: {}", status.code(), status.message()))
-            }
+            Some(Err(e)) => tally.error(e.to_string()),
             None => tally.error(format!("no answer within {timeout:?}")),
         }
     }
@@ -126,8 +99,8 @@ pub(super) fn load_thread(
     local.block_on(&runtime, async move {
         let mut config = config;
         config.connections = share(config.connections, threads, index);
-        let (channels, tally) = match (connect(&config).await, Tally::new()) {
-            (Ok(channels), Ok(tally)) => (channels, Rc::new(RefCell::new(tally))),
+        let (clients, tally) = match (connect(&config).await, Tally::new()) {
+            (Ok(clients), Ok(tally)) => (clients, Rc::new(RefCell::new(tally))),
             (Err(e), _) | (_, Err(e)) => {
                 let _ = ready.send(Err(e)).await;
                 return Tally::new();
@@ -150,7 +123,7 @@ pub(super) fn load_thread(
         let workers = share(config.concurrency, threads, index);
         let mut handles = Vec::with_capacity(workers);
         for w in 0..workers {
-            let client = RateLimitServiceClient::new(channels[w % channels.len()].clone());
+            let client = clients[w % clients.len()].clone();
             handles.push(tokio::task::spawn_local(worker(
                 shared.clone(),
                 client,

@@ -109,6 +109,55 @@ fn an_unreachable_target_fails_with_a_message() {
 }
 
 #[test]
+fn an_answer_with_an_error_status_is_counted_with_its_status() {
+    let server = Server::with_rules(FIVE_PER_MINUTE);
+    let long = format!("user_id={}", "x".repeat(5000));
+    let out = tollgate::run(&[
+        "bench",
+        "--target",
+        &server.grpc_url(),
+        "--domain",
+        "bench",
+        "--descriptor",
+        &long,
+        "--requests",
+        "6",
+        "--concurrency",
+        "2",
+        "--json",
+    ]);
+    // Every request failed: the run says so and exits non-zero, its report still printed.
+    assert!(!out.success(), "{out:?}");
+    assert!(out.stderr.contains("every request failed"), "{out:?}");
+    let report: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(report["errors"], 6, "{report}");
+    assert_eq!(report["allowed"], 0, "{report}");
+    let first = report["first_error"].as_str().unwrap_or_default();
+    assert!(first.starts_with("gRPC InvalidArgument: "), "{report}");
+    assert!(first.contains("5000"), "{report}");
+}
+
+#[test]
+fn a_target_that_is_not_http_fails_before_connecting() {
+    let out = tollgate::run(&[
+        "bench",
+        "--target",
+        "https://127.0.0.1:1",
+        "--domain",
+        "bench",
+        "--descriptor",
+        "user_id={user}",
+        "--requests",
+        "1",
+    ]);
+    assert!(!out.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("invalid target `https://127.0.0.1:1`"),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn a_bad_descriptor_fails_before_sending() {
     let out = tollgate::run(&[
         "bench",
