@@ -330,17 +330,44 @@ end
 -- s = floor((t mod W) * k / W); the hits of j(t) - k ..= j(t) count, and n fit iff they plus n are at
 -- most L. Sub-window (q, s) is forgotten from (q + 1) * W + ceil((s + 1) * W / k). All plain: W < 2^45
 -- and k <= 100, so (t mod W) * k and (s + 1) * W stay below 2^52.
+local function sw_slot(t, W, k)
+  local r = fmod(t, W)
+  local s = plain_divmod(r * k, W)
+  return (t - r) / W, s
+end
+
+local function sw_expiry(q, s, W, k)
+  local c, r = plain_divmod((s + 1) * W, k)
+  if r > 0 then c = c + 1 end
+  return (q + 1) * W + c
+end
+
+-- When the sub-window i before (cq, cs) is forgotten.
+local function sw_expiry_back(cq, cs, i, W, k)
+  local q, s = cq, cs - i
+  if s < 0 then q, s = q - 1, s + k end
+  return sw_expiry(q, s, W, k)
+end
+
+-- When the newest live sub-window is forgotten (0 with none): the window is fresh again.
+local function sw_restored(live, shift, cq, cs, W, k)
+  for j = 1, #live do
+    if live[j] > 0 then return sw_expiry_back(cq, cs, shift + j - 1, W, k) end
+  end
+  return 0
+end
+
+-- When enough of the oldest sub-windows have expired for m <= L more hits to fit.
+local function sw_fits_at(m, L, used, live, shift, cq, cs, W, k)
+  local excess, expired = used - (L - m), 0
+  for j = #live, 1, -1 do
+    expired = expired + live[j]
+    if expired >= excess then return sw_expiry_back(cq, cs, shift + j - 1, W, k) end
+  end
+  return 0
+end
+
 local function sliding_window(key, L, W, k, n, now, grace)
-  local function slot(t)
-    local r = fmod(t, W)
-    local s = plain_divmod(r * k, W)
-    return (t - r) / W, s
-  end
-  local function expiry(q, s)
-    local c, r = plain_divmod((s + 1) * W, k)
-    if r > 0 then c = c + 1 end
-    return (q + 1) * W + c
-  end
   local last, counts = 0, {}
   local v = call('GET', key)
   if v then
@@ -349,14 +376,15 @@ local function sliding_window(key, L, W, k, n, now, grace)
       if i == 0 then last = tonumber(x) else counts[i] = tonumber(x) end
       i = i + 1
     end
-    if #counts == 0 or expiry(slot(last)) <= now then
+    local q, s = sw_slot(last, W, k)
+    if #counts == 0 or sw_expiry(q, s, W, k) <= now then
       call('DEL', key)
       last, counts = 0, {}
     end
   end
   local t = max(now, last)
-  local cq, cs = slot(t)
-  local lq, ls = slot(last)
+  local cq, cs = sw_slot(t, W, k)
+  local lq, ls = sw_slot(last, W, k)
   local shift = k + 1
   if cq == lq then
     shift = cs - ls
@@ -370,39 +398,20 @@ local function sliding_window(key, L, W, k, n, now, grace)
     used = used + counts[j]
   end
   local free = max(L - used, 0)
-  local function expiry_back(i)
-    local q, s = cq, cs - i
-    if s < 0 then q, s = q - 1, s + k end
-    return expiry(q, s)
-  end
-  local function restored()
-    for j = 1, #live do
-      if live[j] > 0 then return expiry_back(shift + j - 1) end
-    end
-    return 0
-  end
-  -- When enough of the oldest sub-windows have expired for m <= L more hits to fit.
-  local function fits_at(m)
-    local excess, expired = used - (L - m), 0
-    for j = #live, 1, -1 do
-      expired = expired + live[j]
-      if expired >= excess then return expiry_back(shift + j - 1) end
-    end
-    return 0
-  end
-  if n > L then return 0, free, restored() end
-  if n == 0 and free > 0 then return 1, free, restored() end
-  if n == 0 then return 0, free, fits_at(1) end
-  if n > free then return 0, free, fits_at(n) end
+  if n > L then return 0, free, sw_restored(live, shift, cq, cs, W, k) end
+  if n == 0 and free > 0 then return 1, free, sw_restored(live, shift, cq, cs, W, k) end
+  if n == 0 then return 0, free, sw_fits_at(1, L, used, live, shift, cq, cs, W, k) end
+  if n > free then return 0, free, sw_fits_at(n, L, used, live, shift, cq, cs, W, k) end
+  -- Counts (below 2^33) are joined as Lua prints numbers, exactly below 10^14; the time is not.
   local parts, top = {num(t)}, 0
   for j = 1, k + 1 do
     local c = 0
     if j > shift then c = live[j - shift] or 0 end
     if j == 1 then c = c + n end
-    parts[j + 1] = num(c)
+    parts[j + 1] = c
     if c > 0 then top = j + 1 end
   end
-  local at = expiry(cq, cs)
+  local at = sw_expiry(cq, cs, W, k)
   call('SET', key, table.concat(parts, ' ', 1, top), 'PX', ttl_ms(at, now, grace))
   return 1, free - n, at
 end
