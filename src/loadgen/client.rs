@@ -60,9 +60,6 @@ pub(super) fn method_uri(target: &str) -> Result<Uri, LoadgenError> {
     let Some(authority) = base.authority() else {
         return Err(invalid("no host".into()));
     };
-    if authority.port_u16().is_none() {
-        return Err(invalid("no port".into()));
-    }
     Uri::builder()
         .scheme("http")
         .authority(authority.clone())
@@ -72,10 +69,12 @@ pub(super) fn method_uri(target: &str) -> Result<Uri, LoadgenError> {
 }
 
 impl Client {
-    /// Opens one HTTP/2 connection to `uri`'s authority and spawns its task on this thread.
+    /// Opens one HTTP/2 connection to `uri`'s host and port (80 if none) and spawns its task on
+    /// this thread.
     pub(super) async fn connect(uri: &Uri) -> Result<Client, String> {
-        let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
+        let host = uri.host().unwrap_or_default();
+        let address = format!("{host}:{}", uri.port_u16().unwrap_or(80));
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
             .await
             .map_err(|_| format!("no connection within {CONNECT_TIMEOUT:?}"))?
             .map_err(|e| e.to_string())?;
@@ -160,4 +159,47 @@ fn decode(mut body: Bytes) -> Result<RateLimitResponse, CallError> {
         )));
     }
     RateLimitResponse::decode(body).map_err(|e| CallError::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_target_becomes_the_method_uri() {
+        let uri = method_uri("http://127.0.0.1:8081").unwrap();
+        assert_eq!(uri.to_string(), format!("http://127.0.0.1:8081{PATH}"));
+        let uri = method_uri("http://[::1]:8081/ignored").unwrap();
+        assert_eq!(uri.host(), Some("[::1]"));
+        assert_eq!(uri.path(), PATH);
+        assert_eq!(method_uri("http://rls").unwrap().port_u16(), None);
+    }
+
+    #[test]
+    fn a_target_without_http_is_refused() {
+        for target in ["https://127.0.0.1:8081", "127.0.0.1:8081", "http://", ""] {
+            let e = method_uri(target).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("invalid target `{target}`")), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_answer_body_is_one_prefixed_message() {
+        let message = RateLimitResponse {
+            overall_code: 2,
+            ..Default::default()
+        };
+        let mut body = vec![0, 0, 0, 0, message.encoded_len() as u8];
+        body.extend(message.encode_to_vec());
+        assert_eq!(decode(Bytes::from(body.clone())).unwrap().overall_code, 2);
+        body[4] += 1;
+        assert!(matches!(
+            decode(Bytes::from(body)),
+            Err(CallError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode(Bytes::from_static(&[1, 0, 0, 0, 0])),
+            Err(CallError::Malformed(_))
+        ));
+    }
 }
