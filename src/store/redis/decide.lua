@@ -418,6 +418,35 @@ end
 
 -- token_bucket and leaky_bucket: the level, scaled by W, rises by W per hit and drains by L per us;
 -- n hits fit iff level + n * W <= B * W.
+-- When a level lv at time t has drained to empty; 0 if it is.
+local function meter_empty_at(lv, t, L)
+  if is_zero(lv) then return 0 end
+  return add(wide(t), ceil_div(lv, L))
+end
+
+-- When `need` more fits beside a level lv: when it has drained to capacity - need.
+local function meter_fits_at(lv, need, capacity, t, L)
+  return meter_empty_at(sat_sub(add(lv, need), capacity), t, L)
+end
+
+-- Whole hits that fit beside a level lv.
+local function meter_free(lv, capacity, W)
+  return plain((divmod(sat_sub(capacity, lv), W)))
+end
+
+local function meter_store(key, lv, t, L, now, grace)
+  local hi, lo = to_hl(lv)
+  call('SET', key, format('%.0f %.0f %.0f', t, hi, lo), 'PX', ttl_ms(meter_empty_at(lv, t, L), now, grace))
+  return lv
+end
+
+-- Charging always: the level after n is charged whatever the decision, capped at (B + MAX_DEBT) W.
+local function meter_charge(key, level, n, L, W, B, t, now, grace)
+  local charged, ceiling = add(level, mul(n, W)), mul(B + MAX_DEBT, W)
+  if cmp(charged, ceiling) > 0 then charged = ceiling end
+  return meter_store(key, charged, t, L, now, grace)
+end
+
 local function meter(key, L, W, B, n, always, now, grace)
   local last, level = 0, wide(0)
   local v = call('GET', key)
@@ -432,39 +461,24 @@ local function meter(key, L, W, B, n, always, now, grace)
   local capacity = mul(B, W)
   local t = max(now, last)
   level = sat_sub(level, mul(L, t - last))
-  local function empty_at(lv)
-    if is_zero(lv) then return 0 end
-    return add(wide(t), ceil_div(lv, L))
-  end
-  local function fits_at(lv, need) return empty_at(sat_sub(add(lv, need), capacity)) end
-  local function free(lv) return plain((divmod(sat_sub(capacity, lv), W))) end
-  local function store(lv)
-    local hi, lo = to_hl(lv)
-    call('SET', key, num(t) .. ' ' .. num(hi) .. ' ' .. num(lo), 'PX', ttl_ms(empty_at(lv), now, grace))
-    return lv
-  end
-  -- Charging always: the level after n is charged whatever the decision, capped at (B + MAX_DEBT) W.
-  local function charge()
-    local charged, ceiling = add(level, mul(n, W)), mul(B + MAX_DEBT, W)
-    if cmp(charged, ceiling) > 0 then charged = ceiling end
-    return store(charged)
-  end
   if n > B then
-    if always then level = charge() end
-    return 0, free(level), empty_at(level)
+    if always then level = meter_charge(key, level, n, L, W, B, t, now, grace) end
+    return 0, meter_free(level, capacity, W), meter_empty_at(level, t, L)
   end
   if n == 0 then
     local w = wide(W)
-    if cmp(add(level, w), capacity) <= 0 then return 1, free(level), empty_at(level) end
-    return 0, free(level), fits_at(level, w)
+    if cmp(add(level, w), capacity) <= 0 then
+      return 1, meter_free(level, capacity, W), meter_empty_at(level, t, L)
+    end
+    return 0, meter_free(level, capacity, W), meter_fits_at(level, w, capacity, t, L)
   end
   local need = mul(n, W)
   if cmp(add(level, need), capacity) > 0 then
-    if always then level = charge() end
-    return 0, free(level), fits_at(level, need)
+    if always then level = meter_charge(key, level, n, L, W, B, t, now, grace) end
+    return 0, meter_free(level, capacity, W), meter_fits_at(level, need, capacity, t, L)
   end
-  level = store(add(level, need))
-  return 1, free(level), empty_at(level)
+  level = meter_store(key, add(level, need), t, L, now, grace)
+  return 1, meter_free(level, capacity, W), meter_empty_at(level, t, L)
 end
 
 local function run_of(member)
