@@ -43,6 +43,7 @@
 local R = 16777216 -- 2^24, the limb base
 local NL = 5
 local TWO32 = 4294967296
+local TWO48 = 281474976710656
 local MAX_TTL_MS = 70368744177664 -- 2^46 ms, about 2200 years
 local GRACE_MS = 60000
 local REBASE_AT = 1125899906842624 -- 2^50
@@ -53,6 +54,8 @@ local format, match = string.format, string.match
 local tonumber, type = tonumber, type
 local call = redis.call
 
+-- A wide value is a number below 2^52, exact and the common case (no table, no limb arithmetic), or
+-- five limbs; each operation takes either and answers a number whenever the result is below 2^52.
 local function wide(x)
   local a = fmod(x, R)
   x = (x - a) / R
@@ -64,6 +67,11 @@ end
 local function as_wide(x)
   if type(x) == 'table' then return x end
   return wide(x)
+end
+
+local function narrow(r)
+  if r[5] == 0 and r[4] == 0 and r[3] < 16 then return r[1] + r[2] * R + r[3] * R * R end
+  return r
 end
 
 local function norm(r)
@@ -80,7 +88,7 @@ end
 local function mul(x, y)
   local p = x * y
   -- The double product is exact when the true one is below 2^53, and is below 2^52 only then.
-  if p < PLAIN then return wide(p) end
+  if p < PLAIN then return p end
   local a, b = wide(x), wide(y)
   local r = {0, 0, 0, 0, 0}
   for i = 1, 3 do
@@ -93,12 +101,20 @@ local function mul(x, y)
 end
 
 local function add(a, b)
+  if type(a) == 'number' and type(b) == 'number' and a + b < PLAIN then return a + b end
+  a, b = as_wide(a), as_wide(b)
   local r = {}
   for k = 1, NL do r[k] = a[k] + b[k] end
-  return norm(r)
+  return narrow(norm(r))
 end
 
 local function cmp(a, b)
+  if type(a) == 'number' and type(b) == 'number' then
+    if a < b then return -1 end
+    if a > b then return 1 end
+    return 0
+  end
+  a, b = as_wide(a), as_wide(b)
   for k = NL, 1, -1 do
     if a[k] ~= b[k] then
       if a[k] < b[k] then return -1 end
@@ -110,7 +126,9 @@ end
 
 -- a - b, or zero when b is larger.
 local function sat_sub(a, b)
-  if cmp(a, b) <= 0 then return {0, 0, 0, 0, 0} end
+  if cmp(a, b) <= 0 then return 0 end
+  if type(a) == 'number' and type(b) == 'number' then return a - b end
+  a, b = as_wide(a), as_wide(b)
   local r, borrow = {}, 0
   for k = 1, NL do
     local v = a[k] - b[k] - borrow
@@ -122,10 +140,11 @@ local function sat_sub(a, b)
     end
     r[k] = v
   end
-  return r
+  return narrow(r)
 end
 
 local function is_zero(a)
+  if type(a) == 'number' then return a == 0 end
   return a[1] == 0 and a[2] == 0 and a[3] == 0 and a[4] == 0 and a[5] == 0
 end
 
@@ -145,10 +164,9 @@ end
 
 -- floor(a / c) and a mod c, for 0 < c < 2^45.
 local function divmod(a, c)
-  if a[5] == 0 and a[4] == 0 and a[3] < 16 then
-    local q, r = plain_divmod(a[1] + a[2] * R + a[3] * R * R, c)
-    return wide(q), r
-  end
+  if type(a) == 'table' then a = narrow(a) end
+  if type(a) == 'number' and a < PLAIN then return plain_divmod(a, c) end
+  a = as_wide(a)
   local q, r = {0, 0, 0, 0, 0}, 0
   for k = NL, 1, -1 do
     local limb, qk = a[k], 0
@@ -165,29 +183,35 @@ local function divmod(a, c)
     end
     q[k] = qk
   end
-  return q, r
+  return narrow(q), r
 end
 
 local function ceil_div(a, c)
   local q, r = divmod(a, c)
-  if r > 0 then q = add(q, wide(1)) end
+  if r > 0 then q = add(q, 1) end
   return q
 end
 
 -- The value as a plain number, or nil at 2^53 and above.
 local function plain(a)
+  if type(a) == 'number' then return a end
   if a[4] ~= 0 or a[5] ~= 0 or a[3] >= 32 then return nil end
   return a[1] + a[2] * R + a[3] * R * R
 end
 
 -- hi, lo with hi * 2^32 + lo = a, saturated at 2^64 - 1.
 local function split64(a)
+  if type(a) == 'number' then
+    local hi = floor(a / TWO32)
+    return hi, a - hi * TWO32
+  end
   if a[5] ~= 0 or a[4] ~= 0 or a[3] >= 65536 then return TWO32 - 1, TWO32 - 1 end
   local l = fmod(a[2], 256)
   return (a[2] - l) / 256 + a[3] * 65536, a[1] + l * R
 end
 
 local function from_hl(hi, lo)
+  if hi < 16 then return hi * TWO48 + lo end
   local a = fmod(lo, R)
   local c = fmod(hi, R)
   local d = (hi - c) / R
@@ -196,6 +220,10 @@ local function from_hl(hi, lo)
 end
 
 local function to_hl(a)
+  if type(a) == 'number' then
+    local lo = fmod(a, TWO48)
+    return (a - lo) / TWO48, lo
+  end
   return a[3] + a[4] * R + a[5] * R * R, a[1] + a[2] * R
 end
 
@@ -211,7 +239,7 @@ local function ttl_ms(at, now, grace)
     ms = q
     if r > 0 then ms = ms + 1 end
   else
-    local q, r = divmod(sat_sub(as_wide(at), wide(now)), 1000)
+    local q, r = divmod(sat_sub(at, now), 1000)
     ms = plain(q) or MAX_TTL_MS
     if r > 0 then ms = ms + 1 end
   end
@@ -421,7 +449,7 @@ end
 -- When a level lv at time t has drained to empty; 0 if it is.
 local function meter_empty_at(lv, t, L)
   if is_zero(lv) then return 0 end
-  return add(wide(t), ceil_div(lv, L))
+  return add(t, ceil_div(lv, L))
 end
 
 -- When `need` more fits beside a level lv: when it has drained to capacity - need.
@@ -448,14 +476,14 @@ local function meter_charge(key, level, n, L, W, B, t, now, grace)
 end
 
 local function meter(key, L, W, B, n, always, now, grace)
-  local last, level = 0, wide(0)
+  local last, level = 0, 0
   local v = call('GET', key)
   if v then
     local a, hi, lo = match(v, '^(%d+) (%d+) (%d+)$')
     if a then last, level = tonumber(a), from_hl(tonumber(hi), tonumber(lo)) end
-    if cmp(add(wide(last), ceil_div(level, L)), wide(now)) <= 0 then
+    if cmp(add(last, ceil_div(level, L)), now) <= 0 then
       call('DEL', key)
-      last, level = 0, wide(0)
+      last, level = 0, 0
     end
   end
   local capacity = mul(B, W)
@@ -466,7 +494,7 @@ local function meter(key, L, W, B, n, always, now, grace)
     return 0, meter_free(level, capacity, W), meter_empty_at(level, t, L)
   end
   if n == 0 then
-    local w = wide(W)
+    local w = W
     if cmp(add(level, w), capacity) <= 0 then
       return 1, meter_free(level, capacity, W), meter_empty_at(level, t, L)
     end
@@ -629,7 +657,7 @@ local function reply(allowed, remaining, at, now)
     hi = floor(d / TWO32)
     lo = d - hi * TWO32
   else
-    hi, lo = split64(sat_sub(as_wide(at), wide(now)))
+    hi, lo = split64(sat_sub(at, now))
   end
   out[replied + 1] = allowed
   out[replied + 2] = remaining
