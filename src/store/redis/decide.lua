@@ -290,6 +290,25 @@ local function fixed_window(key, L, W, n, always, now, grace)
   return 1, free - n, stop
 end
 
+-- When the estimate holds no hit again: two windows after one with hits, one after the previous.
+local function swe_restored(cur, prev, start, W)
+  if cur > 0 then return start + 2 * W end
+  if prev > 0 then return start + W end
+  return 0
+end
+
+-- When k <= L hits first fit: within this window where prev * (W - e') <= (L - cur - k) * W,
+-- else within the next one, where cur has become the previous count.
+local function swe_fits_at(k, L, cur, prev, start, e, W)
+  if prev > 0 and cur + k <= L and L - cur - k < prev then
+    local slack = plain((divmod(mul(L - cur - k, W), prev)))
+    return start + max(W - slack, e)
+  end
+  local slack = W
+  if cur > 0 and L - k < cur then slack = plain((divmod(mul(L - k, W), cur))) end
+  return start + W + (W - slack)
+end
+
 local function sliding_window_estimate(key, L, W, n, now, grace)
   local last, s_prev, s_cur = 0, 0, 0
   local v = call('GET', key)
@@ -325,33 +344,17 @@ local function sliding_window_estimate(key, L, W, n, now, grace)
     weight = plain(q)
     if r > 0 then weight = weight + 1 end
   end
-  local function free(c) return max(L - c - weight, 0) end
-  local function restored(c)
-    if c > 0 then return start + 2 * W end
-    if prev > 0 then return start + W end
-    return 0
-  end
-  -- When k <= L hits first fit: within this window where prev * (W - e') <= (L - cur - k) * W,
-  -- else within the next one, where cur has become the previous count.
-  local function fits_at(k)
-    if prev > 0 and cur + k <= L and L - cur - k < prev then
-      local slack = plain((divmod(mul(L - cur - k, W), prev)))
-      return start + max(W - slack, e)
-    end
-    local slack = W
-    if cur > 0 and L - k < cur then slack = plain((divmod(mul(L - k, W), cur))) end
-    return start + W + (W - slack)
-  end
-  if n > L then return 0, free(cur), restored(cur) end
+  local free = max(L - cur - weight, 0)
+  if n > L then return 0, free, swe_restored(cur, prev, start, W) end
   if n == 0 then
-    if free(cur) >= 1 then return 1, free(cur), restored(cur) end
-    return 0, free(cur), fits_at(1)
+    if free >= 1 then return 1, free, swe_restored(cur, prev, start, W) end
+    return 0, free, swe_fits_at(1, L, cur, prev, start, e, W)
   end
-  if n > free(cur) then return 0, free(cur), fits_at(n) end
+  if n > free then return 0, free, swe_fits_at(n, L, cur, prev, start, e, W) end
   cur = cur + n
-  local value = num(t) .. ' ' .. num(prev) .. ' ' .. num(cur)
-  call('SET', key, value, 'PX', ttl_ms(restored(cur), now, grace))
-  return 1, free(cur), restored(cur)
+  local at = swe_restored(cur, prev, start, W)
+  call('SET', key, format('%.0f %.0f %.0f', t, prev, cur), 'PX', ttl_ms(at, now, grace))
+  return 1, free - n, at
 end
 
 -- sliding_window: sub-window j(t) = floor(t * k / W) = q * k + s, with q = floor(t / W) and
