@@ -15,7 +15,8 @@ descriptors:
       algorithm: fixed_window
 ";
 
-fn bench_json(target: &str, extra: &[&str]) -> serde_json::Value {
+/// `tollgate bench` against `target` in domain `bench`, one descriptor, and `extra` flags.
+fn bench(target: &str, descriptor: &str, extra: &[&str]) -> common::process::Output {
     let mut args = vec![
         "bench",
         "--target",
@@ -23,11 +24,14 @@ fn bench_json(target: &str, extra: &[&str]) -> serde_json::Value {
         "--domain",
         "bench",
         "--descriptor",
-        "user_id={user}",
-        "--json",
+        descriptor,
     ];
     args.extend_from_slice(extra);
-    let out = tollgate::run(&args);
+    tollgate::run(&args)
+}
+
+fn bench_json(target: &str, extra: &[&str]) -> serde_json::Value {
+    let out = bench(target, "user_id={user}", &[extra, &["--json"]].concat());
     assert!(out.success(), "{out:?}");
     serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {out:?}"))
 }
@@ -90,18 +94,7 @@ fn open_loop_sends_about_rate_times_duration() {
 fn an_unreachable_target_fails_with_a_message() {
     let port = common::free_port();
     let target = format!("http://127.0.0.1:{port}");
-    let out = tollgate::run(&[
-        "bench",
-        "--target",
-        &target,
-        "--domain",
-        "bench",
-        "--descriptor",
-        "user_id={user}",
-        "--requests",
-        "10",
-        "--json",
-    ]);
+    let out = bench(&target, "user_id={user}", &["--requests", "10", "--json"]);
     assert!(!out.success(), "{out:?}");
     assert!(out.stderr.contains("cannot connect"), "{out:?}");
     assert!(out.stderr.contains(&target), "{out:?}");
@@ -112,20 +105,11 @@ fn an_unreachable_target_fails_with_a_message() {
 fn an_answer_with_an_error_status_is_counted_with_its_status() {
     let server = Server::with_rules(FIVE_PER_MINUTE);
     let long = format!("user_id={}", "x".repeat(5000));
-    let out = tollgate::run(&[
-        "bench",
-        "--target",
+    let out = bench(
         &server.grpc_url(),
-        "--domain",
-        "bench",
-        "--descriptor",
         &long,
-        "--requests",
-        "6",
-        "--concurrency",
-        "2",
-        "--json",
-    ]);
+        &["--requests", "6", "--concurrency", "2", "--json"],
+    );
     // Every request failed: the run says so and exits non-zero, its report still printed.
     assert!(!out.success(), "{out:?}");
     assert!(out.stderr.contains("every request failed"), "{out:?}");
@@ -139,17 +123,11 @@ fn an_answer_with_an_error_status_is_counted_with_its_status() {
 
 #[test]
 fn a_target_that_is_not_http_fails_before_connecting() {
-    let out = tollgate::run(&[
-        "bench",
-        "--target",
+    let out = bench(
         "https://127.0.0.1:1",
-        "--domain",
-        "bench",
-        "--descriptor",
         "user_id={user}",
-        "--requests",
-        "1",
-    ]);
+        &["--requests", "1"],
+    );
     assert!(!out.success(), "{out:?}");
     assert!(
         out.stderr.contains("invalid target `https://127.0.0.1:1`"),
@@ -159,17 +137,7 @@ fn a_target_that_is_not_http_fails_before_connecting() {
 
 #[test]
 fn a_bad_descriptor_fails_before_sending() {
-    let out = tollgate::run(&[
-        "bench",
-        "--target",
-        "http://127.0.0.1:1",
-        "--domain",
-        "bench",
-        "--descriptor",
-        "user_id",
-        "--requests",
-        "1",
-    ]);
+    let out = bench("http://127.0.0.1:1", "user_id", &["--requests", "1"]);
     assert!(!out.success(), "{out:?}");
     assert!(
         out.stderr.contains("invalid descriptor `user_id`"),
