@@ -102,9 +102,10 @@ impl Client {
         request: &RateLimitRequest,
         buf: &mut BytesMut,
     ) -> Result<RateLimitResponse, CallError> {
-        buf.reserve(5 + request.encoded_len());
+        let len = request.encoded_len();
+        buf.reserve(5 + len);
         buf.put_u8(0);
-        buf.put_u32(u32::try_from(request.encoded_len()).unwrap_or(u32::MAX));
+        buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
         let _ = request.encode(buf);
         let body = buf.split().freeze();
 

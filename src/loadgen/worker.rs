@@ -6,10 +6,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use tokio::time::Instant;
-
-use bytes::BytesMut;
 
 use super::client::{self, Client};
 use super::pacer::{self, Pacer};
