@@ -650,25 +650,29 @@ async fn the_peers_example_envoy_config_limits_through_envoy() {
     let mock = upstream.local_addr().unwrap().port();
     let app = axum::Router::new().fallback(|| async { "ok" });
     tokio::spawn(async move { axum::serve(upstream, app).await });
-    let ports = common::free_ports(2);
-    let (admin, listener) = (ports[0], ports[1]);
-    let mut yaml = std::fs::read_to_string(fixtures().join("compose/proxy.yaml.envoy")).unwrap();
-    for (from, to) in [
-        ("address: ratelimit\n", "address: 127.0.0.1\n".to_string()),
-        ("address: envoy-mock\n", "address: 127.0.0.1\n".to_string()),
-        ("address: 0.0.0.0\n", "address: 127.0.0.1\n".to_string()),
-        ("port_value: 8001\n", format!("port_value: {admin}\n")),
-        ("port_value: 8888\n", format!("port_value: {listener}\n")),
-        ("port_value: 8081\n", format!("port_value: {}\n", peer.grpc)),
-        ("port_value: 9999\n", format!("port_value: {mock}\n")),
-        ("port_value: 10001\n", format!("port_value: {mock}\n")),
-    ] {
-        assert!(yaml.contains(from), "proxy.yaml has no {from:?}");
-        yaml = yaml.replace(from, &to);
-    }
+    let fixture = std::fs::read_to_string(fixtures().join("compose/proxy.yaml.envoy")).unwrap();
     let args = ["--service-cluster", "proxy", "--service-node", "proxy"];
-    let _envoy = tokio::task::block_in_place(|| {
-        common::Envoy::try_start(&yaml, admin, &args).unwrap_or_else(|e| panic!("{e}"))
+    // Started again on fresh ports when one was taken between choosing and binding it.
+    let start = |ports: &[u16]| {
+        let (admin, listener) = (ports[0], ports[1]);
+        let mut yaml = fixture.clone();
+        for (from, to) in [
+            ("address: ratelimit\n", "address: 127.0.0.1\n".to_string()),
+            ("address: envoy-mock\n", "address: 127.0.0.1\n".to_string()),
+            ("address: 0.0.0.0\n", "address: 127.0.0.1\n".to_string()),
+            ("port_value: 8001\n", format!("port_value: {admin}\n")),
+            ("port_value: 8888\n", format!("port_value: {listener}\n")),
+            ("port_value: 8081\n", format!("port_value: {}\n", peer.grpc)),
+            ("port_value: 9999\n", format!("port_value: {mock}\n")),
+            ("port_value: 10001\n", format!("port_value: {mock}\n")),
+        ] {
+            assert!(yaml.contains(from), "proxy.yaml has no {from:?}");
+            yaml = yaml.replace(from, &to);
+        }
+        common::Envoy::try_start(&yaml, admin, &args).map(|envoy| (envoy, listener))
+    };
+    let (_envoy, listener) = tokio::task::block_in_place(|| {
+        common::on_free_ports(2, start).unwrap_or_else(|e| panic!("{e}"))
     });
     common::fleet::window_with_room(
         Duration::from_secs(60),
